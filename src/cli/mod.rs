@@ -1,0 +1,62 @@
+//! One file per subcommand. Each exposes `Args` (clap) and `run(args) -> anyhow::Result<()>`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status for a usage, config or data error (bad input the user can fix).
+pub const EXIT_INPUT: u8 = 2;
+/// Exit status for a runtime failure.
+pub const EXIT_RUNTIME: u8 = 1;
+
+/// Locate start, apex and end keyframes of contrast-agent flow in X-ray coronary
+/// angiograms (STA-IPCon, TMI 2023) — train, select, evaluate and predict, on CPU or GPU.
+#[derive(Debug, Parser)]
+#[command(name = "xca", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+}
+
+/// An error caused by the user's input (config, data, arguments): exit status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// Is this error the user's input (exit 2) rather than a runtime failure (exit 1)?
+fn is_input_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<InputError>() || e.is::<xca::device::DeviceError>())
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors with exit 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let result = match cli.command {
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the outermost context first, then its causes.
+            let mut msg = err.to_string();
+            for cause in err.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("xca: error: {msg}");
+            ExitCode::from(if is_input_error(&err) { EXIT_INPUT } else { EXIT_RUNTIME })
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! xca: locate the start, apex and end keyframes of contrast-agent flow in X-ray
+//! coronary angiograms with STA-IPCon (long short-term spatiotemporal attention with
+//! image-to-patch contrastive learning), reimplemented on burn.
+//!
+//! Data flows one way: `config` → `dataset` → `model` → (`train`) / (`infer` → `metrics`).
+//! The network returns tensors; everything after it is plain Rust on the host.
+
+pub mod device;
+pub mod fsio;
