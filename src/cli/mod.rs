@@ -41,7 +41,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    let result = match cli.command {
+    let result: anyhow::Result<()> = match cli.command {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
