@@ -7,3 +7,5 @@
 
 pub mod device;
 pub mod fsio;
+pub mod config;
+pub mod dataset;

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod check;
+pub mod config;
+
 /// Exit status for a usage, config or data error (bad input the user can fix).
 pub const EXIT_INPUT: u8 = 2;
 /// Exit status for a runtime failure.
@@ -20,6 +23,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print the fully resolved configuration (defaults merged).
+    Config(config::Args),
+    /// Validate the dataset a config points at, before training.
+    Check(check::Args),
 }
 
 /// An error caused by the user's input (config, data, arguments): exit status 2.
@@ -42,6 +49,8 @@ pub fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = match cli.command {
+        Command::Config(a) => config::run(a),
+        Command::Check(a) => check::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
