@@ -263,6 +263,37 @@ mod tests {
         assert_eq!(&t2.cls[20..22], &[1.0, 0.0]);
     }
 
+    proptest::proptest! {
+        /// Positives lie strictly inside their segment, regress within their level's range,
+        /// and carry a class of a segment with exactly those offsets; negatives carry the
+        /// offsets to segment 0.
+        #[test]
+        fn assignment_invariants(
+            segs in proptest::collection::vec((0.0f32..120.0, 0.5f32..60.0, 0usize..2), 1..5),
+        ) {
+            let pts = paper_points(128);
+            let segments: Vec<[f32; 2]> = segs.iter().map(|&(a, l, _)| [a, a + l]).collect();
+            let labels: Vec<usize> = segs.iter().map(|s| s.2).collect();
+            let t = assign_targets(&pts, &segments, &labels, 2, CenterSample::Radius(1.5)).unwrap();
+            proptest::prop_assert!(t.cls.iter().all(|&c| c == 0.0 || c == 1.0));
+            for (i, p) in pts.iter().enumerate() {
+                let (l, r) = (t.reg[2 * i], t.reg[2 * i + 1]);
+                if t.is_positive(i) {
+                    proptest::prop_assert!(l > 0.0 && r > 0.0);
+                    let m = (l * p[3]).max(r * p[3]);
+                    proptest::prop_assert!(m >= p[1] - 1e-3 && m <= p[2] + 1e-3);
+                    let owner = segments.iter().zip(&labels).find(|(s, _)| {
+                        (p[0] - s[0]) / p[3] == l && (s[1] - p[0]) / p[3] == r
+                    });
+                    proptest::prop_assert!(owner.is_some_and(|(_, &lab)| t.cls[2 * i + lab] == 1.0));
+                } else {
+                    let [a, b] = segments[0];
+                    proptest::prop_assert_eq!((l, r), ((p[0] - a) / p[3], (b - p[0]) / p[3]));
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_input_is_an_error() {
         let pts = paper_points(8);

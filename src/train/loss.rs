@@ -301,7 +301,7 @@ fn l2_normalize_rows(x: Tensor<2>) -> Tensor<2> {
 /// Whether the contrastive term is part of the loss in (0-based) `epoch` (SPEC §4.2):
 /// with `pretrain`, in even epochs; with `random_patch` as well, only in even epochs < 10.
 pub fn contrastive_active(epoch0: usize, pretrain: bool, random_patch: bool) -> bool {
-    pretrain && epoch0 % 2 == 0 && (!random_patch || epoch0 < 10)
+    pretrain && epoch0.is_multiple_of(2) && (!random_patch || epoch0 < 10)
 }
 
 /// One contrastive anchor: video `video` of the batch, time steps for the foreground and

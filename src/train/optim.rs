@@ -7,8 +7,9 @@
 //! defaults differ (ε 1e-5, decay 1e-4), so both are set explicitly here.
 //! Global-norm clipping is in [`super::clip`], the weight EMA in [`super::ema`].
 
-use burn::module::{ParamGroup, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// AdamW hyper-parameters (PyTorch defaults except the learning rate and decay).
@@ -59,6 +60,38 @@ pub fn adamw_with_decay_group(
         settings.config(settings.weight_decay).build(),
         None,
     )
+}
+
+/// Collects the ids of the float parameters whose dotted module path (e.g.
+/// `backbone.stem.0.mlp.0.weight`, as burn's visitor names fields and `Vec` indices)
+/// satisfies `keep`. Use it to build the decay set of [`adamw_with_decay_group`] from a
+/// name rule (SPEC §4.3).
+pub fn param_ids_where<M: Module>(module: &M, mut keep: impl FnMut(&str) -> bool) -> Vec<ParamId> {
+    struct Walk<F> {
+        path: Vec<String>,
+        keep: F,
+        ids: Vec<ParamId>,
+    }
+    impl<F: FnMut(&str) -> bool> ModuleVisitor for Walk<F> {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if (self.keep)(&self.path.join(".")) {
+                self.ids.push(param.id);
+            }
+        }
+    }
+    let mut walk = Walk {
+        path: Vec::new(),
+        keep,
+        ids: Vec::new(),
+    };
+    module.visit(&mut walk);
+    walk.ids
 }
 
 /// The learning rate schedule (SPEC §4.3), ActionFormer's `LinearWarmupCosineAnnealingLR`
@@ -133,9 +166,8 @@ impl LrSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::module::{Module, Param};
     use burn::optim::GradientsParams;
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Device, TensorData};
     use std::f64::consts::PI;
 
     /// ActionFormer's chainable `get_lr`, step by step (warmup_start_lr 0).
@@ -295,5 +327,85 @@ mod tests {
         // For b (no decay), each step moves by ≈ lr since m̂/√v̂ = 1 for a constant gradient:
         // 0.3 − 0.1 − 0.05 − 0.2 = −0.05.
         assert!((pb[0] + 0.05).abs() < 1e-6, "{pb:?}");
+    }
+
+    #[test]
+    fn optimizer_state_with_groups_survives_a_byte_round_trip() {
+        let dev = Device::flex().autodiff();
+        let mut model = Two {
+            w: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![1.0f32, -2.0], [2]),
+                &dev,
+            )),
+            b: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32], [1]), &dev)),
+        };
+        let settings = AdamWSettings {
+            weight_decay: 0.3,
+            ..Default::default()
+        };
+        let grads = |m: &Two, k: f32| {
+            let loss = m.w.val().square().sum().mul_scalar(k) + m.b.val().mul_scalar(k).sum();
+            GradientsParams::from_grads(loss.backward(), m)
+        };
+        let mut optim = adamw_with_decay_group(vec![model.w.id], &settings);
+        for k in [1.0, 0.1] {
+            let g = grads(&model, k);
+            model = optim.step(0.1, model, g);
+        }
+        let bytes = optim.into_bytes().unwrap();
+        let mut restored = adamw_with_decay_group(vec![model.w.id], &settings)
+            .from_bytes(bytes)
+            .unwrap();
+        let fresh = adamw_with_decay_group(vec![model.w.id], &settings);
+        let a = optim.step(0.1, model.clone(), grads(&model, -0.5));
+        let b = restored.step(0.1, model.clone(), grads(&model, -0.5));
+        let c = fresh.clone().step(0.1, model.clone(), grads(&model, -0.5));
+        let v = |m: &Two| {
+            let mut v = m.w.val().into_data().try_into_vec::<f32>().unwrap();
+            v.extend(m.b.val().into_data().try_into_vec::<f32>().unwrap());
+            v
+        };
+        assert_eq!(v(&a), v(&b));
+        assert_ne!(
+            v(&a),
+            v(&c),
+            "a fresh optimiser has no moments: the state mattered"
+        );
+    }
+
+    #[derive(Module, Debug)]
+    struct Nested {
+        layers: Vec<burn::nn::Linear>,
+        norm: burn::nn::LayerNorm,
+    }
+
+    #[test]
+    fn ids_by_path_rule() {
+        let dev = Device::flex();
+        let m = Nested {
+            layers: vec![
+                burn::nn::LinearConfig::new(2, 2).init(&dev),
+                burn::nn::LinearConfig::new(2, 2).init(&dev),
+            ],
+            norm: burn::nn::LayerNormConfig::new(2).init(&dev),
+        };
+        let mut paths = Vec::new();
+        let all = param_ids_where(&m, |p| {
+            paths.push(p.to_string());
+            true
+        });
+        assert_eq!(all.len(), 6);
+        let ids = param_ids_where(&m, |p| p.starts_with("layers.") && p.ends_with(".weight"));
+        assert_eq!(ids, vec![m.layers[0].weight.id, m.layers[1].weight.id]);
+        // burn names LayerNorm's affine parameters gamma/beta (PyTorch: weight/bias).
+        let want = [
+            "layers.0.weight",
+            "layers.0.bias",
+            "layers.1.weight",
+            "layers.1.bias",
+            "norm.gamma",
+            "norm.beta",
+        ];
+        assert_eq!(paths, want);
     }
 }
