@@ -66,7 +66,7 @@ pub fn adamw_with_decay_group(
 /// `backbone.stem.0.mlp.0.weight`, as burn's visitor names fields and `Vec` indices)
 /// satisfies `keep`. Use it to build the decay set of [`adamw_with_decay_group`] from a
 /// name rule (SPEC §4.3).
-pub fn param_ids_where<M: Module>(module: &M, mut keep: impl FnMut(&str) -> bool) -> Vec<ParamId> {
+pub fn param_ids_where<M: Module>(module: &M, keep: impl FnMut(&str) -> bool) -> Vec<ParamId> {
     struct Walk<F> {
         path: Vec<String>,
         keep: F,
