@@ -9,3 +9,4 @@ pub mod device;
 pub mod fsio;
 pub mod config;
 pub mod dataset;
+pub mod train;

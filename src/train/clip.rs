@@ -1,0 +1,152 @@
+//! Gradient clipping by the global L2 norm, as PyTorch's `clip_grad_norm_` (SPEC §4.3).
+//!
+//! burn's `GradientClippingConfig::Norm` clips every parameter tensor by its own norm, which
+//! is a different rule. Here the norms of all gradients are combined first:
+//! `total = ‖(‖g_1‖, …, ‖g_n‖)‖`, and every gradient is multiplied by
+//! `min(1, max_norm / (total + 1e-6))`. The scale stays a device tensor, so clipping costs
+//! no host round trip.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+/// Norms of the gradients present in `grads` for the float parameters of a module.
+struct NormCollector<'a> {
+    grads: &'a GradientsParams,
+    sq_norms: Vec<Tensor<1>>,
+}
+
+impl ModuleVisitor for NormCollector<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.get::<D>(param.id) {
+            // Per-tensor norm first, then squared, as PyTorch stacks per-tensor norms.
+            let norm = g.square().sum().sqrt();
+            self.sq_norms.push(norm.square());
+        }
+    }
+}
+
+/// Multiplies every gradient of a module's float parameters by a `[1]` scale tensor.
+struct Scaler<'a> {
+    grads: &'a mut GradientsParams,
+    scale: Tensor<1>,
+}
+
+impl ModuleVisitor for Scaler<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(g) = self.grads.remove::<D>(param.id) {
+            let scale = self.scale.clone().to_device(&g.device()).reshape([1; D]);
+            self.grads.register::<D>(param.id, g * scale);
+        }
+    }
+}
+
+/// Total L2 norm over all gradients of `module`'s parameters in `grads`, as a `[1]` tensor,
+/// or `None` when no parameter has a gradient.
+pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
+    let mut collector = NormCollector {
+        grads,
+        sq_norms: Vec::new(),
+    };
+    module.visit(&mut collector);
+    if collector.sq_norms.is_empty() {
+        return None;
+    }
+    let device = collector.sq_norms[0].device();
+    let sq: Vec<Tensor<1>> = collector
+        .sq_norms
+        .into_iter()
+        .map(|t| t.to_device(&device))
+        .collect();
+    Some(Tensor::cat(sq, 0).sum().sqrt())
+}
+
+/// Clip `grads` in place to a global L2 norm of at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`, including its `1e-6` guard). Returns the norm before clipping as a
+/// `[1]` tensor (for logging), or `None` when no parameter has a gradient.
+/// A `max_norm <= 0` disables clipping, as `clip_grad_l2norm = -1` does in the original.
+pub fn clip_grad_global_norm<M: Module>(
+    module: &M,
+    grads: &mut GradientsParams,
+    max_norm: f32,
+) -> Option<Tensor<1>> {
+    let total = global_grad_norm(module, grads)?;
+    if max_norm <= 0.0 {
+        return Some(total);
+    }
+    let scale = total
+        .clone()
+        .add_scalar(1e-6)
+        .recip()
+        .mul_scalar(max_norm)
+        .clamp_max(1.0);
+    module.visit(&mut Scaler { grads, scale });
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Param;
+    use burn::tensor::{Device, TensorData};
+
+    #[derive(Module, Debug)]
+    struct Tiny {
+        a: Param<Tensor<2>>,
+        b: Param<Tensor<1>>,
+    }
+
+    fn setup(scale: f32) -> (Tiny, GradientsParams) {
+        let dev = Device::flex().autodiff();
+        let tiny = Tiny {
+            a: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
+                &dev,
+            )),
+            b: Param::from_tensor(Tensor::from_data(
+                TensorData::new(vec![1.0f32, -1.0], [2]),
+                &dev,
+            )),
+        };
+        // loss = scale · (Σ a·k + Σ b·m): grads are scale·k and scale·m.
+        let k = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 0.0, 0.0, 4.0], [2, 2]), &dev);
+        let m = Tensor::<1>::from_data(TensorData::new(vec![0.0f32, 12.0], [2]), &dev);
+        let loss = ((tiny.a.val() * k).sum() + (tiny.b.val() * m).sum()).mul_scalar(scale);
+        let grads = GradientsParams::from_grads(loss.backward(), &tiny);
+        (tiny, grads)
+    }
+
+    fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn clips_by_the_global_norm() {
+        // ‖(3, 4)‖ = 5, ‖12‖ = 12 → total 13.
+        let (tiny, mut grads) = setup(1.0);
+        let total = clip_grad_global_norm(&tiny, &mut grads, 1.0).unwrap();
+        assert!((read(total)[0] - 13.0).abs() < 1e-5);
+        let s = 1.0 / (13.0 + 1e-6);
+        let ga = read(grads.get::<2>(tiny.a.id).unwrap());
+        let gb = read(grads.get::<1>(tiny.b.id).unwrap());
+        let want_a = [3.0 * s, 0.0, 0.0, 4.0 * s];
+        for (g, w) in ga.iter().zip(want_a) {
+            assert!((g - w).abs() < 1e-7, "{ga:?}");
+        }
+        assert!(gb[0] == 0.0 && (gb[1] - 12.0 * s).abs() < 1e-7, "{gb:?}");
+        // After clipping the global norm is max_norm (per-tensor clipping would give 1 each).
+        let after = read(global_grad_norm(&tiny, &grads).unwrap())[0];
+        assert!((after - 1.0).abs() < 1e-5, "{after}");
+    }
+
+    #[test]
+    fn small_gradients_are_left_alone() {
+        let (tiny, mut grads) = setup(0.01); // total 0.13
+        clip_grad_global_norm(&tiny, &mut grads, 1.0).unwrap();
+        let ga = read(grads.get::<2>(tiny.a.id).unwrap());
+        assert!(
+            (ga[0] - 0.03).abs() < 1e-7 && (ga[3] - 0.04).abs() < 1e-7,
+            "{ga:?}"
+        );
+    }
+}
