@@ -7,3 +7,6 @@
 
 pub mod device;
 pub mod fsio;
+pub mod geometry;
+pub mod infer;
+pub mod metrics;
