@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod score;
+
 /// Exit status for a usage, config or data error (bad input the user can fix).
 pub const EXIT_INPUT: u8 = 2;
 /// Exit status for a runtime failure.
@@ -20,6 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Score a detection file against ground truth: the mAP table and the keyframe table.
+    Score(score::Args),
 }
 
 /// An error caused by the user's input (config, data, arguments): exit status 2.
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = match cli.command {
+        Command::Score(args) => score::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -71,7 +71,7 @@ pub fn decode_level(level: &LevelOutput, cfg: &DecodeConfig) -> Result<Candidate
     if c == 0 {
         return Err(InferError::Shape("num_classes is 0".into()));
     }
-    if level.logits.len() % c != 0 {
+    if !level.logits.len().is_multiple_of(c) {
         return Err(InferError::Shape(format!(
             "logits have {} values, not a multiple of {c} classes",
             level.logits.len()
@@ -85,12 +85,24 @@ pub fn decode_level(level: &LevelOutput, cfg: &DecodeConfig) -> Result<Candidate
         )));
     }
     if level.valid_len > t_len {
-        return Err(InferError::Shape(format!("valid length {} exceeds {t_len} steps", level.valid_len)));
+        return Err(InferError::Shape(format!(
+            "valid length {} exceeds {t_len} steps",
+            level.valid_len
+        )));
     }
 
     // Steps 1–2 (padded steps get p = 0, the mask).
     let mut kept: Vec<(usize, f32)> = (0..t_len * c)
-        .map(|i| (i, if i / c < level.valid_len { sigmoid(level.logits[i]) } else { 0.0 }))
+        .map(|i| {
+            (
+                i,
+                if i / c < level.valid_len {
+                    sigmoid(level.logits[i])
+                } else {
+                    0.0
+                },
+            )
+        })
         .filter(|&(_, p)| p > cfg.pre_nms_thresh)
         .collect();
     kept.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -127,7 +139,12 @@ mod tests {
     use super::*;
 
     fn cfg() -> DecodeConfig {
-        DecodeConfig { num_classes: 2, pre_nms_thresh: 0.001, pre_nms_topk: 2000, duration_thresh: 0.05 }
+        DecodeConfig {
+            num_classes: 2,
+            pre_nms_thresh: 0.001,
+            pre_nms_topk: 2000,
+            duration_thresh: 0.05,
+        }
     }
 
     fn logit(p: f32) -> f32 {
@@ -139,7 +156,14 @@ mod tests {
         // 3 steps, stride 2; step 2 is padding.
         let level = LevelOutput {
             stride: 2.0,
-            logits: vec![logit(0.5), logit(0.0005), logit(0.2), logit(0.9), logit(0.99), logit(0.99)],
+            logits: vec![
+                logit(0.5),
+                logit(0.0005),
+                logit(0.2),
+                logit(0.9),
+                logit(0.99),
+                logit(0.99),
+            ],
             offsets: vec![1.0, 2.0, 0.5, 0.01, 3.0, 3.0],
             valid_len: 2,
         };
@@ -174,7 +198,12 @@ mod tests {
 
     #[test]
     fn equal_scores_keep_index_order() {
-        let level = LevelOutput { stride: 1.0, logits: vec![0.0; 4], offsets: vec![1.0; 4], valid_len: 2 };
+        let level = LevelOutput {
+            stride: 1.0,
+            logits: vec![0.0; 4],
+            offsets: vec![1.0; 4],
+            valid_len: 2,
+        };
         let c = decode_level(&level, &cfg()).unwrap();
         assert_eq!(c.labels, vec![0, 1, 0, 1]);
         assert_eq!(c.segs[2], [0.0, 2.0]);
@@ -182,10 +211,20 @@ mod tests {
 
     #[test]
     fn bad_shapes_are_errors() {
-        let level = LevelOutput { stride: 1.0, logits: vec![0.0; 4], offsets: vec![1.0; 3], valid_len: 2 };
+        let level = LevelOutput {
+            stride: 1.0,
+            logits: vec![0.0; 4],
+            offsets: vec![1.0; 3],
+            valid_len: 2,
+        };
         let e = decode(&[level], &cfg()).unwrap_err().to_string();
         assert!(e.contains("level 0") && e.contains("offsets"), "{e}");
-        let level = LevelOutput { stride: 1.0, logits: vec![0.0; 4], offsets: vec![1.0; 4], valid_len: 3 };
+        let level = LevelOutput {
+            stride: 1.0,
+            logits: vec![0.0; 4],
+            offsets: vec![1.0; 4],
+            valid_len: 3,
+        };
         assert!(decode_level(&level, &cfg()).is_err());
     }
 }

@@ -57,7 +57,9 @@ impl TryFrom<i64> for DecodeSetting {
             0 => Ok(Self::ApexMidpoint),
             1 => Ok(Self::StartMidpoint),
             2 => Ok(Self::EndMidpoint),
-            other => Err(InferError::Config(format!("setting {other} is not 0, 1 or 2"))),
+            other => Err(InferError::Config(format!(
+                "setting {other} is not 0, 1 or 2"
+            ))),
         }
     }
 }
@@ -146,7 +148,11 @@ pub fn predicted_keyframes(
 /// start = ⌊fps·F.start⌋, apex = ⌊fps·F.end⌋, end = ⌊fps·W.end⌋ (SPEC §7.2; the
 /// annotation's own seconds, not the original's grid values).
 pub fn ground_truth_keyframes(filling: [f64; 2], washout: [f64; 2], fps: f64) -> Keyframes {
-    Keyframes { start: frame_at(fps, filling[0]), apex: frame_at(fps, filling[1]), end: frame_at(fps, washout[1]) }
+    Keyframes {
+        start: frame_at(fps, filling[0]),
+        apex: frame_at(fps, filling[1]),
+        end: frame_at(fps, washout[1]),
+    }
 }
 
 /// The highest-scoring segment of `class` (first one on equal scores), if any.
@@ -170,7 +176,12 @@ pub fn keyframes_of(
     setting: DecodeSetting,
 ) -> (Keyframes, Fallback) {
     let widen = |s: [f32; 2]| [s[0] as f64, s[1] as f64];
-    predicted_keyframes(top_of_class(c, filling_class).map(widen), top_of_class(c, washout_class).map(widen), fps, setting)
+    predicted_keyframes(
+        top_of_class(c, filling_class).map(widen),
+        top_of_class(c, washout_class).map(widen),
+        fps,
+        setting,
+    )
 }
 
 #[cfg(test)]
@@ -181,14 +192,24 @@ mod tests {
 
     #[test]
     fn seconds_conversion_and_clipping() {
-        let g = GridToSeconds { feat_stride: 4.0, num_frames: 4.0, downsample_rate: 1.0, fps: 15.0, duration: Some(6.0) };
+        let g = GridToSeconds {
+            feat_stride: 4.0,
+            num_frames: 4.0,
+            downsample_rate: 1.0,
+            fps: 15.0,
+            duration: Some(6.0),
+        };
         // (10·4 + 2)/15 = 2.8; (-1·4 + 2)/15 < 0 → 0; (30·4+2)/15 = 8.13 → 6.0
         let out = grid_to_seconds(&[[10.0, -1.0], [-0.5, 30.0]], &g);
         assert!((out[0][0] - 2.8).abs() < 1e-6);
         assert_eq!(out[0][1], 0.0);
         assert_eq!(out[1][0], 0.0); // exactly 0 at g = -0.5
         assert_eq!(out[1][1], 6.0);
-        let g2 = GridToSeconds { downsample_rate: 2.0, duration: None, ..g };
+        let g2 = GridToSeconds {
+            downsample_rate: 2.0,
+            duration: None,
+            ..g
+        };
         // stride 8: (30·8+2)/15 = 16.133, unclipped
         assert!((grid_to_seconds(&[[0.0, 30.0]], &g2)[0][1] - 242.0 / 15.0).abs() < 1e-5);
     }
@@ -199,11 +220,41 @@ mod tests {
         let w = [2.6, 5.9];
         let (k, fb) = predicted_keyframes(Some(f), Some(w), 15.0, S0);
         // 12.0 → 12; (39 + 39)/2 = 39; 88.5 → 88
-        assert_eq!((k, fb), (Keyframes { start: 12, apex: 39, end: 88 }, Fallback::None));
+        assert_eq!(
+            (k, fb),
+            (
+                Keyframes {
+                    start: 12,
+                    apex: 39,
+                    end: 88
+                },
+                Fallback::None
+            )
+        );
         let (k, fb) = predicted_keyframes(None, Some(w), 15.0, S0);
-        assert_eq!((k, fb), (Keyframes { start: 39, apex: 39, end: 88 }, Fallback::NoFilling));
+        assert_eq!(
+            (k, fb),
+            (
+                Keyframes {
+                    start: 39,
+                    apex: 39,
+                    end: 88
+                },
+                Fallback::NoFilling
+            )
+        );
         let (k, fb) = predicted_keyframes(Some(f), None, 15.0, S0);
-        assert_eq!((k, fb), (Keyframes { start: 12, apex: 39, end: 39 }, Fallback::NoWashout));
+        assert_eq!(
+            (k, fb),
+            (
+                Keyframes {
+                    start: 12,
+                    apex: 39,
+                    end: 39
+                },
+                Fallback::NoWashout
+            )
+        );
         let (k, fb) = predicted_keyframes(None, None, 15.0, S0);
         assert_eq!((k, fb), (Keyframes::default(), Fallback::Neither));
         assert!(fb.used() && !Fallback::None.used());
@@ -215,15 +266,42 @@ mod tests {
         let w = [2.0, 6.0];
         // setting 1: start ⌊10·(1+2)/2⌋ = 15, apex 30, end 60
         let (k, _) = predicted_keyframes(Some(f), Some(w), 10.0, DecodeSetting::StartMidpoint);
-        assert_eq!(k, Keyframes { start: 15, apex: 30, end: 60 });
+        assert_eq!(
+            k,
+            Keyframes {
+                start: 15,
+                apex: 30,
+                end: 60
+            }
+        );
         // setting 2: start 10, apex 20, end ⌊10·(3+6)/2⌋ = 45
         let (k, _) = predicted_keyframes(Some(f), Some(w), 10.0, DecodeSetting::EndMidpoint);
-        assert_eq!(k, Keyframes { start: 10, apex: 20, end: 45 });
+        assert_eq!(
+            k,
+            Keyframes {
+                start: 10,
+                apex: 20,
+                end: 45
+            }
+        );
         // fallback substitution also applies to settings 1 and 2
         let (k, fb) = predicted_keyframes(None, Some(w), 10.0, DecodeSetting::EndMidpoint);
-        assert_eq!((k, fb), (Keyframes { start: 20, apex: 20, end: 40 }, Fallback::NoFilling));
+        assert_eq!(
+            (k, fb),
+            (
+                Keyframes {
+                    start: 20,
+                    apex: 20,
+                    end: 40
+                },
+                Fallback::NoFilling
+            )
+        );
         assert!(DecodeSetting::try_from(3).is_err());
-        assert_eq!(DecodeSetting::try_from(2).unwrap(), DecodeSetting::EndMidpoint);
+        assert_eq!(
+            DecodeSetting::try_from(2).unwrap(),
+            DecodeSetting::EndMidpoint
+        );
     }
 
     #[test]
@@ -236,7 +314,14 @@ mod tests {
     #[test]
     fn ground_truth_uses_annotation_seconds() {
         let k = ground_truth_keyframes([0.8, 2.6], [2.6, 5.9], 15.0);
-        assert_eq!(k, Keyframes { start: 12, apex: 39, end: 88 });
+        assert_eq!(
+            k,
+            Keyframes {
+                start: 12,
+                apex: 39,
+                end: 88
+            }
+        );
     }
 
     #[test]
@@ -250,6 +335,16 @@ mod tests {
         assert_eq!(top_of_class(&c, 1), Some([6.0, 7.0]));
         assert_eq!(top_of_class(&c, 2), None);
         let (k, fb) = keyframes_of(&c, 0, 1, 10.0, S0);
-        assert_eq!((k, fb), (Keyframes { start: 20, apex: 45, end: 70 }, Fallback::None));
+        assert_eq!(
+            (k, fb),
+            (
+                Keyframes {
+                    start: 20,
+                    apex: 45,
+                    end: 70
+                },
+                Fallback::None
+            )
+        );
     }
 }

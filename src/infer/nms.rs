@@ -3,8 +3,8 @@
 
 use std::str::FromStr;
 
-use super::decode::Candidates;
 use super::InferError;
+use super::decode::Candidates;
 use crate::geometry::{tiou, tiou_nms};
 
 /// Which suppression runs after decoding (`test_cfg.nms_method`).
@@ -26,7 +26,9 @@ impl FromStr for NmsMethod {
             "soft" => Ok(Self::Soft),
             "hard" => Ok(Self::Hard),
             "none" => Ok(Self::None),
-            other => Err(InferError::Config(format!("nms_method {other:?} is not one of soft, hard, none"))),
+            other => Err(InferError::Config(format!(
+                "nms_method {other:?} is not one of soft, hard, none"
+            ))),
         }
     }
 }
@@ -104,10 +106,18 @@ pub fn soft_nms(
             let ovr = tiou_nms(picked, x[pos]);
             let weight = match decay {
                 Decay::Hard => {
-                    if ovr >= iou_threshold { 0.0 } else { 1.0 }
+                    if ovr >= iou_threshold {
+                        0.0
+                    } else {
+                        1.0
+                    }
                 }
                 Decay::Linear => {
-                    if ovr >= iou_threshold { 1.0 - ovr } else { 1.0 }
+                    if ovr >= iou_threshold {
+                        1.0 - ovr
+                    } else {
+                        1.0
+                    }
                 }
                 Decay::Gaussian { sigma } => (-(ovr * ovr) / sigma).exp(),
             };
@@ -136,7 +146,12 @@ pub fn argsort_desc(scores: &[f32]) -> Vec<usize> {
 /// The original's greedy NMS (`nms_1d_cpu` behind `NMSop`): with `min_score > 0` keep only
 /// scores strictly above it; visit by descending score and drop every later segment whose
 /// NMS-IoU with a kept one is ≥ `iou_threshold`. Returns kept input indices, by score.
-pub fn hard_nms(segs: &[[f32; 2]], scores: &[f32], iou_threshold: f32, min_score: f32) -> Vec<usize> {
+pub fn hard_nms(
+    segs: &[[f32; 2]],
+    scores: &[f32],
+    iou_threshold: f32,
+    min_score: f32,
+) -> Vec<usize> {
     let order: Vec<usize> = argsort_desc(scores)
         .into_iter()
         .filter(|&i| min_score <= 0.0 || scores[i] > min_score)
@@ -152,7 +167,11 @@ pub fn hard_nms(segs: &[[f32; 2]], scores: &[f32], iou_threshold: f32, min_score
             }
         }
     }
-    order.into_iter().zip(keep).filter_map(|(i, k)| k.then_some(i)).collect()
+    order
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(i, k)| k.then_some(i))
+        .collect()
 }
 
 /// Segment voting: each of `kept` becomes the weighted mean of ALL candidates `all_segs`
@@ -160,7 +179,12 @@ pub fn hard_nms(segs: &[[f32; 2]], scores: &[f32], iou_threshold: f32, min_score
 /// epsilon; the original STA-IPCon code weights by IoU too, unlike ActionFormer's). A kept
 /// segment with no neighbour of positive weight is returned unchanged (the original would
 /// produce NaN there; it cannot happen for decoded segments, which have positive length).
-pub fn vote(kept: &[[f32; 2]], all_segs: &[[f32; 2]], all_scores: &[f32], thresh: f32) -> Vec<[f32; 2]> {
+pub fn vote(
+    kept: &[[f32; 2]],
+    all_segs: &[[f32; 2]],
+    all_scores: &[f32],
+    thresh: f32,
+) -> Vec<[f32; 2]> {
     kept.iter()
         .map(|&k| {
             let (mut w_sum, mut s0, mut s1) = (0.0f64, 0.0f64, 0.0f64);
@@ -173,7 +197,11 @@ pub fn vote(kept: &[[f32; 2]], all_segs: &[[f32; 2]], all_scores: &[f32], thresh
                     s1 += w * seg[1] as f64;
                 }
             }
-            if w_sum > 0.0 { [(s0 / w_sum) as f32, (s1 / w_sum) as f32] } else { k }
+            if w_sum > 0.0 {
+                [(s0 / w_sum) as f32, (s1 / w_sum) as f32]
+            } else {
+                k
+            }
         })
         .collect()
 }
@@ -204,7 +232,10 @@ fn nms_once(c: &Candidates, cfg: &NmsConfig) -> Candidates {
                 labels: picked.iter().map(|&(i, _)| c.labels[i]).collect(),
             }
         }
-        NmsMethod::Hard => subset(c, &hard_nms(&c.segs, &c.scores, cfg.iou_threshold, cfg.min_score)),
+        NmsMethod::Hard => subset(
+            c,
+            &hard_nms(&c.segs, &c.scores, cfg.iou_threshold, cfg.min_score),
+        ),
         NmsMethod::None => c.clone(),
     };
     if cfg.max_seg_num > 0 && out.len() > cfg.max_seg_num {
@@ -265,7 +296,11 @@ mod tests {
     }
 
     fn cands(segs: &[[f32; 2]], scores: &[f32], labels: &[usize]) -> Candidates {
-        Candidates { segs: segs.to_vec(), scores: scores.to_vec(), labels: labels.to_vec() }
+        Candidates {
+            segs: segs.to_vec(),
+            scores: scores.to_vec(),
+            labels: labels.to_vec(),
+        }
     }
 
     #[test]
@@ -275,7 +310,13 @@ mod tests {
         //          C: IoU 0 → unchanged 0.7.
         // Next pick: C (0.7 > 0.8·0.8007 = 0.6405). B vs C: IoU 0 → unchanged. Then B.
         let segs = [[0.0f32, 10.0], [5.0, 15.0], [20.0, 30.0]];
-        let out = soft_nms(&segs, &[0.9, 0.8, 0.7], 0.1, 0.001, Decay::Gaussian { sigma: 0.5 });
+        let out = soft_nms(
+            &segs,
+            &[0.9, 0.8, 0.7],
+            0.1,
+            0.001,
+            Decay::Gaussian { sigma: 0.5 },
+        );
         let idx: Vec<usize> = out.iter().map(|p| p.0).collect();
         assert_eq!(idx, vec![0, 2, 1]);
         let b = 0.8f64 * (-(1.0f64 / 9.0) / 0.5).exp();
@@ -289,7 +330,13 @@ mod tests {
         // Identical segments: the second decays to 0.5·e^{-2} ≈ 0.068 and the third
         // (score 0.0005 < min_score) is dropped on the first pass even without overlap.
         let segs = [[0.0f32, 1.0], [0.0, 1.0], [5.0, 6.0]];
-        let out = soft_nms(&segs, &[0.9, 0.5, 0.0005], 0.1, 0.001, Decay::Gaussian { sigma: 0.5 });
+        let out = soft_nms(
+            &segs,
+            &[0.9, 0.5, 0.0005],
+            0.1,
+            0.001,
+            Decay::Gaussian { sigma: 0.5 },
+        );
         assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((out[1].1 as f64 - 0.5 * (-2.0f64).exp()).abs() < 1e-6);
     }
@@ -311,7 +358,11 @@ mod tests {
         let voted = vote(&[[50.0, 60.0], [0.0, 10.0]], &all, &scores, 0.7);
         assert_eq!(voted[0], [50.0, 60.0]);
         // [0,10] and [1,10]: IoU 0.9 → weights 0.6·1 and 0.2·0.9: start 0.18/0.78
-        assert!((voted[1][0] - 0.18 / 0.78).abs() < 1e-6 && voted[1][1] == 10.0, "{:?}", voted[1]);
+        assert!(
+            (voted[1][0] - 0.18 / 0.78).abs() < 1e-6 && voted[1][1] == 10.0,
+            "{:?}",
+            voted[1]
+        );
     }
 
     #[test]
@@ -327,7 +378,11 @@ mod tests {
 
     #[test]
     fn multiclass_runs_per_class_then_sorts() {
-        let c = cands(&[[0.0, 10.0], [0.0, 10.0], [0.5, 10.0]], &[0.5, 0.9, 0.4], &[1, 0, 1]);
+        let c = cands(
+            &[[0.0, 10.0], [0.0, 10.0], [0.5, 10.0]],
+            &[0.5, 0.9, 0.4],
+            &[1, 0, 1],
+        );
         let mut k = cfg(NmsMethod::Hard);
         k.multiclass = true;
         let out = batched_nms(&c, &k);
@@ -338,7 +393,9 @@ mod tests {
 
     #[test]
     fn max_seg_num_caps_output() {
-        let segs: Vec<[f32; 2]> = (0..10).map(|i| [i as f32 * 10.0, i as f32 * 10.0 + 5.0]).collect();
+        let segs: Vec<[f32; 2]> = (0..10)
+            .map(|i| [i as f32 * 10.0, i as f32 * 10.0 + 5.0])
+            .collect();
         let scores: Vec<f32> = (0..10).map(|i| 0.1 + i as f32 * 0.05).collect();
         let c = cands(&segs, &scores, &[0; 10]);
         let mut k = cfg(NmsMethod::Soft);
@@ -357,7 +414,10 @@ mod tests {
         fn arb_cands() -> impl Strategy<Value = (Vec<[f32; 2]>, Vec<f32>)> {
             prop::collection::vec((0.0f32..50.0, 0.1f32..20.0, 0.0f32..1.0), 1..40)
                 .prop_map(|v| {
-                    (v.iter().map(|&(a, l, _)| [a, a + l]).collect(), v.iter().map(|&(_, _, s)| s).collect())
+                    (
+                        v.iter().map(|&(a, l, _)| [a, a + l]).collect(),
+                        v.iter().map(|&(_, _, s)| s).collect(),
+                    )
                 })
                 .prop_filter("distinct scores", |(_, s): &(Vec<[f32; 2]>, Vec<f32>)| {
                     let mut t = s.clone();

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::geometry::tiou;
+use crate::infer::Candidates;
 
 /// The tIoU thresholds of the paper's table.
 pub const TIOUS: [f64; 5] = [0.3, 0.4, 0.5, 0.6, 0.7];
@@ -67,6 +68,19 @@ pub struct DetectionMetrics {
     pub n_ground_truth: usize,
 }
 
+/// The detections of one post-processed video (segments already in seconds, e.g. from
+/// [`crate::infer::postprocess`]), in their order, for [`evaluate_detection`].
+pub fn detections_from(video: &str, c: &Candidates) -> Vec<Detection> {
+    (0..c.len())
+        .map(|i| Detection {
+            video: video.to_string(),
+            segment: [c.segs[i][0] as f64, c.segs[i][1] as f64],
+            label: c.labels[i],
+            score: c.scores[i] as f64,
+        })
+        .collect()
+}
+
 /// Drop ground-truth segments shorter than [`GT_TOLERANCE`] and duplicates (same label,
 /// both ends within the tolerance of an earlier kept one), keeping order. Apply per video.
 pub fn remove_duplicate_annotations(anns: &[([f64; 2], usize)]) -> Vec<([f64; 2], usize)> {
@@ -115,7 +129,10 @@ pub fn interpolated_ap(precision: &[f64], recall: &[f64]) -> f64 {
     for i in (0..mprec.len() - 1).rev() {
         mprec[i] = mprec[i].max(mprec[i + 1]);
     }
-    (1..mrec.len()).filter(|&i| mrec[i] != mrec[i - 1]).map(|i| (mrec[i] - mrec[i - 1]) * mprec[i]).sum()
+    (1..mrec.len())
+        .filter(|&i| mrec[i] != mrec[i - 1])
+        .map(|i| (mrec[i] - mrec[i - 1]) * mprec[i])
+        .sum()
 }
 
 /// Stable order of `dets` by descending score (equal scores keep input order).
@@ -149,7 +166,10 @@ fn class_ap(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64]) -> Vec<f64> {
             }
             continue;
         };
-        let ious: Vec<f64> = cands.iter().map(|&j| tiou(d.segment, gt[j].segment)).collect();
+        let ious: Vec<f64> = cands
+            .iter()
+            .map(|&j| tiou(d.segment, gt[j].segment))
+            .collect();
         let mut order: Vec<usize> = (0..cands.len()).collect();
         order.sort_by(|&a, &b| ious[b].total_cmp(&ious[a]));
         for (t, &thr) in tious.iter().enumerate() {
@@ -196,7 +216,12 @@ fn class_ap(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64]) -> Vec<f64> {
 /// any of the top k·(#GT of the class in that video) detections of the class there.
 /// Returns `recall[t][k]` = hits summed over videos / #GT of the class — ActivityNet's
 /// (and ActionFormer's) aggregation: pooled over the class's videos, not averaged per video.
-fn class_recall(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64], top_k: &[usize]) -> Vec<Vec<f64>> {
+fn class_recall(
+    gt: &[&GtSegment],
+    dets: &[&Detection],
+    tious: &[f64],
+    top_k: &[usize],
+) -> Vec<Vec<f64>> {
     let mut gt_by_video: HashMap<&str, Vec<usize>> = HashMap::new();
     for (j, g) in gt.iter().enumerate() {
         gt_by_video.entry(g.video.as_str()).or_default().push(j);
@@ -207,20 +232,27 @@ fn class_recall(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64], top_k: &[
     }
     let mut hits = vec![vec![0usize; top_k.len()]; tious.len()];
     for (video, gts) in &gt_by_video {
-        let Some(vd) = det_by_video.get(video) else { continue };
+        let Some(vd) = det_by_video.get(video) else {
+            continue;
+        };
         let order = by_score(vd);
         for (t, &thr) in tious.iter().enumerate() {
             for (ki, &k) in top_k.iter().enumerate() {
                 let top = &order[..order.len().min(k * gts.len())];
                 hits[t][ki] += gts
                     .iter()
-                    .filter(|&&j| top.iter().any(|&i| tiou(vd[i].segment, gt[j].segment) >= thr))
+                    .filter(|&&j| {
+                        top.iter()
+                            .any(|&i| tiou(vd[i].segment, gt[j].segment) >= thr)
+                    })
                     .count();
             }
         }
     }
     let n = gt.len() as f64;
-    hits.iter().map(|row| row.iter().map(|&h| h as f64 / n).collect()).collect()
+    hits.iter()
+        .map(|row| row.iter().map(|&h| h as f64 / n).collect())
+        .collect()
 }
 
 /// Score `dets` against `gt` (SPEC §7.1). The ground truth is cleaned first
@@ -250,7 +282,11 @@ pub fn evaluate_detection(
         .flat_map(|v| {
             remove_duplicate_annotations(&per_video[v])
                 .into_iter()
-                .map(|(segment, label)| GtSegment { video: v.to_string(), segment, label })
+                .map(|(segment, label)| GtSegment {
+                    video: v.to_string(),
+                    segment,
+                    label,
+                })
         })
         .collect();
     if clean.is_empty() {
@@ -277,8 +313,15 @@ pub fn evaluate_detection(
     }
     let nc = classes.len() as f64;
     let map: Vec<f64> = ap.iter().map(|row| row.iter().sum::<f64>() / nc).collect();
-    let average_map = if map.is_empty() { 0.0 } else { map.iter().sum::<f64>() / map.len() as f64 };
-    let recall = recall_sum.into_iter().map(|row| row.into_iter().map(|v| v / nc).collect()).collect();
+    let average_map = if map.is_empty() {
+        0.0
+    } else {
+        map.iter().sum::<f64>() / map.len() as f64
+    };
+    let recall = recall_sum
+        .into_iter()
+        .map(|row| row.into_iter().map(|v| v / nc).collect())
+        .collect();
     Ok(DetectionMetrics {
         tious: tious.to_vec(),
         classes,
@@ -296,11 +339,20 @@ mod tests {
     use super::*;
 
     fn g(video: &str, s: f64, e: f64, label: usize) -> GtSegment {
-        GtSegment { video: video.into(), segment: [s, e], label }
+        GtSegment {
+            video: video.into(),
+            segment: [s, e],
+            label,
+        }
     }
 
     fn d(video: &str, s: f64, e: f64, label: usize, score: f64) -> Detection {
-        Detection { video: video.into(), segment: [s, e], label, score }
+        Detection {
+            video: video.into(),
+            segment: [s, e],
+            label,
+            score,
+        }
     }
 
     fn eval(gt: &[GtSegment], dets: &[Detection]) -> DetectionMetrics {
@@ -313,8 +365,16 @@ mod tests {
 
     #[test]
     fn perfect_detections_score_one() {
-        let gt = [g("a", 0.0, 2.0, 0), g("a", 2.0, 5.0, 1), g("b", 1.0, 3.0, 0), g("b", 3.0, 4.0, 1)];
-        let dets: Vec<Detection> = gt.iter().map(|x| d(&x.video, x.segment[0], x.segment[1], x.label, 0.9)).collect();
+        let gt = [
+            g("a", 0.0, 2.0, 0),
+            g("a", 2.0, 5.0, 1),
+            g("b", 1.0, 3.0, 0),
+            g("b", 3.0, 4.0, 1),
+        ];
+        let dets: Vec<Detection> = gt
+            .iter()
+            .map(|x| d(&x.video, x.segment[0], x.segment[1], x.label, 0.9))
+            .collect();
         let m = eval(&gt, &dets);
         assert_eq!(m.classes, vec![0, 1]);
         assert!(m.map.iter().all(|&v| close(v, 1.0)), "{:?}", m.map);
@@ -331,7 +391,13 @@ mod tests {
         let m = eval(&gt, &dets);
         assert!(m.ap.iter().all(|r| close(r[0], 0.5)), "{:?}", m.ap);
         // Recall@1x: the top-1 is the FP → 0; Recall@5x: 1.
-        assert!(m.recall.iter().all(|r| close(r[0], 0.0) && close(r[1], 1.0)), "{:?}", m.recall);
+        assert!(
+            m.recall
+                .iter()
+                .all(|r| close(r[0], 0.0) && close(r[1], 1.0)),
+            "{:?}",
+            m.recall
+        );
     }
 
     #[test]
@@ -339,7 +405,11 @@ mod tests {
         // Two GTs; detections: TP on GT1 (0.9), duplicate of it (0.8), TP on GT2 (0.7).
         // precision [1, 1/2, 2/3], recall [1/2, 1/2, 1] → AP = 1/2·1 + 1/2·2/3 = 5/6.
         let gt = [g("a", 0.0, 10.0, 0), g("a", 20.0, 30.0, 0)];
-        let dets = [d("a", 0.0, 10.0, 0, 0.9), d("a", 0.5, 10.0, 0, 0.8), d("a", 20.0, 30.0, 0, 0.7)];
+        let dets = [
+            d("a", 0.0, 10.0, 0, 0.9),
+            d("a", 0.5, 10.0, 0, 0.8),
+            d("a", 20.0, 30.0, 0, 0.7),
+        ];
         let m = eval(&gt, &dets);
         assert!(m.ap.iter().all(|r| close(r[0], 5.0 / 6.0)), "{:?}", m.ap);
     }
@@ -397,7 +467,12 @@ mod tests {
 
     #[test]
     fn ground_truth_is_cleaned() {
-        let anns = [([0.0, 1.0], 0), ([0.0005, 1.0009], 0), ([0.0, 1.0], 1), ([3.0, 3.0005], 0)];
+        let anns = [
+            ([0.0, 1.0], 0),
+            ([0.0005, 1.0009], 0),
+            ([0.0, 1.0], 1),
+            ([3.0, 3.0005], 0),
+        ];
         let kept = remove_duplicate_annotations(&anns);
         assert_eq!(kept, vec![([0.0, 1.0], 0), ([0.0, 1.0], 1)]);
         // the duplicate would otherwise make a single detection score AP 1/2
@@ -405,7 +480,10 @@ mod tests {
         let m = eval(&gt, &[d("a", 0.0, 1.0, 0, 0.9)]);
         assert_eq!(m.n_ground_truth, 1);
         assert!(close(m.ap[0][0], 1.0));
-        assert!(matches!(evaluate_detection(&[g("a", 1.0, 1.0, 0)], &[], &TIOUS, &TOP_K), Err(AnetError::NoGroundTruth)));
+        assert!(matches!(
+            evaluate_detection(&[g("a", 1.0, 1.0, 0)], &[], &TIOUS, &TOP_K),
+            Err(AnetError::NoGroundTruth)
+        ));
     }
 
     #[test]
@@ -413,7 +491,11 @@ mod tests {
         // Video with 1 GT: 3 detections, the hit ranked 2nd → Recall@1x 0, Recall@5x 1.
         // Video with 2 GTs: detections hit only one of them → 1/2 at any k.
         // Pooled: @1x (0 + 1)/3, @5x (1 + 1)/3.
-        let gt = [g("a", 0.0, 10.0, 0), g("b", 0.0, 10.0, 0), g("b", 20.0, 30.0, 0)];
+        let gt = [
+            g("a", 0.0, 10.0, 0),
+            g("b", 0.0, 10.0, 0),
+            g("b", 20.0, 30.0, 0),
+        ];
         let dets = [
             d("a", 50.0, 60.0, 0, 0.9),
             d("a", 0.0, 10.0, 0, 0.8),
@@ -421,7 +503,11 @@ mod tests {
             d("b", 0.0, 10.0, 0, 0.9),
         ];
         let m = eval(&gt, &dets);
-        assert!(close(m.recall[0][0], 1.0 / 3.0) && close(m.recall[0][1], 2.0 / 3.0), "{:?}", m.recall);
+        assert!(
+            close(m.recall[0][0], 1.0 / 3.0) && close(m.recall[0][1], 2.0 / 3.0),
+            "{:?}",
+            m.recall
+        );
     }
 
     #[test]
@@ -430,6 +516,16 @@ mod tests {
         let ap = interpolated_ap(&[1.0, 0.5, 2.0 / 3.0], &[0.5, 0.5, 1.0]);
         assert!(close(ap, 0.5 + 0.5 * 2.0 / 3.0));
         assert_eq!(interpolated_ap(&[], &[]), 0.0);
+    }
+
+    #[test]
+    fn candidates_become_detections() {
+        let c = Candidates {
+            segs: vec![[0.5, 1.5]],
+            scores: vec![0.25],
+            labels: vec![1],
+        };
+        assert_eq!(detections_from("v", &c), vec![d("v", 0.5, 1.5, 1, 0.25)]);
     }
 
     #[test]

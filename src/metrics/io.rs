@@ -101,7 +101,10 @@ pub struct GroundTruth {
 impl GroundTruth {
     /// The videos whose `subset` equals `split`, case-insensitively, in file order.
     pub fn split_videos(&self, split: &str) -> Vec<&GtVideo> {
-        self.videos.iter().filter(|v| v.subset.eq_ignore_ascii_case(split)).collect()
+        self.videos
+            .iter()
+            .filter(|v| v.subset.eq_ignore_ascii_case(split))
+            .collect()
     }
 
     /// The ground-truth segments of `split`; an error if it has none.
@@ -110,15 +113,31 @@ impl GroundTruth {
             .split_videos(split)
             .into_iter()
             .flat_map(|v| {
-                v.annotations.iter().map(|a| GtSegment { video: v.id.clone(), segment: a.segment, label: a.label })
+                v.annotations.iter().map(|a| GtSegment {
+                    video: v.id.clone(),
+                    segment: a.segment,
+                    label: a.label,
+                })
             })
             .collect();
         if segs.is_empty() {
-            let mut subsets: Vec<String> = self.videos.iter().map(|v| v.subset.to_lowercase()).collect();
+            let mut subsets: Vec<String> = self
+                .videos
+                .iter()
+                .map(|v| v.subset.to_lowercase())
+                .collect();
             subsets.sort();
             subsets.dedup();
-            let available = if subsets.is_empty() { "none".to_string() } else { subsets.join(", ") };
-            return Err(ReadError::EmptySplit { path: self.path.clone(), split: split.to_string(), available });
+            let available = if subsets.is_empty() {
+                "none".to_string()
+            } else {
+                subsets.join(", ")
+            };
+            return Err(ReadError::EmptySplit {
+                path: self.path.clone(),
+                split: split.to_string(),
+                available,
+            });
         }
         Ok(segs)
     }
@@ -130,7 +149,10 @@ impl GroundTruth {
 
     /// Label name of a class id, if the file names it.
     pub fn label_name(&self, id: usize) -> Option<&str> {
-        self.label_ids.iter().find(|&(_, &v)| v == id).map(|(k, _)| k.as_str())
+        self.label_ids
+            .iter()
+            .find(|&(_, &v)| v == id)
+            .map(|(k, _)| k.as_str())
     }
 }
 
@@ -179,7 +201,9 @@ fn quote_non_finite(text: &str) -> Cow<'_, str> {
             i += 1;
             continue;
         }
-        let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| b[i..].starts_with(t.as_bytes()));
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| b[i..].starts_with(t.as_bytes()));
         if let Some(t) = token {
             out.push_str(&text[last..i]);
             out.push('"');
@@ -196,9 +220,14 @@ fn quote_non_finite(text: &str) -> Cow<'_, str> {
 }
 
 fn read_json(path: &Path) -> Result<Value, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&quote_non_finite(&text))
-        .map_err(|e| ReadError::Json { path: path.to_path_buf(), msg: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&quote_non_finite(&text)).map_err(|e| ReadError::Json {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
 }
 
 /// Helper that builds entry errors for one file.
@@ -208,21 +237,29 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, entry: &str, msg: impl Into<String>) -> ReadError {
-        ReadError::Entry { path: self.path.to_path_buf(), entry: entry.to_string(), msg: msg.into() }
+        ReadError::Entry {
+            path: self.path.to_path_buf(),
+            entry: entry.to_string(),
+            msg: msg.into(),
+        }
     }
 
     fn object<'v>(&self, v: &'v Value, entry: &str) -> Result<&'v Map<String, Value>, ReadError> {
-        v.as_object().ok_or_else(|| self.err(entry, format!("expected an object, found {}", kind(v))))
+        v.as_object()
+            .ok_or_else(|| self.err(entry, format!("expected an object, found {}", kind(v))))
     }
 
     fn array<'v>(&self, v: &'v Value, entry: &str) -> Result<&'v Vec<Value>, ReadError> {
-        v.as_array().ok_or_else(|| self.err(entry, format!("expected a list, found {}", kind(v))))
+        v.as_array()
+            .ok_or_else(|| self.err(entry, format!("expected a list, found {}", kind(v))))
     }
 
     /// A finite number (non-finite values, read from Python's NaN/Infinity, are errors).
     fn number(&self, v: &Value, entry: &str) -> Result<f64, ReadError> {
         match v {
-            Value::Number(n) => n.as_f64().ok_or_else(|| self.err(entry, "number out of range")),
+            Value::Number(n) => n
+                .as_f64()
+                .ok_or_else(|| self.err(entry, "number out of range")),
             Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
                 Err(self.err(entry, format!("non-finite value {s}")))
             }
@@ -237,7 +274,10 @@ impl Ctx<'_> {
         }
         match v.as_f64() {
             Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1e15 => Ok(f as usize),
-            _ => Err(self.err(entry, format!("expected a non-negative integer class id, found {v}"))),
+            _ => Err(self.err(
+                entry,
+                format!("expected a non-negative integer class id, found {v}"),
+            )),
         }
     }
 
@@ -245,7 +285,10 @@ impl Ctx<'_> {
     fn segment(&self, v: &Value, entry: &str) -> Result<[f64; 2], ReadError> {
         let a = self.array(v, entry)?;
         if a.len() != 2 {
-            return Err(self.err(entry, format!("expected [start, end], found {} values", a.len())));
+            return Err(self.err(
+                entry,
+                format!("expected [start, end], found {} values", a.len()),
+            ));
         }
         let s = self.number(&a[0], &format!("{entry}[0]"))?;
         let e = self.number(&a[1], &format!("{entry}[1]"))?;
@@ -296,7 +339,12 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
         let v = ctx.object(v, &entry)?;
         let subset = match v.get("subset") {
             Some(Value::String(s)) => s.clone(),
-            Some(other) => return Err(ctx.err(&format!("{entry}.subset"), format!("expected a string, found {}", kind(other)))),
+            Some(other) => {
+                return Err(ctx.err(
+                    &format!("{entry}.subset"),
+                    format!("expected a string, found {}", kind(other)),
+                ));
+            }
             None => return Err(ctx.err(&entry, "missing \"subset\"")),
         };
         let opt_num = |key: &str| -> Result<Option<f64>, ReadError> {
@@ -310,21 +358,34 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
         if let Some(f) = fps
             && f <= 0.0
         {
-            return Err(ctx.err(&format!("{entry}.fps"), format!("must be positive, found {f}")));
+            return Err(ctx.err(
+                &format!("{entry}.fps"),
+                format!("must be positive, found {f}"),
+            ));
         }
         let mut anns = Vec::new();
         if let Some(list) = v.get("annotations").filter(|a| !a.is_null()) {
-            for (i, a) in ctx.array(list, &format!("{entry}.annotations"))?.iter().enumerate() {
+            for (i, a) in ctx
+                .array(list, &format!("{entry}.annotations"))?
+                .iter()
+                .enumerate()
+            {
                 let ae = format!("{entry}.annotations[{i}]");
                 let a = ctx.object(a, &ae)?;
                 let segment = ctx.segment(
-                    a.get("segment").ok_or_else(|| ctx.err(&ae, "missing \"segment\""))?,
+                    a.get("segment")
+                        .ok_or_else(|| ctx.err(&ae, "missing \"segment\""))?,
                     &format!("{ae}.segment"),
                 )?;
                 let name = match a.get("label") {
                     None | Some(Value::Null) => None,
                     Some(Value::String(s)) => Some(s.clone()),
-                    Some(other) => return Err(ctx.err(&format!("{ae}.label"), format!("expected a name, found {}", kind(other)))),
+                    Some(other) => {
+                        return Err(ctx.err(
+                            &format!("{ae}.label"),
+                            format!("expected a name, found {}", kind(other)),
+                        ));
+                    }
                 };
                 let id = match a.get("label_id") {
                     None | Some(Value::Null) => None,
@@ -333,10 +394,24 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
                 if name.is_none() && id.is_none() {
                     return Err(ctx.err(&ae, "has neither \"label\" nor \"label_id\""));
                 }
-                anns.push(RawAnn { entry: ae, name, id, segment });
+                anns.push(RawAnn {
+                    entry: ae,
+                    name,
+                    id,
+                    segment,
+                });
             }
         }
-        raw.push((GtVideo { id: vid.clone(), subset, duration, fps, annotations: Vec::new() }, anns));
+        raw.push((
+            GtVideo {
+                id: vid.clone(),
+                subset,
+                duration,
+                fps,
+                annotations: Vec::new(),
+            },
+            anns,
+        ));
     }
 
     // Pass 2: one consistent name ↔ id map.
@@ -348,35 +423,55 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
                 if let Some(&prev) = label_ids.get(name)
                     && prev != id
                 {
-                    return Err(ctx.err(&a.entry, format!("label {name:?} has label_id {id} here but {prev} elsewhere")));
+                    return Err(ctx.err(
+                        &a.entry,
+                        format!("label {name:?} has label_id {id} here but {prev} elsewhere"),
+                    ));
                 }
                 if let Some(prev) = names_of.get(&id)
                     && prev != name
                 {
-                    return Err(ctx.err(&a.entry, format!("label_id {id} is {name:?} here but {prev:?} elsewhere")));
+                    return Err(ctx.err(
+                        &a.entry,
+                        format!("label_id {id} is {name:?} here but {prev:?} elsewhere"),
+                    ));
                 }
                 label_ids.insert(name.clone(), id);
                 names_of.insert(id, name.clone());
             }
         }
     }
-    let mut next_id = names_of.keys().copied().chain(raw.iter().flat_map(|(_, a)| a.iter().filter_map(|x| x.id))).max().map_or(0, |m| m + 1);
+    let mut next_id = names_of
+        .keys()
+        .copied()
+        .chain(raw.iter().flat_map(|(_, a)| a.iter().filter_map(|x| x.id)))
+        .max()
+        .map_or(0, |m| m + 1);
     let mut videos = Vec::with_capacity(raw.len());
     for (mut video, anns) in raw {
         for a in anns {
             // Pass 1 guarantees a name wherever the id is missing.
             let label = match a.id {
                 Some(id) => id,
-                None => *label_ids.entry(a.name.unwrap_or_default()).or_insert_with(|| {
-                    next_id += 1;
-                    next_id - 1
-                }),
+                None => *label_ids
+                    .entry(a.name.unwrap_or_default())
+                    .or_insert_with(|| {
+                        next_id += 1;
+                        next_id - 1
+                    }),
             };
-            video.annotations.push(GtAnnotation { label, segment: a.segment });
+            video.annotations.push(GtAnnotation {
+                label,
+                segment: a.segment,
+            });
         }
         videos.push(video);
     }
-    Ok(GroundTruth { path: path.to_path_buf(), videos, label_ids })
+    Ok(GroundTruth {
+        path: path.to_path_buf(),
+        videos,
+        label_ids,
+    })
 }
 
 /// Read a detection file in either layout of SPEC §7.1. Labels may be names (looked up in
@@ -387,11 +482,19 @@ pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, Re
     let root = read_json(path)?;
     let root = ctx.object(&root, "top level")?;
     let (format, key, body) = if let Some(r) = root.get("results") {
-        (PredictionFormat::ActivityNet, "results", ctx.object(r, "results")?)
+        (
+            PredictionFormat::ActivityNet,
+            "results",
+            ctx.object(r, "results")?,
+        )
     } else if let Some(db) = root.get("database") {
         let db = ctx.object(db, "database")?;
         if let Some((vid, v)) = db.iter().find(|(_, v)| !v.is_array()) {
-            let hint = if v.get("annotations").is_some() { " (this looks like a ground-truth file)" } else { "" };
+            let hint = if v.get("annotations").is_some() {
+                " (this looks like a ground-truth file)"
+            } else {
+                ""
+            };
             return Err(ReadError::Format {
                 path: path.to_path_buf(),
                 msg: format!(
@@ -415,10 +518,14 @@ pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, Re
             let de = format!("{ve}[{i}]");
             let det = ctx.object(det, &de)?;
             let segment = ctx.segment(
-                det.get("segment").ok_or_else(|| ctx.err(&de, "missing \"segment\""))?,
+                det.get("segment")
+                    .ok_or_else(|| ctx.err(&de, "missing \"segment\""))?,
                 &format!("{de}.segment"),
             )?;
-            let label = match (det.get("label_id").filter(|x| !x.is_null()), det.get("label").filter(|x| !x.is_null())) {
+            let label = match (
+                det.get("label_id").filter(|x| !x.is_null()),
+                det.get("label").filter(|x| !x.is_null()),
+            ) {
                 (Some(id), _) => ctx.index(id, &format!("{de}.label_id"))?,
                 (None, Some(Value::String(name))) => gt.label_id(name).ok_or_else(|| {
                     let mut known: Vec<&str> = gt.label_ids.keys().map(String::as_str).collect();
@@ -429,7 +536,13 @@ pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, Re
                         .min()
                         .map(|(_, k)| format!("; did you mean {k:?}?"))
                         .unwrap_or_default();
-                    ctx.err(&format!("{de}.label"), format!("label {name:?} is not in the ground truth {}{closest}", gt.path.display()))
+                    ctx.err(
+                        &format!("{de}.label"),
+                        format!(
+                            "label {name:?} is not in the ground truth {}{closest}",
+                            gt.path.display()
+                        ),
+                    )
                 })?,
                 (None, Some(other)) => ctx.index(other, &format!("{de}.label"))?,
                 (None, None) => return Err(ctx.err(&de, "has neither \"label\" nor \"label_id\"")),
@@ -444,7 +557,12 @@ pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, Re
                 (None, None) => return Err(ctx.err(&de, format!("missing \"{own}\""))),
             };
             let score = ctx.number(score_v, &format!("{de}.{score_key}"))?;
-            detections.push(Detection { video: vid.clone(), segment, label, score });
+            detections.push(Detection {
+                video: vid.clone(),
+                segment,
+                label,
+                score,
+            });
         }
     }
     Ok(Predictions { format, detections })
@@ -481,7 +599,10 @@ mod tests {
         let segs = gt.split_segments("TEST").unwrap();
         assert_eq!(segs.len(), 2);
         let e = gt.split_segments("validation").unwrap_err().to_string();
-        assert!(e.contains("gt.json") && e.contains("\"validation\"") && e.contains("test, train"), "{e}");
+        assert!(
+            e.contains("gt.json") && e.contains("\"validation\"") && e.contains("test, train"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -499,17 +620,37 @@ mod tests {
     fn ground_truth_errors_name_the_entry() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            (r#"{"database": {"a": {"subset": "test", "annotations": [{"label_id": 0, "segment": [3, 1]}]}}}"#, "database[\"a\"].annotations[0].segment: end 1 is before start 3"),
-            (r#"{"database": {"a": {"subset": "test", "annotations": [{"segment": [0, 1]}]}}}"#, "neither \"label\" nor \"label_id\""),
-            (r#"{"database": {"a": {"annotations": []}}}"#, "database[\"a\"]: missing \"subset\""),
-            (r#"{"database": {"a": {"subset": "test", "annotations": [{"label": "p", "label_id": 0, "segment": [0, 1]}, {"label": "p", "label_id": 1, "segment": [0, 1]}]}}}"#, "annotations[1]: label \"p\" has label_id 1 here but 0 elsewhere"),
-            (r#"{"database": {"a": {"subset": "test", "fps": NaN}}}"#, "database[\"a\"].fps: non-finite value NaN"),
+            (
+                r#"{"database": {"a": {"subset": "test", "annotations": [{"label_id": 0, "segment": [3, 1]}]}}}"#,
+                "database[\"a\"].annotations[0].segment: end 1 is before start 3",
+            ),
+            (
+                r#"{"database": {"a": {"subset": "test", "annotations": [{"segment": [0, 1]}]}}}"#,
+                "neither \"label\" nor \"label_id\"",
+            ),
+            (
+                r#"{"database": {"a": {"annotations": []}}}"#,
+                "database[\"a\"]: missing \"subset\"",
+            ),
+            (
+                r#"{"database": {"a": {"subset": "test", "annotations": [{"label": "p", "label_id": 0, "segment": [0, 1]}, {"label": "p", "label_id": 1, "segment": [0, 1]}]}}}"#,
+                "annotations[1]: label \"p\" has label_id 1 here but 0 elsewhere",
+            ),
+            (
+                r#"{"database": {"a": {"subset": "test", "fps": NaN}}}"#,
+                "database[\"a\"].fps: non-finite value NaN",
+            ),
             (r#"{"results": {}}"#, "no \"database\" key"),
             ("{not json", "not valid JSON"),
         ];
         for (text, want) in cases {
-            let e = read_ground_truth(&write(dir.path(), "g.json", text)).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("{}: ", dir.path().join("g.json").display())), "{e}");
+            let e = read_ground_truth(&write(dir.path(), "g.json", text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{}: ", dir.path().join("g.json").display())),
+                "{e}"
+            );
             assert!(e.contains(want), "{e} — want {want}");
         }
     }
@@ -530,7 +671,15 @@ mod tests {
         let af = r#"{"database": {"v1": [{"segment": [0.8, 2.6], "label_id": 0, "scores": 0.9}], "v9": []}}"#;
         let p = read_predictions(&write(dir.path(), "b.json", af), &gt).unwrap();
         assert_eq!(p.format, PredictionFormat::ActionFormer);
-        assert_eq!(p.detections, vec![Detection { video: "v1".into(), segment: [0.8, 2.6], label: 0, score: 0.9 }]);
+        assert_eq!(
+            p.detections,
+            vec![Detection {
+                video: "v1".into(),
+                segment: [0.8, 2.6],
+                label: 0,
+                score: 0.9
+            }]
+        );
     }
 
     #[test]
@@ -538,17 +687,42 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let gt = read_ground_truth(&write(dir.path(), "gt.json", GT)).unwrap();
         let cases = [
-            (r#"{"results": {"v1": [{"segment": [0, 1], "label": "filing", "score": 0.5}]}}"#, "results[\"v1\"][0].label: label \"filing\" is not in the ground truth", Some("did you mean \"filling\"?")),
-            (r#"{"results": {"v1": [{"segment": [0, 1], "label_id": 0, "score": NaN}]}}"#, "results[\"v1\"][0].score: non-finite value NaN", None),
-            (r#"{"database": {"v1": [{"segment": [0, 1], "label_id": 0, "scores": -Infinity}]}}"#, "database[\"v1\"][0].scores: non-finite value -Infinity", None),
-            (r#"{"results": {"v1": [{"segment": [2, 1], "label_id": 0, "score": 0.5}]}}"#, "results[\"v1\"][0].segment: end 1 is before start 2", None),
-            (r#"{"results": {"v1": [{"segment": [0, 1], "label_id": 0}]}}"#, "results[\"v1\"][0]: missing \"score\"", None),
+            (
+                r#"{"results": {"v1": [{"segment": [0, 1], "label": "filing", "score": 0.5}]}}"#,
+                "results[\"v1\"][0].label: label \"filing\" is not in the ground truth",
+                Some("did you mean \"filling\"?"),
+            ),
+            (
+                r#"{"results": {"v1": [{"segment": [0, 1], "label_id": 0, "score": NaN}]}}"#,
+                "results[\"v1\"][0].score: non-finite value NaN",
+                None,
+            ),
+            (
+                r#"{"database": {"v1": [{"segment": [0, 1], "label_id": 0, "scores": -Infinity}]}}"#,
+                "database[\"v1\"][0].scores: non-finite value -Infinity",
+                None,
+            ),
+            (
+                r#"{"results": {"v1": [{"segment": [2, 1], "label_id": 0, "score": 0.5}]}}"#,
+                "results[\"v1\"][0].segment: end 1 is before start 2",
+                None,
+            ),
+            (
+                r#"{"results": {"v1": [{"segment": [0, 1], "label_id": 0}]}}"#,
+                "results[\"v1\"][0]: missing \"score\"",
+                None,
+            ),
             (r#"{"preds": []}"#, "neither the ActivityNet layout", None),
             (GT, "looks like a ground-truth file", None),
         ];
         for (text, want, extra) in cases {
-            let e = read_predictions(&write(dir.path(), "p.json", text), &gt).unwrap_err().to_string();
-            assert!(e.contains("p.json: ") && e.contains(want), "{e} — want {want}");
+            let e = read_predictions(&write(dir.path(), "p.json", text), &gt)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("p.json: ") && e.contains(want),
+                "{e} — want {want}"
+            );
             if let Some(x) = extra {
                 assert!(e.contains(x), "{e}");
             }
@@ -559,6 +733,9 @@ mod tests {
     #[test]
     fn non_finite_tokens_are_quoted_outside_strings_only() {
         let t = r#"{"a NaN": NaN, "b": [Infinity, -Infinity], "c": "x\"NaN"}"#;
-        assert_eq!(quote_non_finite(t), r#"{"a NaN": "NaN", "b": ["Infinity", "-Infinity"], "c": "x\"NaN"}"#);
+        assert_eq!(
+            quote_non_finite(t),
+            r#"{"a NaN": "NaN", "b": ["Infinity", "-Infinity"], "c": "x\"NaN"}"#
+        );
     }
 }

@@ -75,11 +75,21 @@ pub fn frame_scores(truth: &[u8], pred: &[u8]) -> FrameScores {
         f_sum += ratio(2 * tp[l], n_pred[l] + n_true[l]);
     }
     if n_labels == 0 {
-        return FrameScores { precision: 0.0, recall: 0.0, f1: 0.0, accuracy: 0.0 };
+        return FrameScores {
+            precision: 0.0,
+            recall: 0.0,
+            f1: 0.0,
+            accuracy: 0.0,
+        };
     }
     let correct: usize = tp.iter().sum();
     let k = n_labels as f64;
-    FrameScores { precision: p_sum / k, recall: r_sum / k, f1: f_sum / k, accuracy: ratio(correct, truth.len()) }
+    FrameScores {
+        precision: p_sum / k,
+        recall: r_sum / k,
+        f1: f_sum / k,
+        accuracy: ratio(correct, truth.len()),
+    }
 }
 
 /// The keyframes of one video.
@@ -107,7 +117,10 @@ impl VideoKeyframes {
 
     /// Frame scores of this video.
     pub fn frame_scores(&self) -> FrameScores {
-        frame_scores(&frame_labels(&self.truth, self.n_frames), &frame_labels(&self.pred, self.n_frames))
+        frame_scores(
+            &frame_labels(&self.truth, self.n_frames),
+            &frame_labels(&self.pred, self.n_frames),
+        )
     }
 }
 
@@ -154,7 +167,11 @@ pub fn keyframe_metrics(videos: &[VideoKeyframes]) -> Result<KeyframeMetrics, Ke
     let scores: Vec<FrameScores> = videos.iter().map(VideoKeyframes::frame_scores).collect();
     let avg = |f: fn(&FrameScores) -> f64| scores.iter().map(f).sum::<f64>() / n;
     let devs: Vec<f64> = videos.iter().flat_map(|v| v.deviations()).collect();
-    let ad = videos.iter().map(|v| v.deviations().iter().sum::<f64>() / 3.0).sum::<f64>() / n;
+    let ad = videos
+        .iter()
+        .map(|v| v.deviations().iter().sum::<f64>() / 3.0)
+        .sum::<f64>()
+        / n;
     let accuracy = avg(|s| s.accuracy);
     Ok(KeyframeMetrics {
         precision: avg(|s| s.precision),
@@ -189,7 +206,12 @@ mod tests {
     fn matches_the_original_parity_video() {
         // decode.json vessel_eval_path: t1..t6 = [196, 99, 5, 40, 160, 360], 400 frames:
         // sklearn macro P 1/15, R 1/3, F 1/9, micro 0.2; deviation/3 = 190.666…
-        let v = VideoKeyframes { truth: kf(40, 160, 360), pred: kf(196, 99, 5), n_frames: 400, fallback: Fallback::None };
+        let v = VideoKeyframes {
+            truth: kf(40, 160, 360),
+            pred: kf(196, 99, 5),
+            n_frames: 400,
+            fallback: Fallback::None,
+        };
         let s = v.frame_scores();
         assert!((s.precision - 0.06666666666666667).abs() < 1e-15);
         assert!((s.recall - 0.3333333333333333).abs() < 1e-15);
@@ -218,8 +240,18 @@ mod tests {
 
     #[test]
     fn table_over_videos() {
-        let perfect = VideoKeyframes { truth: kf(2, 5, 9), pred: kf(2, 5, 9), n_frames: 10, fallback: Fallback::None };
-        let off = VideoKeyframes { truth: kf(2, 5, 9), pred: kf(3, 5, 7), n_frames: 10, fallback: Fallback::NoWashout };
+        let perfect = VideoKeyframes {
+            truth: kf(2, 5, 9),
+            pred: kf(2, 5, 9),
+            n_frames: 10,
+            fallback: Fallback::None,
+        };
+        let off = VideoKeyframes {
+            truth: kf(2, 5, 9),
+            pred: kf(3, 5, 7),
+            n_frames: 10,
+            fallback: Fallback::NoWashout,
+        };
         let m = keyframe_metrics(&[perfect, off]).unwrap();
         assert_eq!(m.n_videos, 2);
         assert_eq!(m.n_fallback, 1);
@@ -227,7 +259,11 @@ mod tests {
         assert!((m.ad - 0.5).abs() < 1e-15);
         // deviations [0,0,0,1,0,2]: mean 0.5, sample sd sqrt((4·0.25 + 0.25 + 2.25)/5) = sqrt(0.7)
         let t5 = 2.015048373333024;
-        assert!((m.ci_upper - (0.5 + t5 * 0.7f64.sqrt() / 6f64.sqrt())).abs() < 1e-9, "{}", m.ci_upper);
+        assert!(
+            (m.ci_upper - (0.5 + t5 * 0.7f64.sqrt() / 6f64.sqrt())).abs() < 1e-9,
+            "{}",
+            m.ci_upper
+        );
         assert!(keyframe_metrics(&[]).is_err());
         // one video works (df = 2)
         assert!(keyframe_metrics(&[off]).is_ok());

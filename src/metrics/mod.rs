@@ -5,7 +5,11 @@
 pub mod anet;
 pub mod io;
 pub mod keyframe;
+pub mod score;
 pub mod stats;
 
-pub use anet::{Detection, DetectionMetrics, GtSegment, TIOUS, TOP_K, evaluate_detection, top1_per_class_per_video};
+pub use anet::{
+    Detection, DetectionMetrics, GtSegment, TIOUS, TOP_K, detections_from, evaluate_detection,
+    top1_per_class_per_video,
+};
 pub use keyframe::{KeyframeMetrics, VideoKeyframes, keyframe_metrics};
