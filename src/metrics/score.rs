@@ -26,9 +26,18 @@ pub enum ScoreError {
     /// The ground truth of the split is missing or unusable.
     #[error(transparent)]
     Read(#[from] ReadError),
-    /// The detection metrics failed.
-    #[error(transparent)]
-    Anet(#[from] AnetError),
+    /// Every ground-truth segment of the split is shorter than the tolerance.
+    #[error(
+        "{}: split {split:?} has no ground-truth segment of at least {} s",
+        path.display(),
+        anet::GT_TOLERANCE
+    )]
+    OnlyShortSegments {
+        /// The ground-truth file.
+        path: std::path::PathBuf,
+        /// The split.
+        split: String,
+    },
     /// The keyframe table failed.
     #[error(transparent)]
     Keyframe(#[from] KeyframeError),
@@ -120,7 +129,13 @@ pub fn score(
         ));
     }
 
-    let detection = anet::evaluate_detection(&gt_segments, &scored, &anet::TIOUS, &anet::TOP_K)?;
+    let detection = anet::evaluate_detection(&gt_segments, &scored, &anet::TIOUS, &anet::TOP_K)
+        .map_err(|e| match e {
+            AnetError::NoGroundTruth => ScoreError::OnlyShortSegments {
+                path: gt.path.clone(),
+                split: split.to_string(),
+            },
+        })?;
     let classes: HashSet<usize> = detection.classes.iter().copied().collect();
     let mut unscored: Vec<usize> = scored
         .iter()
@@ -283,5 +298,18 @@ mod tests {
         );
         assert!(r.notes.iter().any(|n| n.contains("label ids [5]")));
         assert!(score(&gt(), "train", &dets, Protocol::Full).is_err());
+        let mut short = gt();
+        for v in &mut short.videos {
+            for a in &mut v.annotations {
+                a.segment[1] = a.segment[0] + 0.0005;
+            }
+        }
+        let e = score(&short, "test", &dets, Protocol::Full)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "gt.json: split \"test\" has no ground-truth segment of at least 0.001 s"
+        );
     }
 }
