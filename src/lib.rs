@@ -10,3 +10,6 @@ pub mod fsio;
 pub mod config;
 pub mod dataset;
 pub mod train;
+pub mod geometry;
+pub mod infer;
+pub mod metrics;

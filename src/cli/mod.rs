@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod check;
 pub mod config;
+pub mod score;
 
 /// Exit status for a usage, config or data error (bad input the user can fix).
 pub const EXIT_INPUT: u8 = 2;
@@ -27,6 +28,8 @@ pub enum Command {
     Config(config::Args),
     /// Validate the dataset a config points at, before training.
     Check(check::Args),
+    /// Score a detection file against ground truth: the mAP table and the keyframe table.
+    Score(score::Args),
 }
 
 /// An error caused by the user's input (config, data, arguments): exit status 2.
@@ -51,6 +54,7 @@ pub fn main() -> ExitCode {
     let result: anyhow::Result<()> = match cli.command {
         Command::Config(a) => config::run(a),
         Command::Check(a) => check::run(a),
+        Command::Score(args) => score::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
