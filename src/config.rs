@@ -6,7 +6,6 @@
 //! exactly what will run. Derived values (pyramid strides, `max_div_factor`, the image
 //! side) are methods, never stored twice.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -46,53 +45,7 @@ pub enum ConfigError {
 /// Which split names select which videos (matched case-insensitively).
 pub type SplitNames = Vec<String>;
 
-/// How keyframes are decoded from the best filling/washout segments (SPEC §6.4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(try_from = "u8", into = "u8")]
-pub enum DecodeSetting {
-    /// start = F.start, apex = mid(F.end, W.start), end = W.end (the paper's).
-    #[default]
-    Paper,
-    /// start = mid(F.start, W.start), apex = F.end.
-    MidStart,
-    /// apex = W.start, end = mid(F.end, W.end).
-    MidEnd,
-}
-
-impl TryFrom<u8> for DecodeSetting {
-    type Error = String;
-    fn try_from(v: u8) -> Result<Self, String> {
-        match v {
-            0 => Ok(Self::Paper),
-            1 => Ok(Self::MidStart),
-            2 => Ok(Self::MidEnd),
-            _ => Err(format!("must be 0, 1 or 2, got {v}")),
-        }
-    }
-}
-
-impl From<DecodeSetting> for u8 {
-    fn from(s: DecodeSetting) -> u8 {
-        match s {
-            DecodeSetting::Paper => 0,
-            DecodeSetting::MidStart => 1,
-            DecodeSetting::MidEnd => 2,
-        }
-    }
-}
-
-/// Non-maximum suppression variant (`test_cfg.nms_method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NmsMethod {
-    /// Gaussian soft-NMS (the paper's).
-    #[default]
-    Soft,
-    /// Hard NMS at `iou_threshold`.
-    Hard,
-    /// No suppression.
-    None,
-}
+pub use crate::infer::{DecodeSetting, NmsMethod};
 
 /// Positive-point selection (`train_cfg.center_sample`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -477,7 +430,7 @@ impl Default for Config {
             train_split: vec!["train".into()],
             val_split: vec!["validation".into()],
             test_split: vec!["test".into()],
-            setting: DecodeSetting::Paper,
+            setting: DecodeSetting::ApexMidpoint,
             model_name: "LocPointTransformer".into(),
             output_folder: PathBuf::from("./ckpt/"),
             dataset: DatasetConfig::default(),
@@ -917,11 +870,6 @@ fn check_keys(map: &Map<String, Value>, section: &str, path: &Path) -> Result<()
     Ok(())
 }
 
-impl fmt::Display for DecodeSetting {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", u8::from(*self))
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -39,7 +39,8 @@ pub fn grid_to_seconds(segs: &[[f32; 2]], g: &GridToSeconds) -> Vec<[f32; 2]> {
 
 /// How predicted keyframes are read off the best filling segment F and the best washout
 /// segment W (the original's `decodeSetting`, config key `setting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
 pub enum DecodeSetting {
     /// Setting 0 (the paper's): start = F.start, apex = midpoint of F.end and W.start, end = W.end.
     #[default]
@@ -48,6 +49,16 @@ pub enum DecodeSetting {
     StartMidpoint,
     /// Setting 2: start = F.start, apex = W.start, end = midpoint of F.end and W.end.
     EndMidpoint,
+}
+
+impl From<DecodeSetting> for i64 {
+    fn from(s: DecodeSetting) -> i64 {
+        match s {
+            DecodeSetting::ApexMidpoint => 0,
+            DecodeSetting::StartMidpoint => 1,
+            DecodeSetting::EndMidpoint => 2,
+        }
+    }
 }
 
 impl TryFrom<i64> for DecodeSetting {
