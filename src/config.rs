@@ -702,6 +702,9 @@ impl Config {
                 format!("{} is not divisible by max_div_factor {} (largest stride × window)", d.max_seq_len, self.max_div_factor()),
             ));
         }
+        if self.opt.schedule_type == ScheduleType::Multistep {
+            return Err(bad("opt.schedule_type", "multistep is not supported by xca; use cosine (the paper's)".into()));
+        }
         if self.opt.kind != "AdamW" {
             return Err(bad("opt.type", format!("'{}' is not supported; xca trains with AdamW", self.opt.kind)));
         }

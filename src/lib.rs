@@ -13,3 +13,5 @@ pub mod train;
 pub mod geometry;
 pub mod infer;
 pub mod metrics;
+pub mod evaluate;
+pub mod runtime;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod check;
+pub mod common;
 pub mod config;
+pub mod eval;
+pub mod select;
+pub mod train;
 pub mod score;
 
 /// Exit status for a usage, config or data error (bad input the user can fix).
@@ -28,6 +32,13 @@ pub enum Command {
     Config(config::Args),
     /// Validate the dataset a config points at, before training.
     Check(check::Args),
+    /// Train a model and write EMA checkpoints to <output_folder>/<config stem>_<NAME>/.
+    Train(train::Args),
+    /// Pick the best checkpoint on the validation split and report the test tables.
+    #[command(alias = "val_test")]
+    Select(select::Args),
+    /// The paper's two tables (mAP at tIoU 0.3–0.7; P, R, F, AD, CI) for one checkpoint.
+    Eval(eval::Args),
     /// Score a detection file against ground truth: the mAP table and the keyframe table.
     Score(score::Args),
 }
@@ -55,6 +66,9 @@ pub fn main() -> ExitCode {
         Command::Config(a) => config::run(a),
         Command::Check(a) => check::run(a),
         Command::Score(args) => score::run(args),
+        Command::Train(a) => train::run(a),
+        Command::Select(a) => select::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

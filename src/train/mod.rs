@@ -1,9 +1,10 @@
-//! Training maths that does not depend on the network's internals (SPEC §4.1–§4.3):
-//! label assignment, losses, learning-rate schedule, AdamW groups, global-norm gradient
-//! clipping and the weight EMA. The training loop and checkpoints build on these.
+//! Training (SPEC §4): label assignment, losses, learning-rate schedule, AdamW groups,
+//! global-norm gradient clipping, the weight EMA, checkpoints and the training loop.
 
 pub mod assign;
+pub mod checkpoint;
 pub mod clip;
 pub mod ema;
 pub mod loss;
 pub mod optim;
+pub mod trainer;

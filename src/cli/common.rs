@@ -1,0 +1,108 @@
+//! Pieces several subcommands share: loading data with a progress bar, picking the device,
+//! locating run folders and loading checkpoints (xca's own or the original's `.pth.tar`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use xca::config::Config;
+use xca::dataset::{Annotations, SplitData, load_split};
+use xca::device::DeviceChoice;
+use xca::model::Network;
+use xca::runtime;
+use xca::train::checkpoint;
+
+use super::InputError;
+
+/// A progress bar over `len` items (hidden when quiet).
+pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
+    let b = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+    b.set_style(
+        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// The device a `--device` choice names (an input error if not compiled in).
+pub fn device(choice: DeviceChoice) -> Result<Device> {
+    choice.device().map_err(|e| InputError(e.to_string()).into())
+}
+
+/// Load the features and annotations of `splits` (input error on bad data).
+pub fn load_data(cfg: &Config, ann: &Annotations, splits: &[String], quiet: bool) -> Result<SplitData> {
+    let n = ann.split(splits).len();
+    let b = bar(n, &format!("loading {}", splits.join("+")), quiet);
+    let data = load_split(cfg, ann, splits, |id| {
+        b.set_message(id.to_string());
+        b.inc(1);
+    })
+    .map_err(|e| InputError(e.to_string()))?;
+    b.finish_and_clear();
+    Ok(data)
+}
+
+/// Read the annotation file a config points at (input error, with a hint for the demo data).
+pub fn annotations(cfg: &Config) -> Result<Annotations> {
+    Annotations::load(&cfg.dataset.json_file).map_err(|e| {
+        let hint = if !cfg.dataset.json_file.exists() { " (run `xca synth` to make the synthetic dataset)" } else { "" };
+        InputError(format!("{e}{hint}")).into()
+    })
+}
+
+/// `<output_folder>/<config stem>_<output>`.
+pub fn run_dir(cfg: &Config, config_path: &Path, output: &str) -> PathBuf {
+    let stem = config_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    cfg.output_folder.join(format!("{stem}_{output}"))
+}
+
+/// Whether a path is one of the original's PyTorch checkpoints.
+pub fn is_torch_checkpoint(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    name.ends_with(".pth.tar") || name.ends_with(".pth") || name.ends_with(".pt")
+}
+
+/// Build the network of `cfg` on `device` and fill it from `ckpt` (xca safetensors or the
+/// original's `.pth.tar` with `state_dict_ema`).
+pub fn load_model(cfg: &Config, ckpt: &Path, device: &Device) -> Result<Network> {
+    if !ckpt.exists() {
+        return Err(InputError(format!("checkpoint {} does not exist", ckpt.display())).into());
+    }
+    let net = runtime::network_config(cfg).init(device).map_err(|e| InputError(e.to_string()))?;
+    if is_torch_checkpoint(ckpt) {
+        let tensors = xca::model::read_tensor_file(ckpt, Some("state_dict_ema"))
+            .or_else(|_| xca::model::read_tensor_file(ckpt, None))
+            .map_err(|e| InputError(e.to_string()))?;
+        let (net, _report) = xca::model::load_torch_tensors(net, &tensors)
+            .map_err(|e| InputError(format!("{}: {e}", ckpt.display())))?;
+        Ok(net)
+    } else {
+        checkpoint::load(net, ckpt).map_err(|e| InputError(e.to_string()).into())
+    }
+}
+
+/// Config of a run folder (written by `xca train`), for commands given only a checkpoint.
+pub fn run_config_of(ckpt: &Path) -> Result<PathBuf> {
+    let dir = ckpt.parent().unwrap_or(Path::new("."));
+    let p = dir.join("config.yaml");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(InputError(format!(
+            "no config given and {} has no config.yaml (written by `xca train`): pass CONFIG CKPT",
+            dir.display()
+        ))
+        .into())
+    }
+}
+
+/// Write JSON to a file, or to stdout for `-`.
+pub fn write_json_out(path: &Path, value: &serde_json::Value) -> Result<()> {
+    if path == Path::new("-") {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    } else {
+        xca::fsio::write_json_atomic(path, value).with_context(|| format!("writing {}", path.display()))
+    }
+}

@@ -1,0 +1,144 @@
+//! `xca eval [CONFIG] CKPT`: the paper's two tables for one checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use serde_json::json;
+use xca::config::Config;
+use xca::device::DeviceChoice;
+use xca::evaluate::{SplitScores, detect_split, ground_truth, score_split};
+use xca::infer::Candidates;
+use xca::metrics::io::PredictionFormat;
+
+use super::{InputError, common, score};
+
+/// Evaluate a checkpoint: mAP at tIoU 0.3–0.7 (paper protocol first, then the full
+/// ActivityNet protocol) and the keyframe table P/R/F/AD/CI. CKPT is an xca checkpoint
+/// (`epoch_049.safetensors`) or one of the original's `.pth.tar` files; with CKPT alone the
+/// config is read from the run folder `xca train` wrote.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// [CONFIG] CKPT.
+    #[arg(num_args = 1..=2, required = true, value_name = "[CONFIG] CKPT")]
+    pub paths: Vec<PathBuf>,
+    /// Split to evaluate (default: the config's test_split).
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Write {"paper": <score JSON>, "full": <score JSON>} here (`-` for stdout).
+    #[arg(long, value_name = "OUT.json")]
+    pub json: Option<PathBuf>,
+    /// Write the detections (ActivityNet results format) here.
+    #[arg(long, value_name = "OUT.json")]
+    pub detections: Option<PathBuf>,
+    /// cpu (flex), ndarray or wgpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Seed of the inference-time random-patch centres (default: init_rand_seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Split the 1–2 positional paths into (config, checkpoint).
+pub fn config_and_ckpt(paths: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
+    match paths {
+        [ckpt] => Ok((common::run_config_of(ckpt)?, ckpt.clone())),
+        [config, ckpt] => Ok((config.clone(), ckpt.clone())),
+        _ => Err(InputError("expected [CONFIG] CKPT".into()).into()),
+    }
+}
+
+/// Detections as an ActivityNet results document.
+pub fn detections_json(dets: &[(String, Candidates)], class_names: &[&str]) -> serde_json::Value {
+    let mut results = serde_json::Map::new();
+    for (vid, c) in dets {
+        let list: Vec<serde_json::Value> = (0..c.len())
+            .map(|i| {
+                json!({
+                    "segment": [c.segs[i][0], c.segs[i][1]],
+                    "label": class_names.get(c.labels[i]).copied().unwrap_or("unknown"),
+                    "label_id": c.labels[i],
+                    "score": c.scores[i],
+                })
+            })
+            .collect();
+        results.insert(vid.clone(), serde_json::Value::Array(list));
+    }
+    json!({"version": "xca", "results": results})
+}
+
+/// Print both protocols' tables.
+pub fn print_scores(s: &SplitScores, method: &str) {
+    println!("== {method}: paper protocol (top-1 per class per video; the paper's Table 1) ==");
+    print!("{}", score::render(&s.paper, method, PredictionFormat::ActivityNet));
+    println!("\n== {method}: full ActivityNet protocol (every detection) ==");
+    print!("{}", score::render(&s.full, method, PredictionFormat::ActivityNet));
+}
+
+/// Evaluate an already-built model on `split` of `cfg`.
+pub fn evaluate(
+    cfg: &Config,
+    model: &xca::model::Network,
+    split: &str,
+    seed: u64,
+    device: &burn::tensor::Device,
+    quiet: bool,
+) -> Result<(SplitScores, Vec<(String, Candidates)>)> {
+    let ann = common::annotations(cfg)?;
+    let data = common::load_data(cfg, &ann, &[split.to_string()], quiet)?;
+    let gt = ground_truth(cfg).map_err(|e| InputError(e.to_string()))?;
+    evaluate_loaded(cfg, model, &data, &gt, split, seed, device, quiet)
+}
+
+/// [`evaluate`] with the data already in memory (`select` loads it once).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_loaded(
+    cfg: &Config,
+    model: &xca::model::Network,
+    data: &xca::dataset::SplitData,
+    gt: &xca::metrics::io::GroundTruth,
+    split: &str,
+    seed: u64,
+    device: &burn::tensor::Device,
+    quiet: bool,
+) -> Result<(SplitScores, Vec<(String, Candidates)>)> {
+    let b = common::bar(data.videos.len(), &format!("eval {split}"), quiet);
+    let dets = detect_split(model, cfg, data, seed, device, |id| {
+        b.set_message(id.to_string());
+        b.inc(1);
+    })?;
+    b.finish_and_clear();
+    let scores = score_split(gt, split, &dets)?;
+    Ok((scores, dets))
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (config_path, ckpt) = config_and_ckpt(&args.paths)?;
+    let cfg = super::config::load_config(&config_path)?;
+    let device = common::device(args.device)?;
+    let model = common::load_model(&cfg, &ckpt, &device)?;
+    let split = args.split.clone().or_else(|| cfg.test_split.first().cloned()).unwrap_or_else(|| "test".into());
+    let seed = args.seed.unwrap_or(cfg.init_rand_seed);
+    let (scores, dets) = evaluate(&cfg, &model, &split, seed, &device, args.quiet)?;
+    let method = ckpt_label(&ckpt);
+    print_scores(&scores, &method);
+    if let Some(p) = &args.json {
+        common::write_json_out(p, &json!({"paper": score::report_json(&scores.paper), "full": score::report_json(&scores.full)}))?;
+    }
+    if let Some(p) = &args.detections {
+        common::write_json_out(p, &detections_json(&dets, &xca::dataset::annotations::CLASS_NAMES))?;
+    }
+    Ok(())
+}
+
+/// A short name for a checkpoint in table rows: `vessel_reproduce/epoch_049`.
+pub fn ckpt_label(ckpt: &Path) -> String {
+    let file = ckpt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file = file.trim_end_matches(".safetensors").trim_end_matches(".pth.tar").to_string();
+    match ckpt.parent().and_then(|p| p.file_name()) {
+        Some(dir) => format!("{}/{file}", dir.to_string_lossy()),
+        None => file,
+    }
+}

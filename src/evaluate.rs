@@ -1,0 +1,138 @@
+//! Inference over videos and scoring of a split (SPEC §6–§7): the network's outputs leave
+//! the device once per video, then decoding, NMS, keyframes and metrics run on the host.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::Config;
+use crate::dataset::batch::{BatchError, Window, collate};
+use crate::dataset::{Features, SplitData};
+use crate::infer::{Candidates, InferError, LevelOutput, postprocess};
+use crate::metrics::anet::{Detection, detections_from};
+use crate::metrics::io::{GroundTruth, ReadError, read_ground_truth};
+use crate::metrics::score::{Protocol, ScoreError, ScoreReport, score};
+use crate::model::{ModelError, Network, draw_patch_centres};
+use crate::runtime;
+
+/// Inference or scoring that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Score(#[from] ScoreError),
+    #[error("video '{video}': {reason}")]
+    Video { video: String, reason: String },
+}
+
+/// Raw head outputs of one video, on the host.
+#[derive(Debug, Clone)]
+pub struct VideoOutput {
+    /// One entry per pyramid level.
+    pub levels: Vec<LevelOutput>,
+}
+
+fn host_vec(t: burn::tensor::Tensor<3>, video: &str) -> Result<Vec<f32>, EvalError> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| EvalError::Video { video: video.to_string(), reason: format!("reading outputs: {e:?}") })
+}
+
+/// Run the network on one video of any length (padded to `cfg.inference_len`).
+///
+/// `patch_centre` is used when the model has `random_patch` on.
+pub fn run_video(
+    model: &Network,
+    cfg: &Config,
+    feats: &Features,
+    patch_centre: Option<(usize, usize)>,
+    device: &Device,
+    video: &str,
+) -> Result<VideoOutput, EvalError> {
+    let len = cfg.inference_len(feats.rows);
+    let batch = collate(&[Window::whole(feats)], len, device)?;
+    let centres = patch_centre.map(|c| vec![c]);
+    let out = model.forward(batch.feats, batch.mask, centres.as_deref())?;
+    let strides = cfg.fpn_strides();
+    let mut levels = Vec::with_capacity(out.cls_logits.len());
+    for (l, (logits, offsets)) in out.cls_logits.into_iter().zip(out.offsets).enumerate() {
+        let stride = strides.get(l + cfg.model.fpn_start_level).copied().unwrap_or(1);
+        levels.push(LevelOutput {
+            stride: stride as f32,
+            logits: host_vec(logits, video)?,
+            offsets: host_vec(offsets, video)?,
+            // Nearest-neighbour mask downsampling keeps step i when i·stride < rows.
+            valid_len: feats.rows.div_ceil(stride),
+        });
+    }
+    Ok(VideoOutput { levels })
+}
+
+/// Detections (seconds) of one video: decode, NMS, grid → seconds (SPEC §6.1–6.3).
+pub fn detect(cfg: &Config, out: &VideoOutput, fps: f64, duration: Option<f64>) -> Result<Candidates, EvalError> {
+    Ok(postprocess(
+        &out.levels,
+        &runtime::decode_config(cfg),
+        &runtime::nms_config(cfg),
+        &runtime::grid_to_seconds(cfg, fps, duration),
+    )?)
+}
+
+/// Inference-time random-patch centres: one per video, in order, from the run's seed, so
+/// the same seed gives the same detections (SPEC §3.1 step 5).
+pub fn patch_centres(cfg: &Config, seed: u64, count: usize, side: usize) -> Vec<Option<(usize, usize)>> {
+    if !cfg.model.random_patch {
+        return vec![None; count];
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    draw_patch_centres(&mut rng, count, side).into_iter().map(Some).collect()
+}
+
+/// Detections of every video of a split, in split order.
+pub fn detect_split(
+    model: &Network,
+    cfg: &Config,
+    data: &SplitData,
+    seed: u64,
+    device: &Device,
+    mut on_video: impl FnMut(&str),
+) -> Result<Vec<(String, Candidates)>, EvalError> {
+    let centres = patch_centres(cfg, seed, data.videos.len(), model.image_side());
+    let mut out = Vec::with_capacity(data.videos.len());
+    for (v, centre) in data.videos.iter().zip(centres) {
+        let raw = run_video(model, cfg, &v.feats, centre, device, &v.id)?;
+        out.push((v.id.clone(), detect(cfg, &raw, v.fps, Some(v.duration))?));
+        on_video(&v.id);
+    }
+    Ok(out)
+}
+
+/// Both protocols' tables for a split's detections.
+#[derive(Debug, Clone)]
+pub struct SplitScores {
+    /// Top-1 per class per video (what the paper's Table 1 means).
+    pub paper: ScoreReport,
+    /// Every detection (the standard ActivityNet protocol).
+    pub full: ScoreReport,
+}
+
+/// Score detections against the annotation file's `split` under both protocols.
+pub fn score_split(gt: &GroundTruth, split: &str, dets: &[(String, Candidates)]) -> Result<SplitScores, EvalError> {
+    let all: Vec<Detection> = dets.iter().flat_map(|(v, c)| detections_from(v, c)).collect();
+    Ok(SplitScores { paper: score(gt, split, &all, Protocol::Paper)?, full: score(gt, split, &all, Protocol::Full)? })
+}
+
+/// Read the ground truth a config points at.
+pub fn ground_truth(cfg: &Config) -> Result<GroundTruth, EvalError> {
+    Ok(read_ground_truth(Path::new(&cfg.dataset.json_file))?)
+}

@@ -1,0 +1,143 @@
+//! The glue between the typed config tree and the runtime pieces: each function takes the
+//! resolved [`Config`] and returns the small typed config one component needs, so no
+//! component reads the whole tree.
+
+use crate::config::{CenterSample as CenterSampleKey, Config, ScheduleType};
+use crate::infer::{DecodeConfig, GridToSeconds, NmsConfig};
+use crate::model::NetworkConfig;
+use crate::train::assign::CenterSample;
+use crate::train::loss::LossConfig;
+use crate::train::optim::{AdamWSettings, LrSchedule};
+
+/// The network of `cfg.model` (plus the dataset and train_cfg values that shape it).
+pub fn network_config(cfg: &Config) -> NetworkConfig {
+    let m = &cfg.model;
+    NetworkConfig::new()
+        .with_input_dim(cfg.dataset.input_dim)
+        .with_num_classes(cfg.dataset.num_classes)
+        .with_max_seq_len(cfg.dataset.max_seq_len)
+        .with_backbone_arch(m.backbone_arch.to_vec())
+        .with_scale_factor(m.scale_factor)
+        .with_regression_range(m.regression_range.iter().map(|r| [r[0] as f32, r[1] as f32]).collect())
+        .with_n_head(m.n_head)
+        .with_n_mha_win_size(vec![m.n_mha_win_size])
+        .with_embd_kernel_size(m.embd_kernel_size)
+        .with_embd_dim(m.embd_dim)
+        .with_embd_with_ln(m.embd_with_ln)
+        .with_fpn_dim(m.fpn_dim)
+        .with_fpn_with_ln(m.fpn_with_ln)
+        .with_fpn_start_level(m.fpn_start_level)
+        .with_head_dim(m.head_dim)
+        .with_head_kernel_size(m.head_kernel_size)
+        .with_head_num_layers(m.head_num_layers)
+        .with_head_with_ln(m.head_with_ln)
+        .with_sp_atten(m.sp_atten)
+        .with_te_atten(m.te_atten)
+        .with_self_atten(m.self_atten)
+        .with_pretrain(m.pretrain)
+        .with_random_patch(m.random_patch)
+        .with_dropout(cfg.train_cfg.dropout)
+        .with_droppath(cfg.train_cfg.droppath)
+        .with_cls_prior_prob(cfg.train_cfg.cls_prior_prob)
+        .with_head_empty_cls(cfg.train_cfg.head_empty_cls.clone())
+        .with_convlstm_hidden(cfg.xca.convlstm_hidden.clone())
+}
+
+/// Candidate decoding (SPEC §6.1).
+pub fn decode_config(cfg: &Config) -> DecodeConfig {
+    let t = &cfg.test_cfg;
+    DecodeConfig {
+        num_classes: cfg.dataset.num_classes,
+        pre_nms_thresh: t.pre_nms_thresh as f32,
+        pre_nms_topk: t.pre_nms_topk,
+        duration_thresh: t.duration_thresh as f32,
+    }
+}
+
+/// Suppression and voting (SPEC §6.2).
+pub fn nms_config(cfg: &Config) -> NmsConfig {
+    let t = &cfg.test_cfg;
+    NmsConfig {
+        method: t.nms_method,
+        iou_threshold: t.iou_threshold as f32,
+        min_score: t.min_score as f32,
+        max_seg_num: t.max_seg_num,
+        multiclass: t.multiclass_nms,
+        sigma: t.nms_sigma as f32,
+        voting_thresh: t.voting_thresh as f32,
+    }
+}
+
+/// Grid → seconds for one video (SPEC §6.3).
+pub fn grid_to_seconds(cfg: &Config, fps: f64, duration: Option<f64>) -> GridToSeconds {
+    GridToSeconds {
+        feat_stride: cfg.dataset.feat_stride as f64,
+        num_frames: cfg.dataset.num_frames as f64,
+        downsample_rate: cfg.dataset.downsample_rate as f64,
+        fps,
+        duration,
+    }
+}
+
+/// Positive-point selection of label assignment (SPEC §4.1).
+pub fn center_sample(cfg: &Config) -> CenterSample {
+    match cfg.train_cfg.center_sample {
+        CenterSampleKey::Radius => CenterSample::Radius(cfg.train_cfg.center_sample_radius as f32),
+        CenterSampleKey::None => CenterSample::None,
+    }
+}
+
+/// Loss weights (SPEC §4.2).
+pub fn loss_config(cfg: &Config) -> LossConfig {
+    LossConfig {
+        loss_weight: cfg.train_cfg.loss_weight as f32,
+        label_smoothing: cfg.train_cfg.label_smoothing as f32,
+    }
+}
+
+/// AdamW hyper-parameters (SPEC §4.3).
+pub fn adamw_settings(cfg: &Config) -> AdamWSettings {
+    AdamWSettings { weight_decay: cfg.opt.weight_decay as f32, ..AdamWSettings::default() }
+}
+
+/// The learning-rate schedule for `iters_per_epoch` steps per epoch (SPEC §4.3).
+pub fn lr_schedule(cfg: &Config, iters_per_epoch: usize) -> LrSchedule {
+    let o = &cfg.opt;
+    match (o.warmup, o.schedule_type) {
+        (true, ScheduleType::Cosine) => LrSchedule::warmup_cosine(
+            o.learning_rate,
+            o.epochs,
+            o.warmup_epochs,
+            iters_per_epoch,
+            cfg.model.pretrain,
+            cfg.model.random_patch,
+        ),
+        _ => LrSchedule::cosine(o.learning_rate, o.epochs, iters_per_epoch),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn paper_config_maps_onto_the_network_and_post_processing() {
+        let cfg = Config::load(Path::new("configs/vessel.yaml")).unwrap().config;
+        let n = network_config(&cfg);
+        assert_eq!(n.embd_dim, 512);
+        assert_eq!(n.n_mha_win_size, vec![4]);
+        assert!(n.sp_atten && n.te_atten && n.pretrain && n.random_patch && n.self_atten);
+        assert_eq!(n.fpn_strides(), cfg.fpn_strides());
+        assert_eq!(n.max_div_factor(), cfg.max_div_factor());
+        n.validate().unwrap();
+        let d = decode_config(&cfg);
+        assert_eq!((d.pre_nms_topk, d.num_classes), (2000, 2));
+        let s = nms_config(&cfg);
+        assert_eq!((s.max_seg_num, s.voting_thresh, s.multiclass), (200, 0.7, false));
+        let sched = lr_schedule(&cfg, 10);
+        assert_eq!(sched.warmup_steps, 50);
+        assert_eq!(sched.max_steps, 600);
+        assert_eq!(center_sample(&cfg), CenterSample::Radius(1.5));
+    }
+}

@@ -1,0 +1,441 @@
+//! The training loop (SPEC §4): seeded data order and crops, forward, label assignment,
+//! losses (with the contrastive schedule), backward, global clipping, AdamW with its
+//! decay group, the per-iteration schedule, weight EMA, EMA checkpoints for the last
+//! epochs, a JSONL log and a resumable state after every epoch.
+//!
+//! Reproducibility: every random draw of epoch e (data order, crops, patch centres,
+//! anchors, drop-path) comes from RNGs seeded by (seed, e), so a run resumed at an epoch
+//! boundary continues exactly as an uninterrupted one would.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::{Bool, Device, Tensor};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::assign::{AssignError, Targets, assign_targets};
+use super::checkpoint::{self, CheckpointError, CheckpointMeta, config_hash};
+use super::clip::clip_grad_global_norm;
+use super::ema::{EmaError, ema_init, ema_update};
+use super::loss::{
+    AnchorDraw, LossError, LossNormalizer, contrastive_active, contrastive_loss, count_positives,
+    detection_losses, gather_anchor_features, sample_anchors,
+};
+use super::optim::{adamw_with_decay_group, param_ids_where};
+use crate::config::Config;
+use crate::dataset::batch::{BatchError, Window, collate};
+use crate::dataset::crop::{CropParams, crop};
+use crate::dataset::{Grid, SplitData};
+use crate::fsio::{WriteError, build_dir_atomic, write_atomic, write_json_atomic};
+use crate::model::{ModelError, Network, draw_patch_centres};
+use crate::runtime;
+
+/// EMA decay of the weights (SPEC §4.3).
+pub const EMA_DECAY: f64 = 0.999;
+
+/// Anything that stops training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error(transparent)]
+    Loss(#[from] LossError),
+    #[error(transparent)]
+    Assign(#[from] AssignError),
+    #[error(transparent)]
+    Ema(#[from] EmaError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("{path}: {reason}", path = path.display())]
+    Io { path: PathBuf, reason: String },
+    #[error("the training split has {videos} videos, fewer than loader.batch_size {batch}")]
+    TooFewVideos { videos: usize, batch: usize },
+    #[error(
+        "non-finite loss at epoch {epoch}, step {step} (cls {cls}, reg {reg}, contrastive {con:?}); videos of the batch: {videos:?}. \
+         The last good checkpoint is kept."
+    )]
+    NonFinite { epoch: usize, step: usize, cls: f64, reg: f64, con: Option<f64>, videos: Vec<String> },
+    #[error("cannot resume from {}: {reason}", path.display())]
+    Resume { path: PathBuf, reason: String },
+}
+
+/// How to run training (everything that is not in the config).
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The run folder (`<output_folder>/<stem>_<output>`).
+    pub run_dir: PathBuf,
+    /// Device to train on (without autodiff; it is added here).
+    pub device: Device,
+    /// Seed of every RNG (defaults to the config's `init_rand_seed`).
+    pub seed: u64,
+    /// Continue from the run folder's resumable state.
+    pub resume: bool,
+    /// Log (and read the loss from the device) every this many iterations.
+    pub log_every: usize,
+    /// No progress bars.
+    pub quiet: bool,
+    /// Stop after this many epochs of this invocation (tests of resumption).
+    pub max_epochs_this_run: Option<usize>,
+}
+
+/// One line of `log.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogLine {
+    /// `step` (a logged iteration) or `epoch` (epoch averages).
+    pub kind: String,
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Global 0-based step (for `epoch` lines: the last step of the epoch).
+    pub step: usize,
+    pub lr: f64,
+    pub cls_loss: f64,
+    pub reg_loss: f64,
+    /// Contrastive loss (absent when inactive).
+    pub con_loss: Option<f64>,
+    pub total_loss: f64,
+    /// Seconds per iteration.
+    pub sec_per_iter: f64,
+}
+
+/// The resumable state beside the model/EMA/optimiser files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumeState {
+    epochs_done: usize,
+    step: usize,
+    normalizer: LossNormalizer,
+    config_hash: String,
+    seed: u64,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub epochs_done: usize,
+    pub checkpoints: Vec<PathBuf>,
+    pub last_epoch: Option<LogLine>,
+}
+
+/// Whether the parameter at this module path gets weight decay (SPEC §4.3): weights of
+/// convolutions and linear maps (including the input layer's Conv2d, BatchNorm and
+/// projection weights), but not biases, LayerNorm, Scale or drop-path scales.
+pub fn decays(path: &str) -> bool {
+    let last = path.rsplit('.').next().unwrap_or("");
+    if last != "weight" && last != "gamma" {
+        return false;
+    }
+    // LayerNorm gains never decay; the input layer's BatchNorm gains do (the original groups
+    // everything inside the first masked conv by name).
+    let is_layer_norm = path.contains("norm") && !path.contains("long_term");
+    !is_layer_norm
+}
+
+fn seed_for(seed: u64, epoch: usize, stream: u64) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add((epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
+        .wrapping_add(stream)
+}
+
+fn state_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("state")
+}
+
+/// Read the scalar value of a `[1]` tensor (one host sync).
+fn scalar(t: &Tensor<1>) -> f64 {
+    t.clone().into_data().iter::<f64>().next().unwrap_or(f64::NAN)
+}
+
+/// Valid points of every level, concatenated, for a video of `len` steps (nearest-neighbour
+/// mask downsampling keeps index i of a level with stride s when i·s < len).
+fn valid_points(points: &[[f32; 4]], len: usize) -> Vec<bool> {
+    points.iter().map(|p| (p[0] as usize) < len).collect()
+}
+
+/// Train `model` on `data` as `cfg` says. Writes checkpoints, `log.jsonl` and the
+/// resumable state into `opts.run_dir`.
+pub fn train(
+    cfg: &Config,
+    data: &SplitData,
+    opts: &TrainOptions,
+    mut on_epoch: impl FnMut(&LogLine),
+) -> Result<TrainSummary, TrainError> {
+    let batch = cfg.loader.batch_size;
+    let n = data.videos.len();
+    if n < batch {
+        return Err(TrainError::TooFewVideos { videos: n, batch });
+    }
+    let iters = n / batch; // drop_last, as the original's train loader
+    let total_epochs = cfg.total_epochs();
+    let schedule = runtime::lr_schedule(cfg, iters);
+    let loss_cfg = runtime::loss_config(cfg);
+    let center = runtime::center_sample(cfg);
+    let grid = Grid::from_config(cfg);
+    let crop_params = CropParams {
+        max_seq_len: cfg.dataset.max_seq_len,
+        trunc_thresh: cfg.dataset.trunc_thresh,
+        offset: grid.offset(),
+        crop_ratio: cfg.dataset.crop_ratio,
+    };
+    let hash = config_hash(cfg);
+    let t_len = cfg.dataset.max_seq_len;
+    let clip = cfg.train_cfg.clip_grad_l2norm.unwrap_or(0.0) as f32;
+
+    std::fs::create_dir_all(&opts.run_dir)
+        .map_err(|e| TrainError::Io { path: opts.run_dir.clone(), reason: e.to_string() })?;
+    write_atomic(&opts.run_dir.join("config.yaml"), cfg.to_yaml().as_bytes())?;
+
+    let device = opts.device.clone().autodiff();
+    device.seed(opts.seed);
+    let net_cfg = runtime::network_config(cfg);
+    let mut model: Network = net_cfg.init(&device)?;
+    let mut ema: Network = ema_init(&model);
+    let decay_ids = param_ids_where(&model, decays);
+    let mut optim = adamw_with_decay_group(decay_ids, &runtime::adamw_settings(cfg));
+    let mut normalizer = LossNormalizer::new(cfg.train_cfg.init_loss_norm);
+    let mut start_epoch = 0;
+    let mut step = 0usize;
+
+    let sdir = state_dir(&opts.run_dir);
+    let log_path = opts.run_dir.join("log.jsonl");
+    if opts.resume && sdir.join("state.json").exists() {
+        let bad = |reason: String| TrainError::Resume { path: sdir.clone(), reason };
+        let text = std::fs::read_to_string(sdir.join("state.json")).map_err(|e| bad(e.to_string()))?;
+        let st: ResumeState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        if st.config_hash != hash {
+            return Err(bad(format!(
+                "it was written with a different config (hash {} vs {hash}); start a new run or restore the config",
+                st.config_hash
+            )));
+        }
+        model = model.try_load_file(sdir.join("model.bpk")).map_err(|e| bad(format!("model: {e}")))?;
+        ema = ema.try_load_file(sdir.join("ema.bpk")).map_err(|e| bad(format!("ema: {e}")))?;
+        let bytes = std::fs::read(sdir.join("optim.bin")).map_err(|e| bad(format!("optim.bin: {e}")))?;
+        optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| bad(format!("optimiser: {e}")))?;
+        normalizer = st.normalizer;
+        start_epoch = st.epochs_done;
+        step = st.step;
+    } else if log_path.exists() {
+        // A fresh run replaces an old log.
+        std::fs::remove_file(&log_path).map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })?;
+    let mut write_log = |line: &LogLine| -> Result<(), TrainError> {
+        let mut s = serde_json::to_string(line).unwrap_or_default();
+        s.push('\n');
+        log.write_all(s.as_bytes()).map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })
+    };
+
+    let points = model.points(t_len).rows();
+    let side = model.image_side();
+    let mut checkpoints = Vec::new();
+    let mut last_epoch = None;
+    let end_epoch = match opts.max_epochs_this_run {
+        Some(k) => (start_epoch + k).min(total_epochs),
+        None => total_epochs,
+    };
+    for epoch in start_epoch..end_epoch {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed_for(opts.seed, epoch, 1));
+        device.seed(seed_for(opts.seed, epoch, 2));
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let use_con = contrastive_active(epoch, cfg.model.pretrain, cfg.model.random_patch);
+        let bar = if opts.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(iters as u64) };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "epoch {prefix:>3}/{len_total} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key("len_total", move |_s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{total_epochs}");
+            }),
+        );
+        bar.set_prefix(format!("{}", epoch + 1));
+        let started = Instant::now();
+        let mut sum_cls: Option<Tensor<1>> = None;
+        let mut sum_reg: Option<Tensor<1>> = None;
+        let mut sum_con: Option<Tensor<1>> = None;
+        let mut n_con = 0usize;
+        let mut lr = 0.0;
+        for it in 0..iters {
+            let idx = &order[it * batch..(it + 1) * batch];
+            let vids: Vec<&crate::dataset::VideoData> = idx.iter().map(|&i| &data.videos[i]).collect();
+            let crops: Vec<_> = vids
+                .iter()
+                .map(|v| crop(v.feats.rows, &v.segments, &v.labels, &crop_params, &mut rng))
+                .collect();
+            let windows: Vec<Window<'_>> = vids
+                .iter()
+                .zip(&crops)
+                .map(|(v, c)| Window { feats: &v.feats, start: c.start, len: c.len })
+                .collect();
+            let b = collate(&windows, t_len, &device)?;
+            let centres = cfg.model.random_patch.then(|| draw_patch_centres(&mut rng, batch, side));
+            let out = model.forward(b.feats, b.mask, centres.as_deref())?;
+
+            let segs_f32: Vec<Vec<[f32; 2]>> =
+                crops.iter().map(|c| c.segments.iter().map(|s| [s[0] as f32, s[1] as f32]).collect()).collect();
+            let mut targets: Vec<Targets> = Vec::with_capacity(batch);
+            let mut valid = Vec::with_capacity(batch * points.len());
+            for (c, segs) in crops.iter().zip(&segs_f32) {
+                targets.push(assign_targets(&points, segs, &c.labels, cfg.dataset.num_classes, center)?);
+                valid.extend(valid_points(&points, c.len));
+            }
+            let norm = normalizer.update(count_positives(&targets, Some(&valid)));
+            let cls_logits = Tensor::cat(out.cls_logits, 1);
+            let offsets = Tensor::cat(out.offsets, 1);
+            let masks: Tensor<2, Bool> = Tensor::cat(out.masks, 1);
+            let losses = detection_losses(cls_logits, offsets, masks, &targets, norm, &loss_cfg)?;
+            let con = match (use_con, out.fg, out.bg) {
+                (true, Some(fg), Some(bg)) => {
+                    let per_video: Vec<(&[[f32; 2]], &[usize])> =
+                        segs_f32.iter().zip(&crops).map(|(s, c)| (s.as_slice(), c.labels.as_slice())).collect();
+                    let anchors = sample_anchors(&per_video, t_len, AnchorDraw::Shared, &mut rng);
+                    let (u, d) = gather_anchor_features(fg, bg, &anchors)?;
+                    contrastive_loss(u, d)
+                }
+                _ => None,
+            };
+            let total = losses.total_with(con.clone());
+            let grads = total.backward();
+            let mut grads = GradientsParams::from_grads(grads, &model);
+            if clip > 0.0 {
+                clip_grad_global_norm(&model, &mut grads, clip);
+            }
+            lr = schedule.lr(step);
+            model = optim.step(lr, model, grads);
+            ema = ema_update(ema, &model, EMA_DECAY)?;
+
+            let (c, r) = (losses.cls.detach(), losses.reg.detach());
+            sum_cls = Some(sum_cls.map_or(c.clone(), |s| s + c.clone()));
+            sum_reg = Some(sum_reg.map_or(r.clone(), |s| s + r.clone()));
+            if let Some(cv) = &con {
+                n_con += 1;
+                let cv = cv.clone().detach();
+                sum_con = Some(sum_con.map_or(cv.clone(), |s| s + cv));
+            }
+            if (step + 1) % opts.log_every.max(1) == 0 {
+                let (cls, reg) = (scalar(&c), scalar(&r));
+                let conv = con.as_ref().map(scalar);
+                if !(cls.is_finite() && reg.is_finite() && conv.is_none_or(f64::is_finite)) {
+                    return Err(TrainError::NonFinite {
+                        epoch: epoch + 1,
+                        step,
+                        cls,
+                        reg,
+                        con: conv,
+                        videos: vids.iter().map(|v| v.id.clone()).collect(),
+                    });
+                }
+                let line = LogLine {
+                    kind: "step".into(),
+                    epoch: epoch + 1,
+                    step,
+                    lr,
+                    cls_loss: cls,
+                    reg_loss: reg,
+                    con_loss: conv,
+                    total_loss: cls + loss_cfg.loss_weight.max(0.0) as f64 * reg + conv.unwrap_or(0.0),
+                    sec_per_iter: started.elapsed().as_secs_f64() / (it + 1) as f64,
+                };
+                bar.set_message(format!("loss {:.4} (cls {:.4} reg {:.4}) lr {:.2e}", line.total_loss, cls, reg, lr));
+                write_log(&line)?;
+            }
+            step += 1;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let avg = |s: Option<Tensor<1>>, k: usize| s.map(|t| scalar(&t) / k.max(1) as f64);
+        let cls = avg(sum_cls, iters).unwrap_or(f64::NAN);
+        let reg = avg(sum_reg, iters).unwrap_or(f64::NAN);
+        let conv = avg(sum_con, n_con);
+        if !(cls.is_finite() && reg.is_finite() && conv.is_none_or(f64::is_finite)) {
+            return Err(TrainError::NonFinite { epoch: epoch + 1, step, cls, reg, con: conv, videos: Vec::new() });
+        }
+        let line = LogLine {
+            kind: "epoch".into(),
+            epoch: epoch + 1,
+            step: step.saturating_sub(1),
+            lr,
+            cls_loss: cls,
+            reg_loss: reg,
+            con_loss: conv,
+            total_loss: cls + loss_cfg.loss_weight.max(0.0) as f64 * reg + conv.unwrap_or(0.0),
+            sec_per_iter: started.elapsed().as_secs_f64() / iters as f64,
+        };
+        write_log(&line)?;
+
+        let epoch1 = epoch + 1;
+        if cfg.saved_epochs().contains(&epoch1) {
+            let path = checkpoint::epoch_file(&opts.run_dir, epoch1);
+            let meta = CheckpointMeta {
+                epoch: epoch1,
+                config_hash: hash.clone(),
+                xca_version: env!("CARGO_PKG_VERSION").into(),
+                weights: "ema".into(),
+            };
+            checkpoint::save(&ema, &path, &meta)?;
+            checkpoints.push(path);
+        }
+        save_state(&opts.run_dir, &model, &ema, &optim, ResumeState {
+            epochs_done: epoch1,
+            step,
+            normalizer: normalizer.clone(),
+            config_hash: hash.clone(),
+            seed: opts.seed,
+        })?;
+        on_epoch(&line);
+        last_epoch = Some(line);
+    }
+    Ok(TrainSummary { run_dir: opts.run_dir.clone(), epochs_done: end_epoch, checkpoints, last_epoch })
+}
+
+fn save_state<O: serde::Serialize>(
+    run_dir: &Path,
+    model: &Network,
+    ema: &Network,
+    optim: &burn::optim::ModuleOptimizer,
+    state: O,
+) -> Result<(), TrainError> {
+    let dir = state_dir(run_dir);
+    build_dir_atomic(&dir, |tmp: &Path| -> Result<(), TrainError> {
+        let io = |p: &Path, e: String| TrainError::Io { path: p.to_path_buf(), reason: e };
+        let mp = tmp.join("model.bpk");
+        model.clone().valid().save_file(&mp).map_err(|e| io(&mp, e.to_string()))?;
+        let ep = tmp.join("ema.bpk");
+        ema.clone().save_file(&ep).map_err(|e| io(&ep, e.to_string()))?;
+        let op = tmp.join("optim.bin");
+        let bytes = optim.into_bytes().map_err(|e| io(&op, e.to_string()))?;
+        write_atomic(&op, &bytes)?;
+        write_json_atomic(&tmp.join("state.json"), &state)?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_rule_follows_the_spec_groups() {
+        assert!(decays("backbone.stem.0.attn.query.weight"));
+        assert!(decays("backbone.embd.0.conv.weight"));
+        assert!(!decays("backbone.embd.0.conv.bias"));
+        assert!(!decays("neck.norms.0.gamma"));
+        assert!(!decays("reg_head.scale.0.scale"));
+        assert!(!decays("backbone.stem.0.drop_path_attn.scale"));
+    }
+}
