@@ -1,0 +1,249 @@
+//! Long short-term spatiotemporal attention input layer (SPEC §3.1 steps 1–4): ConvLSTM
+//! long-term attention, the spatial-attention conv stack, the residual re-weighting and the
+//! image-wise contrastive projection of foreground and background.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::{Device, Tensor};
+
+use super::convlstm::{ConvLstm, ConvLstmConfig};
+
+/// Configuration of [`SpatialAttention`].
+#[derive(Config, Debug)]
+pub struct SpatialAttentionConfig {
+    /// Channels of the first conv (the paper: 8).
+    #[config(default = 8)]
+    pub mid1: usize,
+    /// Channels of the second conv (the paper: 16).
+    #[config(default = 16)]
+    pub mid2: usize,
+}
+
+/// `A = σ(conv1x1(relu(bn(conv3x3(relu(bn(conv3x3(x))))))))` on single-channel images.
+#[derive(Module, Debug)]
+pub struct SpatialAttention {
+    /// 3×3 conv, 1 → mid1 (PyTorch `attention_op.0`).
+    pub conv1: Conv2d,
+    /// BatchNorm2d (PyTorch `attention_op.1`).
+    pub bn1: BatchNorm,
+    /// 3×3 conv, mid1 → mid2 (PyTorch `attention_op.3`).
+    pub conv2: Conv2d,
+    /// BatchNorm2d (PyTorch `attention_op.4`).
+    pub bn2: BatchNorm,
+    /// 1×1 conv, mid2 → 1 (PyTorch `attention_op.6`).
+    pub conv3: Conv2d,
+}
+
+impl SpatialAttentionConfig {
+    /// Build the conv stack on `device` (PyTorch default init; these Conv2d biases are not zeroed).
+    pub fn init(&self, device: &Device) -> SpatialAttention {
+        let conv3x3 = |cin: usize, cout: usize| {
+            Conv2dConfig::new([cin, cout], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
+        };
+        SpatialAttention {
+            conv1: conv3x3(1, self.mid1),
+            bn1: BatchNormConfig::new(self.mid1).init(device),
+            conv2: conv3x3(self.mid1, self.mid2),
+            bn2: BatchNormConfig::new(self.mid2).init(device),
+            conv3: Conv2dConfig::new([self.mid2, 1], [1, 1]).init(device),
+        }
+    }
+}
+
+impl SpatialAttention {
+    /// The attention map, in (0, 1).
+    ///
+    /// # Shapes
+    /// - x: `[N, 1, H, W]`
+    /// - output: `[N, 1, H, W]`
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = relu(self.bn2.forward(self.conv2.forward(x)));
+        sigmoid(self.conv3.forward(x))
+    }
+}
+
+/// Configuration of [`Projection`].
+#[derive(Config, Debug)]
+pub struct ProjectionConfig {
+    /// Input size (the flattened image, 4096).
+    pub d_input: usize,
+    /// Hidden size (1024).
+    #[config(default = 1024)]
+    pub d_hidden: usize,
+    /// Output size (256).
+    #[config(default = 256)]
+    pub d_output: usize,
+}
+
+/// Two linear maps with no activation between, shared by foreground and background
+/// (PyTorch `conv_1`).
+#[derive(Module, Debug)]
+pub struct Projection {
+    /// d_input → d_hidden (PyTorch `conv_1.0`, stored transposed `[in, out]`).
+    pub fc1: Linear,
+    /// d_hidden → d_output (PyTorch `conv_1.1`).
+    pub fc2: Linear,
+}
+
+impl ProjectionConfig {
+    /// Build the projection on `device` (zero biases, as the backbone init does).
+    pub fn init(&self, device: &Device) -> Projection {
+        let lin = |i: usize, o: usize| {
+            let mut l = LinearConfig::new(i, o).init(device);
+            l.bias = Some(Initializer::Zeros.init([o], device));
+            l
+        };
+        Projection {
+            fc1: lin(self.d_input, self.d_hidden),
+            fc2: lin(self.d_hidden, self.d_output),
+        }
+    }
+}
+
+impl Projection {
+    /// Project every time step.
+    ///
+    /// # Shapes
+    /// - x: `[B, T, d_input]`
+    /// - output: `[B, T, d_output]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.fc2.forward(self.fc1.forward(x))
+    }
+}
+
+/// Configuration of [`LongTermAttention`].
+#[derive(Config, Debug)]
+pub struct LongTermAttentionConfig {
+    /// Side of the square image each time step is (64; input_dim = side²).
+    pub image_side: usize,
+    /// `SpAtten`: the spatial-attention conv stack (step 2).
+    pub sp_atten: bool,
+    /// `TeAtten`: the ConvLSTM long-term attention (step 1).
+    pub te_atten: bool,
+    /// `pretrain`: the image-wise contrastive projection (step 4; needs both attentions).
+    pub pretrain: bool,
+    /// The ConvLSTM.
+    #[config(default = "ConvLstmConfig::new()")]
+    pub convlstm: ConvLstmConfig,
+    /// The spatial-attention stack.
+    #[config(default = "SpatialAttentionConfig::new()")]
+    pub spatial: SpatialAttentionConfig,
+    /// Hidden size of the projection (1024).
+    #[config(default = 1024)]
+    pub proj_hidden: usize,
+    /// Output size of the projection (256).
+    #[config(default = 256)]
+    pub proj_dim: usize,
+}
+
+/// Steps 1–4 of SPEC §3.1. Which parts exist follows the flags; all off is the identity.
+#[derive(Module, Debug)]
+pub struct LongTermAttention {
+    /// ConvLSTM (TeAtten).
+    pub convlstm: Option<ConvLstm>,
+    /// Spatial attention (SpAtten).
+    pub spatial: Option<SpatialAttention>,
+    /// Foreground/background projection (pretrain).
+    pub projection: Option<Projection>,
+    /// Image side.
+    pub image_side: usize,
+}
+
+/// What [`LongTermAttention::forward`] returns.
+#[derive(Debug, Clone)]
+pub struct LongTermOutput {
+    /// The re-weighted input `[B, C, T]`.
+    pub x: Tensor<3>,
+    /// Foreground projection `[B, d, T]` (pretrain).
+    pub fg: Option<Tensor<3>>,
+    /// Background projection `[B, d, T]` (pretrain).
+    pub bg: Option<Tensor<3>>,
+    /// Last ConvLSTM layer's hidden state `[B, T, 1, H, W]` (TeAtten).
+    pub lstm_h: Option<Tensor<5>>,
+    /// `lstm_h + x` as images `[B·T, 1, H, W]` (TeAtten and SpAtten).
+    pub x_lstm: Option<Tensor<4>>,
+    /// The attention map `[B, C, T]` (either attention).
+    pub attention: Option<Tensor<3>>,
+}
+
+impl LongTermAttentionConfig {
+    /// Build the enabled parts on `device`.
+    pub fn init(&self, device: &Device) -> LongTermAttention {
+        let side2 = self.image_side * self.image_side;
+        LongTermAttention {
+            convlstm: self.te_atten.then(|| self.convlstm.init(device)),
+            spatial: self.sp_atten.then(|| self.spatial.init(device)),
+            projection: (self.pretrain && self.sp_atten && self.te_atten).then(|| {
+                ProjectionConfig::new(side2)
+                    .with_d_hidden(self.proj_hidden)
+                    .with_d_output(self.proj_dim)
+                    .init(device)
+            }),
+            image_side: self.image_side,
+        }
+    }
+}
+
+impl LongTermAttention {
+    /// Re-weight the input by the enabled attentions and project fg/bg.
+    ///
+    /// # Shapes
+    /// - x: `[B, C, T]` with C = side²; step t of video b is the image `x[b, :, t]` row-major
+    /// - output: see [`LongTermOutput`]
+    pub fn forward(&self, x: Tensor<3>) -> LongTermOutput {
+        let [b, c, t] = x.dims();
+        let s = self.image_side;
+        let mut out = LongTermOutput {
+            x: x.clone(),
+            fg: None,
+            bg: None,
+            lstm_h: None,
+            x_lstm: None,
+            attention: None,
+        };
+        let x_btc = x.clone().swap_dims(1, 2); // [B, T, C]
+        match (&self.convlstm, &self.spatial) {
+            (Some(lstm), Some(spatial)) => {
+                let x_img = x_btc.reshape([b, t, 1, s, s]); // [B, T, 1, H, W]
+                let h = lstm.forward(x_img.clone());
+                let x_lstm = (h.clone() + x_img).reshape([b * t, 1, s, s]); // [B·T, 1, H, W]
+                let a_btc = spatial.forward(x_lstm.clone()).reshape([b, t, c]); // [B, T, C]
+                let attention = a_btc.clone().swap_dims(1, 2); // [B, C, T]
+                if let Some(proj) = &self.projection {
+                    let xl = x_lstm.clone().reshape([b, t, c]); // [B, T, C]
+                    let fg = proj.forward(xl.clone() * a_btc.clone());
+                    let bg = proj.forward(xl * a_btc.neg().add_scalar(1.0));
+                    out.fg = Some(fg.swap_dims(1, 2)); // [B, d, T]
+                    out.bg = Some(bg.swap_dims(1, 2));
+                }
+                out.x = x.clone() + x * attention.clone();
+                out.lstm_h = Some(h);
+                out.x_lstm = Some(x_lstm);
+                out.attention = Some(attention);
+            }
+            (None, Some(spatial)) => {
+                let imgs = x_btc.reshape([b * t, 1, s, s]); // [B·T, 1, H, W]
+                let attention = spatial.forward(imgs).reshape([b, t, c]).swap_dims(1, 2); // [B, C, T]
+                out.x = x.clone() + x * attention.clone();
+                out.attention = Some(attention);
+            }
+            (Some(lstm), None) => {
+                let x_img = x_btc.reshape([b, t, 1, s, s]); // [B, T, 1, H, W]
+                let h = lstm.forward(x_img.clone());
+                let a = sigmoid(h.clone());
+                let y = a.clone() * x_img.clone() + x_img; // [B, T, 1, H, W]
+                out.x = y.reshape([b, t, c]).swap_dims(1, 2); // [B, C, T]
+                out.attention = Some(a.reshape([b, t, c]).swap_dims(1, 2));
+                out.lstm_h = Some(h);
+            }
+            (None, None) => {}
+        }
+        out
+    }
+}
