@@ -283,13 +283,15 @@ pub fn read_tensor_file(
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     let mut out = HashMap::new();
     if is_safetensors {
-        let mut store = SafetensorsStore::from_file(path);
+        let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
         let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
         for (k, t) in all {
             out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
         }
     } else {
-        let mut store = PytorchStore::from_file(path);
+        // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
+        // become .2); the name map needs the original keys.
+        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
         if let Some(key) = top_level_key {
             store = store.with_top_level_key(key);
         }
