@@ -217,3 +217,39 @@ fn points_match_original() {
     let got: Vec<f32> = points.rows().into_iter().flatten().collect();
     assert_eq!(got, expected);
 }
+
+#[test]
+fn training_mode_forward_matches_original() {
+    // losses.safetensors: two unpadded videos, training mode (BatchNorm on batch statistics
+    // over the B·T = 256 images), droppath 0 (no AffineDropPath modules).
+    let dev = device().autodiff();
+    let net = reduced_config()
+        .with_droppath(0.0)
+        .init(&dev)
+        .expect("valid config");
+    let weights = load("weights.safetensors");
+    let (net, report) = load_torch_tensors(net, &weights).expect("weights fit");
+    assert_eq!(report.unused.len(), 14, "{:?}", report.unused);
+    assert!(report.unused.iter().all(|k| k.contains(".drop_path_")));
+    let fx = load("losses.safetensors");
+    let feats: Tensor<3> = tensor(&fx["feats"], &dev);
+    let mask = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 256], [2, 128]), &dev);
+    let out = net.forward(feats, mask, None).expect("forward");
+    check("out_cls_logits", &Tensor::cat(out.cls_logits, 1), &fx);
+    check("out_offsets", &Tensor::cat(out.offsets, 1), &fx);
+}
+
+#[test]
+fn param_count_equals_the_fixture_parameters() {
+    // weights.safetensors holds exactly the tensors the eval forward reads: its parameters
+    // (running statistics excluded) are what xca allocates.
+    let dev = device();
+    let net = reduced_config().init(&dev).expect("valid config");
+    let total: usize = xca::model::param_counts(&net).iter().map(|(_, n)| n).sum();
+    let expected: usize = load("weights.safetensors")
+        .iter()
+        .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+        .map(|(_, v)| v.num_elements())
+        .sum();
+    assert_eq!(total, expected);
+}

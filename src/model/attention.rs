@@ -11,6 +11,8 @@ use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Device, Int, Tensor};
+#[cfg(test)]
+use burn::tensor::s;
 
 use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig};
 
@@ -269,5 +271,81 @@ pub fn dense_attention(
         let keypad = mask.clone().bool_not().reshape([b, 1, 1, t]);
         let att = softmax(att.mask_fill(keypad, f32::NEG_INFINITY), 3);
         att.matmul(v * mask.float().reshape([b, 1, t, 1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    fn qkv(b: usize, t: usize, dev: &Device) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        dev.seed(7);
+        let d = Distribution::Normal(0.0, 1.0);
+        (
+            Tensor::random([b, 2, t, 4], d, dev),
+            Tensor::random([b, 2, t, 4], d, dev),
+            Tensor::random([b, 2, t, 4], d, dev),
+        )
+    }
+
+    fn mask(valid: &[usize], t: usize, dev: &Device) -> Tensor<2, Bool> {
+        let v: Vec<bool> = valid
+            .iter()
+            .flat_map(|&n| (0..t).map(move |i| i < n))
+            .collect();
+        Tensor::from_data(TensorData::new(v, [valid.len(), t]), dev)
+    }
+
+    #[test]
+    fn windowed_equals_dense_band_attention() {
+        let dev = Device::flex();
+        let drop = DropoutConfig::new(0.0).init();
+        for (t, half, valid) in [(16, 2, [11, 16]), (8, 1, [8, 3]), (12, 3, [1, 7])] {
+            let (q, k, v) = qkv(2, t, &dev);
+            let m = mask(&valid, t, &dev);
+            let win = local_attention(q.clone(), k.clone(), v.clone(), m.clone(), half, &drop);
+            let dense = dense_attention(q, k, v, m, Some(half));
+            let d = max_diff(win.clone(), dense);
+            assert!(d < 1e-5, "T={t} half={half}: {d}");
+            // Padded queries give exactly zero rows.
+            let row = win.slice(s![0, .., valid[0].min(t - 1)..t, ..]);
+            if valid[0] < t {
+                assert_eq!(row.abs().max().into_scalar::<f32>(), 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn band_really_limits_the_receptive_field() {
+        // Changing a key far outside the window must not change a query's output.
+        let dev = Device::flex();
+        let drop = DropoutConfig::new(0.0).init();
+        let t = 16;
+        let (q, k, v) = qkv(1, t, &dev);
+        let m = mask(&[16], t, &dev);
+        let a = local_attention(q.clone(), k.clone(), v.clone(), m.clone(), 2, &drop);
+        let k2 = k.slice_assign(s![.., .., 10..11, ..], Tensor::ones([1, 2, 1, 4], &dev) * 50.0);
+        let b = local_attention(q, k2, v, m, 2, &drop);
+        // Query 7 sees keys 5..=9: unchanged. Query 8 sees 6..=10: changed.
+        let q7 = max_diff(a.clone().narrow(2, 7, 1), b.clone().narrow(2, 7, 1));
+        let q8 = max_diff(a.narrow(2, 8, 1), b.narrow(2, 8, 1));
+        assert_eq!(q7, 0.0);
+        assert!(q8 > 1e-3);
+    }
+
+    #[test]
+    fn global_attention_equals_dense_without_band() {
+        let dev = Device::flex();
+        let drop = DropoutConfig::new(0.0).init();
+        let (q, k, v) = qkv(2, 10, &dev);
+        let m = mask(&[10, 4], 10, &dev);
+        let g = global_attention(q.clone(), k.clone(), v.clone(), m.clone(), &drop);
+        let d = dense_attention(q, k, v, m, None);
+        assert!(max_diff(g, d) < 1e-6);
     }
 }

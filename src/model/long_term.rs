@@ -62,10 +62,46 @@ impl SpatialAttention {
     /// - x: `[N, 1, H, W]`
     /// - output: `[N, 1, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
-        let x = relu(self.bn2.forward(self.conv2.forward(x)));
+        let x = relu(batch_norm_2d(&self.bn1, self.conv1.forward(x)));
+        let x = relu(batch_norm_2d(&self.bn2, self.conv2.forward(x)));
         sigmoid(self.conv3.forward(x))
     }
+}
+
+/// BatchNorm2d as PyTorch computes it.
+///
+/// In eval (or on a plain device) this is burn's BatchNorm on the running statistics. In
+/// training the batch statistics are reduced axis by axis (W, H, then N: at most a few hundred
+/// terms per float32 sum) instead of over all N·H·W ≈ 10⁶ values at once, which alone
+/// differs from PyTorch by ~1e-5 relative in the mean and 2e-4 at the logits; the running
+/// variance gets the unbiased estimate, as in PyTorch.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`
+/// - output: `[N, C, H, W]`
+pub fn batch_norm_2d(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        return bn.forward(x);
+    }
+    let [n, c, h, w] = x.dims();
+    let count = (n * h * w) as f64;
+    let mean = x.clone().mean_dim(3).mean_dim(2).mean_dim(0); // [1, C, 1, 1]
+    let centered = x - mean.clone();
+    let var = centered.clone().square().mean_dim(3).mean_dim(2).mean_dim(0); // biased
+    let out = centered / var.clone().add_scalar(bn.epsilon).sqrt();
+    let out = out * bn.gamma.val().reshape([1, c, 1, 1]) + bn.beta.val().reshape([1, c, 1, 1]);
+
+    let mom = bn.momentum;
+    let device = out.device();
+    let rm = bn.running_mean.value_sync().to_device(&device);
+    let rv = bn.running_var.value_sync().to_device(&device);
+    let mean = mean.detach().reshape([c]);
+    let unbiased = var.detach().reshape([c]).mul_scalar(count / (count - 1.0).max(1.0));
+    bn.running_mean
+        .update(rm.mul_scalar(1.0 - mom).add(mean.mul_scalar(mom)).detach());
+    bn.running_var
+        .update(rv.mul_scalar(1.0 - mom).add(unbiased.mul_scalar(mom)).detach());
+    out
 }
 
 /// Configuration of [`Projection`].
