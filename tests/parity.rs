@@ -17,7 +17,9 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn device() -> Device {
-    xca::device::DeviceChoice::Cpu.device().expect("flex device")
+    xca::device::DeviceChoice::Cpu
+        .device()
+        .expect("flex device")
 }
 
 fn load(name: &str) -> HashMap<String, TensorData> {
@@ -25,7 +27,10 @@ fn load(name: &str) -> HashMap<String, TensorData> {
 }
 
 fn values(data: &TensorData) -> Vec<f32> {
-    data.clone().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
+    data.clone()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32 data")
 }
 
 fn tensor<const D: usize>(data: &TensorData, dev: &Device) -> Tensor<D> {
@@ -60,7 +65,11 @@ fn check<const D: usize>(name: &str, t: &Tensor<D>, fx: &HashMap<String, TensorD
     let expected = fx
         .get(name)
         .unwrap_or_else(|| panic!("fixture has no '{name}'"));
-    assert_eq!(t.dims().to_vec(), expected.shape().to_vec(), "{name}: shape");
+    assert_eq!(
+        t.dims().to_vec(),
+        expected.shape().to_vec(),
+        "{name}: shape"
+    );
     let actual = t
         .clone()
         .into_data()
@@ -100,7 +109,11 @@ fn forward_matches_original() {
 
     check("lstm_h", inter.lstm_h.as_ref().expect("lstm_h"), &fx);
     check("x_lstm", inter.x_lstm.as_ref().expect("x_lstm"), &fx);
-    check("attention", inter.attention.as_ref().expect("attention"), &fx);
+    check(
+        "attention",
+        inter.attention.as_ref().expect("attention"),
+        &fx,
+    );
     check("fg", out.fg.as_ref().expect("fg"), &fx);
     check("bg", out.bg.as_ref().expect("bg"), &fx);
     check("embd0_out", &inter.embd_conv_out[0], &fx);

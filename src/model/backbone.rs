@@ -86,7 +86,11 @@ impl BackboneConfig {
         let mut embd = Vec::new();
         let mut embd_norm = Vec::new();
         for i in 0..self.arch[0] {
-            let cin = if i == 0 { self.input_dim } else { self.embd_dim };
+            let cin = if i == 0 {
+                self.input_dim
+            } else {
+                self.embd_dim
+            };
             embd.push(
                 MaskedConv1dConfig::new(cin, self.embd_dim, self.embd_kernel_size)
                     .with_bias(!self.with_ln)
@@ -105,7 +109,9 @@ impl BackboneConfig {
                 .init(device)
         };
         let stem = if self.self_atten {
-            (0..self.arch[1]).map(|_| block(1, self.mha_win_size[0])).collect()
+            (0..self.arch[1])
+                .map(|_| block(1, self.mha_win_size[0]))
+                .collect()
         } else {
             Vec::new()
         };

@@ -91,9 +91,12 @@ impl ClsHeadConfig {
     /// Build on `device`.
     pub fn init(&self, device: &Device) -> ClsHead {
         let (head, norm) = trunk(&self.trunk, device);
-        let mut cls_head =
-            MaskedConv1dConfig::new(self.trunk.feat_dim, self.num_classes, self.trunk.kernel_size)
-                .init(device);
+        let mut cls_head = MaskedConv1dConfig::new(
+            self.trunk.feat_dim,
+            self.num_classes,
+            self.trunk.kernel_size,
+        )
+        .init(device);
         let mut bias = vec![0f32; self.num_classes];
         if self.prior_prob > 0.0 {
             let v = -((1.0 - self.prior_prob) / self.prior_prob).ln();

@@ -87,7 +87,12 @@ pub fn batch_norm_2d(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let count = (n * h * w) as f64;
     let mean = x.clone().mean_dim(3).mean_dim(2).mean_dim(0); // [1, C, 1, 1]
     let centered = x - mean.clone();
-    let var = centered.clone().square().mean_dim(3).mean_dim(2).mean_dim(0); // biased
+    let var = centered
+        .clone()
+        .square()
+        .mean_dim(3)
+        .mean_dim(2)
+        .mean_dim(0); // biased
     let out = centered / var.clone().add_scalar(bn.epsilon).sqrt();
     let out = out * bn.gamma.val().reshape([1, c, 1, 1]) + bn.beta.val().reshape([1, c, 1, 1]);
 
@@ -96,11 +101,17 @@ pub fn batch_norm_2d(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let rm = bn.running_mean.value_sync().to_device(&device);
     let rv = bn.running_var.value_sync().to_device(&device);
     let mean = mean.detach().reshape([c]);
-    let unbiased = var.detach().reshape([c]).mul_scalar(count / (count - 1.0).max(1.0));
+    let unbiased = var
+        .detach()
+        .reshape([c])
+        .mul_scalar(count / (count - 1.0).max(1.0));
     bn.running_mean
         .update(rm.mul_scalar(1.0 - mom).add(mean.mul_scalar(mom)).detach());
-    bn.running_var
-        .update(rv.mul_scalar(1.0 - mom).add(unbiased.mul_scalar(mom)).detach());
+    bn.running_var.update(
+        rv.mul_scalar(1.0 - mom)
+            .add(unbiased.mul_scalar(mom))
+            .detach(),
+    );
     out
 }
 
@@ -281,5 +292,78 @@ impl LongTermAttention {
             (None, None) => {}
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::Module;
+    use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn batch_norm_training_uses_batch_statistics_and_updates_running_ones() {
+        let dev = Device::flex().autodiff();
+        dev.seed(9);
+        let bn = BatchNormConfig::new(2).init(&dev);
+        let x = Tensor::<4>::random([4, 2, 3, 3], Distribution::Normal(2.0, 3.0), &dev);
+        let y = batch_norm_2d(&bn, x.clone());
+        // Per channel: mean 0, biased variance 1 (up to eps).
+        let m: Vec<f32> = y
+            .clone()
+            .mean_dim(3)
+            .mean_dim(2)
+            .mean_dim(0)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert!(m.iter().all(|v| v.abs() < 1e-5), "{m:?}");
+        let v: Vec<f32> = y
+            .square()
+            .mean_dim(3)
+            .mean_dim(2)
+            .mean_dim(0)
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        assert!(v.iter().all(|v| (v - 1.0).abs() < 1e-3), "{v:?}");
+        // Running stats: 0.9·init + 0.1·batch (unbiased variance, n = 36).
+        let xs: Vec<f32> = x.into_data().try_to_vec().unwrap();
+        let ch = |c: usize| -> Vec<f64> {
+            (0..4)
+                .flat_map(|n| (0..9).map(move |i| (n, i)))
+                .map(|(n, i)| xs[(n * 2 + c) * 9 + i] as f64)
+                .collect()
+        };
+        let rm: Vec<f32> = bn
+            .running_mean
+            .value_sync()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        let rv: Vec<f32> = bn
+            .running_var
+            .value_sync()
+            .into_data()
+            .try_to_vec()
+            .unwrap();
+        for c in 0..2 {
+            let v = ch(c);
+            let mean = v.iter().sum::<f64>() / 36.0;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / 35.0;
+            assert!((rm[c] as f64 - 0.1 * mean).abs() < 1e-5);
+            assert!((rv[c] as f64 - (0.9 + 0.1 * var)).abs() < 1e-4);
+        }
+        // Eval: the running statistics.
+        let bnv = bn.valid();
+        let one = Tensor::<4>::from_data(
+            TensorData::new(vec![1.0f32; 2], [1, 2, 1, 1]),
+            &Device::flex(),
+        );
+        let e: Vec<f32> = batch_norm_2d(&bnv, one).into_data().try_to_vec().unwrap();
+        for c in 0..2 {
+            let want = (1.0 - rm[c]) / (rv[c] + 1e-5).sqrt();
+            assert!((e[c] - want).abs() < 1e-5);
+        }
     }
 }

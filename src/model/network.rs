@@ -6,9 +6,9 @@ use burn::module::Module;
 use burn::tensor::{Bool, Device, Tensor};
 
 use super::backbone::{Backbone, BackboneConfig};
+use super::convlstm::ConvLstmConfig;
 use super::head::{ClsHead, ClsHeadConfig, HeadConfig, RegHead, RegHeadConfig};
 use super::long_term::LongTermAttentionConfig;
-use super::convlstm::ConvLstmConfig;
 use super::neck::{Neck, NeckConfig};
 use super::points::Points;
 use super::{ModelError, check_dims};
@@ -171,27 +171,41 @@ impl NetworkConfig {
     /// Check every value the network cannot be built with.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.backbone_arch.len() != 3 {
-            return Err(bad("backbone_arch", "needs 3 entries (embedding convs, stem, branch)"));
+            return Err(bad(
+                "backbone_arch",
+                "needs 3 entries (embedding convs, stem, branch)",
+            ));
         }
         if self.backbone_arch[0] == 0 {
             return Err(bad("backbone_arch", "needs at least one embedding conv"));
         }
         if self.input_dim == 0 || self.embd_dim == 0 || self.head_dim == 0 {
-            return Err(bad("embd_dim", "input_dim, embd_dim and head_dim must be positive"));
+            return Err(bad(
+                "embd_dim",
+                "input_dim, embd_dim and head_dim must be positive",
+            ));
         }
-        if self.n_head == 0 || self.embd_dim % self.n_head != 0 {
+        if self.n_head == 0 || !self.embd_dim.is_multiple_of(self.n_head) {
             return Err(bad(
                 "n_head",
-                format!("{} heads do not divide embd_dim {}", self.n_head, self.embd_dim),
+                format!(
+                    "{} heads do not divide embd_dim {}",
+                    self.n_head, self.embd_dim
+                ),
             ));
         }
         if self.fpn_dim != self.embd_dim {
             return Err(bad(
                 "fpn_dim",
-                format!("the identity neck needs fpn_dim == embd_dim ({})", self.embd_dim),
+                format!(
+                    "the identity neck needs fpn_dim == embd_dim ({})",
+                    self.embd_dim
+                ),
             ));
         }
-        if self.backbone_arch[2] > 0 && (self.scale_factor < 2 || self.scale_factor % 2 != 0) {
+        if self.backbone_arch[2] > 0
+            && (self.scale_factor < 2 || !self.scale_factor.is_multiple_of(2))
+        {
             return Err(bad("scale_factor", "must be even and at least 2"));
         }
         if self.fpn_start_level >= self.backbone_levels() {
@@ -214,11 +228,17 @@ impl NetworkConfig {
                 ),
             ));
         }
-        if self.embd_kernel_size % 2 == 0 {
-            return Err(bad("embd_kernel_size", format!("must be odd, got {}", self.embd_kernel_size)));
+        if self.embd_kernel_size.is_multiple_of(2) {
+            return Err(bad(
+                "embd_kernel_size",
+                format!("must be odd, got {}", self.embd_kernel_size),
+            ));
         }
-        if self.head_kernel_size % 2 == 0 {
-            return Err(bad("head_kernel_size", format!("must be odd, got {}", self.head_kernel_size)));
+        if self.head_kernel_size.is_multiple_of(2) {
+            return Err(bad(
+                "head_kernel_size",
+                format!("must be odd, got {}", self.head_kernel_size),
+            ));
         }
         if self.head_num_layers == 0 {
             return Err(bad("head_num_layers", "must be at least 1"));
@@ -227,10 +247,13 @@ impl NetworkConfig {
             return Err(bad("num_classes", "must be at least 1"));
         }
         let mdf = self.max_div_factor();
-        if self.max_seq_len == 0 || self.max_seq_len % mdf != 0 {
+        if self.max_seq_len == 0 || !self.max_seq_len.is_multiple_of(mdf) {
             return Err(bad(
                 "max_seq_len",
-                format!("{} is not divisible by max_div_factor {mdf}", self.max_seq_len),
+                format!(
+                    "{} is not divisible by max_div_factor {mdf}",
+                    self.max_seq_len
+                ),
             ));
         }
         if self.sp_atten || self.te_atten || self.random_patch {
@@ -238,11 +261,17 @@ impl NetworkConfig {
                 None => {
                     return Err(bad(
                         "input_dim",
-                        format!("{} is not a square (each step must be an image)", self.input_dim),
+                        format!(
+                            "{} is not a square (each step must be an image)",
+                            self.input_dim
+                        ),
                     ));
                 }
                 Some(s) if self.random_patch && s < 5 => {
-                    return Err(bad("input_dim", "random_patch needs images of at least 5×5"));
+                    return Err(bad(
+                        "input_dim",
+                        "random_patch needs images of at least 5×5",
+                    ));
                 }
                 _ => {}
             }
@@ -254,7 +283,10 @@ impl NetworkConfig {
             ));
         }
         if self.te_atten && self.convlstm_hidden.last() != Some(&1) {
-            return Err(bad("convlstm_hidden", "the last ConvLSTM layer must have 1 channel"));
+            return Err(bad(
+                "convlstm_hidden",
+                "the last ConvLSTM layer must have 1 channel",
+            ));
         }
         if self.convlstm_hidden.contains(&0) {
             return Err(bad("convlstm_hidden", "hidden sizes must be positive"));
@@ -283,10 +315,11 @@ impl NetworkConfig {
             self.backbone_arch[1],
             self.backbone_arch[2],
         ];
-        let long_term = LongTermAttentionConfig::new(side, self.sp_atten, self.te_atten, self.pretrain)
-            .with_convlstm(ConvLstmConfig::new().with_hidden_dims(self.convlstm_hidden.clone()))
-            .with_proj_hidden(self.proj_hidden)
-            .with_proj_dim(self.proj_dim);
+        let long_term =
+            LongTermAttentionConfig::new(side, self.sp_atten, self.te_atten, self.pretrain)
+                .with_convlstm(ConvLstmConfig::new().with_hidden_dims(self.convlstm_hidden.clone()))
+                .with_proj_hidden(self.proj_hidden)
+                .with_proj_dim(self.proj_dim);
         let backbone = BackboneConfig::new(
             self.input_dim,
             self.embd_dim,
@@ -401,7 +434,8 @@ impl Network {
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<NetworkOutput, ModelError> {
-        self.forward_debug(feats, mask, patch_centres).map(|(o, _)| o)
+        self.forward_debug(feats, mask, patch_centres)
+            .map(|(o, _)| o)
     }
 
     /// [`Network::forward`] that also returns the intermediates.
@@ -415,9 +449,14 @@ impl Network {
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<(NetworkOutput, Intermediates), ModelError> {
         let [b, _, t] = feats.dims();
-        check_dims("feats", feats.dims(), [None, Some(self.input_dim), None], "B, C, T")?;
+        check_dims(
+            "feats",
+            feats.dims(),
+            [None, Some(self.input_dim), None],
+            "B, C, T",
+        )?;
         check_dims("mask", mask.dims(), [Some(b), Some(t)], "B, T")?;
-        if t == 0 || t % self.max_div_factor != 0 {
+        if t == 0 || !t.is_multiple_of(self.max_div_factor) {
             return Err(ModelError::Shape {
                 what: "feats",
                 expected: format!("T > 0 divisible by max_div_factor {}", self.max_div_factor),
@@ -487,7 +526,13 @@ mod tests {
             .with_proj_dim(8)
     }
 
-    fn inputs(b: usize, c: usize, t: usize, valid: usize, dev: &Device) -> (Tensor<3>, Tensor<2, Bool>) {
+    fn inputs(
+        b: usize,
+        c: usize,
+        t: usize,
+        valid: usize,
+        dev: &Device,
+    ) -> (Tensor<3>, Tensor<2, Bool>) {
         dev.seed(3);
         let x = Tensor::<3>::random([b, c, t], Distribution::Uniform(0.0, 1.0), dev);
         let m: Vec<bool> = (0..b * t).map(|i| i % t < valid).collect();
@@ -515,20 +560,32 @@ mod tests {
             ("patch_only", af.clone().with_random_patch(true)),
             ("no_self_atten", tiny().with_self_atten(false)),
             ("global_attention", tiny().with_n_mha_win_size(vec![-1])),
-            ("no_ln_no_droppath", tiny().with_embd_with_ln(false).with_fpn_with_ln(false).with_head_with_ln(false).with_droppath(0.0)),
+            (
+                "no_ln_no_droppath",
+                tiny()
+                    .with_embd_with_ln(false)
+                    .with_fpn_with_ln(false)
+                    .with_head_with_ln(false)
+                    .with_droppath(0.0),
+            ),
             ("paper", tiny()),
         ];
         for (name, cfg) in cases {
             let net = cfg.init(&dev).unwrap_or_else(|e| panic!("{name}: {e}"));
             let (x, mask) = inputs(2, 256, 32, 27, &dev);
             let centres = [(2, 12), (7, 5)];
-            let out = net.forward(x, mask, Some(&centres)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let out = net
+                .forward(x, mask, Some(&centres))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(out.cls_logits.len(), 3, "{name}");
             for (l, s) in [1usize, 2, 4].iter().enumerate() {
                 assert_eq!(out.cls_logits[l].dims(), [2, 32 / s, 2], "{name} level {l}");
                 assert_eq!(out.offsets[l].dims(), [2, 32 / s, 2], "{name} level {l}");
                 assert_eq!(out.masks[l].dims(), [2, 32 / s], "{name} level {l}");
-                assert!(all_finite(&out.cls_logits[l]) && all_finite(&out.offsets[l]), "{name}");
+                assert!(
+                    all_finite(&out.cls_logits[l]) && all_finite(&out.offsets[l]),
+                    "{name}"
+                );
             }
             assert_eq!(out.fg.is_some(), cfg.pretrain, "{name}");
             if let (Some(fg), Some(bg)) = (&out.fg, &out.bg) {
@@ -537,9 +594,21 @@ mod tests {
             }
             // Which blocks exist follows the flags.
             let blocks: Vec<String> = param_counts(&net).into_iter().map(|(b, _)| b).collect();
-            assert_eq!(blocks.contains(&"long_term.convlstm".to_string()), cfg.te_atten, "{name}");
-            assert_eq!(blocks.contains(&"long_term.spatial".to_string()), cfg.sp_atten, "{name}");
-            assert_eq!(blocks.contains(&"stem".to_string()), cfg.self_atten, "{name}");
+            assert_eq!(
+                blocks.contains(&"long_term.convlstm".to_string()),
+                cfg.te_atten,
+                "{name}"
+            );
+            assert_eq!(
+                blocks.contains(&"long_term.spatial".to_string()),
+                cfg.sp_atten,
+                "{name}"
+            );
+            assert_eq!(
+                blocks.contains(&"stem".to_string()),
+                cfg.self_atten,
+                "{name}"
+            );
         }
     }
 
@@ -565,17 +634,25 @@ mod tests {
         };
         let (a, b) = (run(128), run(256));
         let lens = [100, 50, 25, 13, 7, 4];
-        for l in 0..6 {
-            let n = lens[l];
+        for (l, &n) in lens.iter().enumerate() {
             let va: Vec<bool> = a.masks[l].clone().into_data().try_to_vec().unwrap();
             assert_eq!(va.iter().filter(|&&v| v).count(), n);
-            for (x, y) in [(&a.cls_logits[l], &b.cls_logits[l]), (&a.offsets[l], &b.offsets[l])] {
-                let d = (x.clone().narrow(1, 0, n) - y.clone().narrow(1, 0, n)).abs().max().into_scalar::<f32>();
+            for (x, y) in [
+                (&a.cls_logits[l], &b.cls_logits[l]),
+                (&a.offsets[l], &b.offsets[l]),
+            ] {
+                let d = (x.clone().narrow(1, 0, n) - y.clone().narrow(1, 0, n))
+                    .abs()
+                    .max()
+                    .into_scalar::<f32>();
                 assert!(d < 1e-4, "level {l}: {d}");
             }
         }
         let (fa, fb) = (a.fg.expect("fg"), b.fg.expect("fg"));
-        let d = (fa.narrow(2, 0, valid) - fb.narrow(2, 0, valid)).abs().max().into_scalar::<f32>();
+        let d = (fa.narrow(2, 0, valid) - fb.narrow(2, 0, valid))
+            .abs()
+            .max()
+            .into_scalar::<f32>();
         assert!(d < 1e-4, "fg: {d}");
     }
 
@@ -595,7 +672,10 @@ mod tests {
         let e = net.forward(x, mask, Some(&[(2, 2)])).expect_err("mask");
         assert!(e.to_string().contains("mask"), "{e}");
         let (x, mask) = inputs(1, 256, 32, 32, &dev);
-        assert!(matches!(net.forward(x, mask, None), Err(ModelError::PatchCentres { .. })));
+        assert!(matches!(
+            net.forward(x, mask, None),
+            Err(ModelError::PatchCentres { .. })
+        ));
     }
 
     #[test]
@@ -604,13 +684,25 @@ mod tests {
             Err(ModelError::Config { field, .. }) => field,
             other => panic!("expected a config error, got {other:?}"),
         };
-        assert_eq!(field(NetworkConfig::new().with_input_dim(4000)), "input_dim");
-        assert_eq!(field(NetworkConfig::new().with_max_seq_len(192)), "max_seq_len");
+        assert_eq!(
+            field(NetworkConfig::new().with_input_dim(4000)),
+            "input_dim"
+        );
+        assert_eq!(
+            field(NetworkConfig::new().with_max_seq_len(192)),
+            "max_seq_len"
+        );
         assert_eq!(field(NetworkConfig::new().with_sp_atten(false)), "pretrain");
-        assert_eq!(field(NetworkConfig::new().with_regression_range(vec![[0.0, 4.0]])), "regression_range");
+        assert_eq!(
+            field(NetworkConfig::new().with_regression_range(vec![[0.0, 4.0]])),
+            "regression_range"
+        );
         assert_eq!(field(NetworkConfig::new().with_n_head(3)), "n_head");
         assert_eq!(field(NetworkConfig::new().with_fpn_dim(256)), "fpn_dim");
-        assert_eq!(field(NetworkConfig::new().with_n_mha_win_size(vec![4, 4])), "n_mha_win_size");
+        assert_eq!(
+            field(NetworkConfig::new().with_n_mha_win_size(vec![4, 4])),
+            "n_mha_win_size"
+        );
         assert!(NetworkConfig::new().validate().is_ok());
         // ActionFormer: any input_dim works when the input layer is off.
         assert!(
@@ -641,7 +733,10 @@ mod tests {
         let a = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(5), 500, 64);
         let b = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(5), 500, 64);
         assert_eq!(a, b);
-        assert!(a.iter().all(|&(r, c)| (2..=60).contains(&r) && (2..=60).contains(&c)));
+        assert!(
+            a.iter()
+                .all(|&(r, c)| (2..=60).contains(&r) && (2..=60).contains(&c))
+        );
         // Both ends are reachable.
         assert!(a.iter().any(|&(r, _)| r == 2) && a.iter().any(|&(r, _)| r == 60));
         let c = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(6), 500, 64);
@@ -652,16 +747,25 @@ mod tests {
     fn paper_param_counts() {
         let dev = Device::flex();
         let net = NetworkConfig::new().init(&dev).expect("valid");
-        let counts: std::collections::HashMap<String, usize> = param_counts(&net).into_iter().collect();
+        let counts: std::collections::HashMap<String, usize> =
+            param_counts(&net).into_iter().collect();
         // ConvLSTM: 4·8·(1+8)·9+32, 4·8·(8+8)·9+32, 4·1·(8+1)·9+4.
         assert_eq!(counts["long_term.convlstm"], 2624 + 4640 + 328);
         // conv 1→8, bn 8, conv 8→16, bn 16, conv 16→1 (running stats are not parameters).
         assert_eq!(counts["long_term.spatial"], 80 + 16 + 1168 + 32 + 17);
-        assert_eq!(counts["long_term.projection"], 4096 * 1024 + 1024 + 1024 * 256 + 256);
-        assert_eq!(counts["embedding"], 512 * 4096 * 3 + 512 * 512 * 3 + 4 * 512);
+        assert_eq!(
+            counts["long_term.projection"],
+            4096 * 1024 + 1024 + 1024 * 256 + 256
+        );
+        assert_eq!(
+            counts["embedding"],
+            512 * 4096 * 3 + 512 * 512 * 3 + 4 * 512
+        );
         // Transformer block: 3 depthwise k3 (no bias), 5 lns, 4 1×1 convs, MLP, 2 drop-path scales.
         let c = 512;
-        let block = |k: usize| 3 * c * k + 5 * 2 * c + 4 * (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c) + 2 * c;
+        let block = |k: usize| {
+            3 * c * k + 5 * 2 * c + 4 * (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c) + 2 * c
+        };
         assert_eq!(counts["stem"], 2 * block(3));
         assert_eq!(counts["branch"], 5 * block(3));
         assert_eq!(counts["neck"], 6 * 2 * c);
@@ -689,7 +793,12 @@ mod tests {
         let dropped = per.iter().filter(|&&s| s == 0.0).count();
         assert!((10..=54).contains(&dropped), "{dropped} of 64 dropped");
         // Eval: only the scale.
-        let e: Vec<f32> = dp.valid().forward(x.clone()).into_data().try_to_vec().unwrap();
+        let e: Vec<f32> = dp
+            .valid()
+            .forward(x.clone())
+            .into_data()
+            .try_to_vec()
+            .unwrap();
         assert!(e.iter().all(|&v| (v - 1e-4).abs() < 1e-10));
     }
 
@@ -701,7 +810,11 @@ mod tests {
             let centres = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(seed), 1, 16);
             let (x, mask) = inputs(1, 256, 32, 32, &dev);
             let o = net.forward(x, mask, Some(&centres)).expect("forward");
-            o.cls_logits[0].clone().into_data().try_to_vec::<f32>().unwrap()
+            o.cls_logits[0]
+                .clone()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
         };
         assert_eq!(run(1), run(1));
     }

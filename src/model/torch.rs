@@ -96,7 +96,9 @@ pub fn torch_key(path: &str, shape: &[usize]) -> (String, Transform) {
         };
         return (format!("backbone.embd.0.conv_1.{idx}.{leaf}"), tr);
     }
-    let key = p.replace(".mlp_fc1.", ".mlp.0.").replace(".mlp_fc2.", ".mlp.3.");
+    let key = p
+        .replace(".mlp_fc1.", ".mlp.0.")
+        .replace(".mlp_fc2.", ".mlp.3.");
     (key, Transform::Same)
 }
 
@@ -237,7 +239,12 @@ pub fn load_torch_tensors(
     let tensors = if tensors.keys().any(|k| k.starts_with("module.")) {
         stripped = tensors
             .iter()
-            .map(|(k, v)| (k.strip_prefix("module.").unwrap_or(k).to_string(), v.clone()))
+            .map(|(k, v)| {
+                (
+                    k.strip_prefix("module.").unwrap_or(k).to_string(),
+                    v.clone(),
+                )
+            })
             .collect();
         &stripped
     } else {
@@ -286,7 +293,10 @@ pub fn read_tensor_file(
         let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
         let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
         for (k, t) in all {
-            out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
+            out.insert(
+                k.clone(),
+                bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?,
+            );
         }
     } else {
         // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
@@ -297,7 +307,10 @@ pub fn read_tensor_file(
         }
         let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
         for (k, t) in all {
-            out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
+            out.insert(
+                k.clone(),
+                bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?,
+            );
         }
     }
     Ok(out)

@@ -168,7 +168,9 @@ impl TransformerBlock {
             x
         };
         let out = skip * m.clone() + drop_path(&self.drop_path_attn, out);
-        let h = self.mlp_drop.forward(gelu(self.mlp_fc1.forward(self.ln2.forward(out.clone()))));
+        let h = self
+            .mlp_drop
+            .forward(gelu(self.mlp_fc1.forward(self.ln2.forward(out.clone()))));
         let h = self.mlp_drop.forward(self.mlp_fc2.forward(h));
         let out = out + drop_path(&self.drop_path_mlp, h * m);
         (out, out_mask)
