@@ -1,4 +1,4 @@
-//! Parameter counts per block (for `xca config --params`). BatchNorm running statistics are
+//! Parameter counts per block of the SPEC §3 network (for `xca config --params`). BatchNorm running statistics are
 //! buffers, not parameters, and are not counted.
 
 use burn::module::{Module, ModuleVisitor, Param};

@@ -1,5 +1,6 @@
-//! The map between xca's module paths and the original PyTorch state-dict keys, and a loader
-//! that fills a [`Network`] from a PyTorch-named tensor map (safetensors or `.pth` files).
+//! Weight import for the SPEC §3 network: the map between xca's module paths and the original
+//! PyTorch state-dict keys, and a loader that fills a [`Network`] from a PyTorch-named tensor
+//! map (safetensors or `.pth` files).
 //!
 //! Differences the map handles:
 //! - the long-term attention lives in `backbone.embd.0` in PyTorch (`lstm_op`, `attention_op`,
