@@ -15,3 +15,4 @@ pub mod infer;
 pub mod metrics;
 pub mod evaluate;
 pub mod runtime;
+pub mod model;

@@ -1,0 +1,366 @@
+//! Multi-head conv attention, MHCA (SPEC §3.3): depthwise masked convs for q, k, v, ln, 1×1
+//! projections, then local-window attention (|i − j| ≤ w/2, w > 1) or global attention
+//! (w ≤ 1).
+//!
+//! The local attention is computed on the band only (`[B, h, T, w + 1]` scores, O(T·w));
+//! [`dense_attention`] is the naive T×T reference it is tested against.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::tensor::activation::softmax;
+#[cfg(test)]
+use burn::tensor::s;
+use burn::tensor::{Bool, Device, Int, Tensor};
+
+use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig};
+
+/// Score added to keys on padded steps in local attention (the original's value).
+pub const PAD_KEY_PENALTY: f64 = -1e4;
+
+/// Configuration of [`Mhca`].
+#[derive(Config, Debug)]
+pub struct MhcaConfig {
+    /// Embedding size C.
+    pub n_embd: usize,
+    /// Number of heads (divides C).
+    pub n_head: usize,
+    /// Local window w; w ≤ 1 means global attention.
+    pub window_size: usize,
+    /// Downsampling stride of q, k and v (1, or even).
+    #[config(default = 1)]
+    pub stride: usize,
+    /// Dropout on the attention weights.
+    #[config(default = 0.0)]
+    pub attn_pdrop: f64,
+    /// Dropout after the output projection.
+    #[config(default = 0.0)]
+    pub proj_pdrop: f64,
+}
+
+/// Multi-head conv attention with a mask.
+#[derive(Module, Debug)]
+pub struct Mhca {
+    /// Depthwise conv for queries.
+    pub query_conv: MaskedConv1d,
+    /// ln after the query conv.
+    pub query_norm: ChannelLayerNorm,
+    /// Depthwise conv for keys.
+    pub key_conv: MaskedConv1d,
+    /// ln after the key conv.
+    pub key_norm: ChannelLayerNorm,
+    /// Depthwise conv for values.
+    pub value_conv: MaskedConv1d,
+    /// ln after the value conv.
+    pub value_norm: ChannelLayerNorm,
+    /// 1×1 key projection.
+    pub key: Conv1d,
+    /// 1×1 query projection.
+    pub query: Conv1d,
+    /// 1×1 value projection.
+    pub value: Conv1d,
+    /// 1×1 output projection.
+    pub proj: Conv1d,
+    /// Dropout on attention weights.
+    pub attn_drop: Dropout,
+    /// Dropout after `proj`.
+    pub proj_drop: Dropout,
+    /// Number of heads.
+    pub n_head: usize,
+    /// Local window (≤ 1: global).
+    pub window_size: usize,
+}
+
+/// A 1×1 Conv1d with zero bias (ActionFormer's backbone init).
+pub(crate) fn pointwise(cin: usize, cout: usize, device: &Device) -> Conv1d {
+    let mut c = Conv1dConfig::new(cin, cout, 1).init(device);
+    c.bias = Some(Initializer::Zeros.init([cout], device));
+    c
+}
+
+impl MhcaConfig {
+    /// Build the attention on `device`.
+    pub fn init(&self, device: &Device) -> Mhca {
+        let c = self.n_embd;
+        let kernel = if self.stride > 1 { self.stride + 1 } else { 3 };
+        let dw = || {
+            MaskedConv1dConfig::new(c, c, kernel)
+                .with_stride(self.stride)
+                .with_groups(c)
+                .with_bias(false)
+                .init(device)
+        };
+        let ln = || ChannelLayerNormConfig::new(c).init(device);
+        Mhca {
+            query_conv: dw(),
+            query_norm: ln(),
+            key_conv: dw(),
+            key_norm: ln(),
+            value_conv: dw(),
+            value_norm: ln(),
+            key: pointwise(c, c, device),
+            query: pointwise(c, c, device),
+            value: pointwise(c, c, device),
+            proj: pointwise(c, c, device),
+            attn_drop: DropoutConfig::new(self.attn_pdrop).init(),
+            proj_drop: DropoutConfig::new(self.proj_pdrop).init(),
+            n_head: self.n_head,
+            window_size: self.window_size,
+        }
+    }
+}
+
+impl Mhca {
+    /// Attend.
+    ///
+    /// # Shapes
+    /// - x: `[B, C, T]`, mask: `[B, T]`
+    /// - output: `[B, C, T / stride]` and its mask `[B, T / stride]`
+    pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
+        let [b, c, _] = x.dims();
+        let (q, qx_mask) = self.query_conv.forward(x.clone(), mask.clone());
+        let q = self.query_norm.forward(q);
+        let (k, kv_mask) = self.key_conv.forward(x.clone(), mask.clone());
+        let k = self.key_norm.forward(k);
+        let (v, _) = self.value_conv.forward(x, mask);
+        let v = self.value_norm.forward(v);
+
+        let q = self.query.forward(q);
+        let k = self.key.forward(k);
+        let v = self.value.forward(v);
+        let t = q.dims()[2];
+        let nh = self.n_head;
+        let hs = c / nh;
+        let heads = |z: Tensor<3>| z.reshape([b, nh, hs, t]).swap_dims(2, 3); // [B, nh, T, hs]
+        let (q, k, v) = (heads(q), heads(k), heads(v));
+        let q = q.mul_scalar(1.0 / (hs as f64).sqrt());
+
+        let out = if self.window_size > 1 {
+            local_attention(q, k, v, kv_mask, self.window_size / 2, &self.attn_drop)
+        } else {
+            global_attention(q, k, v, kv_mask, &self.attn_drop)
+        }; // [B, nh, T, hs]
+        let out = out.swap_dims(2, 3).reshape([b, c, t]); // [B, C, T]
+        let out = self.proj_drop.forward(self.proj.forward(out));
+        let out = out * qx_mask.clone().float().unsqueeze_dim::<3>(1);
+        (out, qx_mask)
+    }
+}
+
+/// Local attention on the band |i − j| ≤ `half`, computed diagonal by diagonal.
+///
+/// Padded keys get [`PAD_KEY_PENALTY`] added before the softmax, out-of-sequence positions
+/// are excluded, and rows of padded queries are zeroed after it (as the original does).
+///
+/// # Shapes
+/// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
+/// - output: `[B, nh, T, hs]`
+pub fn local_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<2, Bool>,
+    half: usize,
+    drop: &Dropout,
+) -> Tensor<4> {
+    let [b, nh, t, hs] = q.dims();
+    let device = q.device();
+    let width = 2 * half + 1;
+    // Keys and values padded by `half` on both sides: [B, nh, T + 2·half, hs].
+    let pad = |z: Tensor<4>| {
+        let zeros = Tensor::<4>::zeros([b, nh, half, hs], &device);
+        Tensor::cat(vec![zeros.clone(), z, zeros], 2)
+    };
+    let (kp, vp) = (pad(k), pad(v));
+    // Score of query i with key i + d − half, for d in 0..width: [B, nh, T, width].
+    let scores: Vec<Tensor<4>> = (0..width)
+        .map(|d| (q.clone() * kp.clone().narrow(2, d, t)).sum_dim(3))
+        .collect();
+    let scores = Tensor::cat(scores, 3);
+    // Additive mask per (query, diagonal): −inf outside the sequence, penalty on padded keys.
+    let keymask_f = mask.clone().float(); // [B, T]
+    let bias = band_bias(&keymask_f, t, half); // [B, 1, T, width]
+    let scores = scores + bias;
+    let att = softmax(scores, 3);
+    // Zero padded queries (their rows would otherwise mix padded keys).
+    let qmask = mask.float().reshape([b, 1, t, 1]);
+    let att = drop.forward(att * qmask);
+    // out_i = Σ_d att[i, d] · v[i + d − half]
+    let mut out = Tensor::<4>::zeros([b, nh, t, hs], &device);
+    for d in 0..width {
+        out = out + att.clone().narrow(3, d, 1) * vp.clone().narrow(2, d, t);
+    }
+    out
+}
+
+/// The additive bias of local attention for every (query i, diagonal d): −inf where key
+/// i + d − half is outside [0, T), [`PAD_KEY_PENALTY`] where it is a padded step, 0 otherwise.
+///
+/// # Shapes
+/// - keymask: `[B, T]` as float 0/1
+/// - output: `[B, 1, T, 2·half + 1]`
+fn band_bias(keymask: &Tensor<2>, t: usize, half: usize) -> Tensor<4> {
+    let [b, _] = keymask.dims();
+    let device = keymask.device();
+    let width = 2 * half + 1;
+    // Key penalty, padded by `half` with anything (those slots are −inf anyway): [B, T + 2h].
+    let pen = keymask
+        .clone()
+        .neg()
+        .add_scalar(1.0)
+        .mul_scalar(PAD_KEY_PENALTY);
+    let z = Tensor::<2>::zeros([b, half], &device);
+    let pen = Tensor::cat(vec![z.clone(), pen, z], 1);
+    let cols: Vec<Tensor<2>> = (0..width).map(|d| pen.clone().narrow(1, d, t)).collect();
+    let pen = Tensor::stack::<3>(cols, 2); // [B, T, width]
+    // Out-of-sequence: key index i + d − half outside [0, T).
+    let i = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]);
+    let d = Tensor::<1, Int>::arange(0..width as i64, &device).reshape([1, width]);
+    let j = i + d - half as i64; // [T, width]
+    let outside = j
+        .clone()
+        .lower_elem(0)
+        .bool_or(j.greater_equal_elem(t as i64));
+    let inf = Tensor::<2>::zeros([t, width], &device).mask_fill(outside, f32::NEG_INFINITY);
+    (pen + inf.unsqueeze::<3>()).unsqueeze_dim(1)
+}
+
+/// Global attention: padded keys get −inf and values are multiplied by the key mask.
+///
+/// # Shapes
+/// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
+/// - output: `[B, nh, T, hs]`
+pub fn global_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<2, Bool>,
+    drop: &Dropout,
+) -> Tensor<4> {
+    let [b, _, t, _] = q.dims();
+    let att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
+    let keypad = mask.clone().bool_not().reshape([b, 1, 1, t]);
+    let att = att.mask_fill(keypad, f32::NEG_INFINITY);
+    let att = drop.forward(softmax(att, 3));
+    let vmask = mask.float().reshape([b, 1, t, 1]);
+    att.matmul(v * vmask)
+}
+
+/// Naive dense attention over all T×T pairs, the reference for [`local_attention`]:
+/// with `band = Some(half)`, pairs with |i − j| > half get −inf, padded keys get
+/// [`PAD_KEY_PENALTY`] and padded query rows are zeroed after the softmax.
+///
+/// # Shapes
+/// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
+/// - output: `[B, nh, T, hs]`
+pub fn dense_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<2, Bool>,
+    band: Option<usize>,
+) -> Tensor<4> {
+    let [b, _, t, _] = q.dims();
+    let device = q.device();
+    let mut att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
+    if let Some(half) = band {
+        let i = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]);
+        let j = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+        let dist = (i - j).abs();
+        let outside = dist.greater_elem(half as i64).reshape([1, 1, t, t]);
+        att = att.mask_fill(outside, f32::NEG_INFINITY);
+        let pen = mask
+            .clone()
+            .float()
+            .neg()
+            .add_scalar(1.0)
+            .mul_scalar(PAD_KEY_PENALTY);
+        att = att + pen.reshape([b, 1, 1, t]);
+        let att = softmax(att, 3) * mask.float().reshape([b, 1, t, 1]);
+        att.matmul(v)
+    } else {
+        let keypad = mask.clone().bool_not().reshape([b, 1, 1, t]);
+        let att = softmax(att.mask_fill(keypad, f32::NEG_INFINITY), 3);
+        att.matmul(v * mask.float().reshape([b, 1, t, 1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        (a - b).abs().max().into_scalar::<f32>()
+    }
+
+    fn qkv(b: usize, t: usize, dev: &Device) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        dev.seed(7);
+        let d = Distribution::Normal(0.0, 1.0);
+        (
+            Tensor::random([b, 2, t, 4], d, dev),
+            Tensor::random([b, 2, t, 4], d, dev),
+            Tensor::random([b, 2, t, 4], d, dev),
+        )
+    }
+
+    fn mask(valid: &[usize], t: usize, dev: &Device) -> Tensor<2, Bool> {
+        let v: Vec<bool> = valid
+            .iter()
+            .flat_map(|&n| (0..t).map(move |i| i < n))
+            .collect();
+        Tensor::from_data(TensorData::new(v, [valid.len(), t]), dev)
+    }
+
+    #[test]
+    fn windowed_equals_dense_band_attention() {
+        let dev = Device::flex();
+        let drop = DropoutConfig::new(0.0).init();
+        for (t, half, valid) in [(16, 2, [11, 16]), (8, 1, [8, 3]), (12, 3, [1, 7])] {
+            let (q, k, v) = qkv(2, t, &dev);
+            let m = mask(&valid, t, &dev);
+            let win = local_attention(q.clone(), k.clone(), v.clone(), m.clone(), half, &drop);
+            let dense = dense_attention(q, k, v, m, Some(half));
+            let d = max_diff(win.clone(), dense);
+            assert!(d < 1e-5, "T={t} half={half}: {d}");
+            // Padded queries give exactly zero rows.
+            let row = win.slice(s![0, .., valid[0].min(t - 1)..t, ..]);
+            if valid[0] < t {
+                assert_eq!(row.abs().max().into_scalar::<f32>(), 0.0);
+            }
+        }
+    }
+
+    #[test]
+    fn band_really_limits_the_receptive_field() {
+        // Changing a key far outside the window must not change a query's output.
+        let dev = Device::flex();
+        let drop = DropoutConfig::new(0.0).init();
+        let t = 16;
+        let (q, k, v) = qkv(1, t, &dev);
+        let m = mask(&[16], t, &dev);
+        let a = local_attention(q.clone(), k.clone(), v.clone(), m.clone(), 2, &drop);
+        let k2 = k.slice_assign(
+            s![.., .., 10..11, ..],
+            Tensor::ones([1, 2, 1, 4], &dev) * 50.0,
+        );
+        let b = local_attention(q, k2, v, m, 2, &drop);
+        // Query 7 sees keys 5..=9: unchanged. Query 8 sees 6..=10: changed.
+        let q7 = max_diff(a.clone().narrow(2, 7, 1), b.clone().narrow(2, 7, 1));
+        let q8 = max_diff(a.narrow(2, 8, 1), b.narrow(2, 8, 1));
+        assert_eq!(q7, 0.0);
+        assert!(q8 > 1e-3);
+    }
+
+    #[test]
+    fn global_attention_equals_dense_without_band() {
+        let dev = Device::flex();
+        let drop = DropoutConfig::new(0.0).init();
+        let (q, k, v) = qkv(2, 10, &dev);
+        let m = mask(&[10, 4], 10, &dev);
+        let g = global_attention(q.clone(), k.clone(), v.clone(), m.clone(), &drop);
+        let d = dense_attention(q, k, v, m, None);
+        assert!(max_diff(g, d) < 1e-6);
+    }
+}

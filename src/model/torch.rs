@@ -1,0 +1,318 @@
+//! Weight import for the SPEC §3 network: the map between xca's module paths and the original
+//! PyTorch state-dict keys, and a loader that fills a [`Network`] from a PyTorch-named tensor
+//! map (safetensors or `.pth` files).
+//!
+//! Differences the map handles:
+//! - the long-term attention lives in `backbone.embd.0` in PyTorch (`lstm_op`, `attention_op`,
+//!   `conv_1`);
+//! - each ConvLSTM cell's conv `[4h, in + h, k, k]` is split into `conv_x` (the first `in`
+//!   input channels, with the bias) and `conv_h` (the last `h`);
+//! - Linear weights are `[out, in]` in PyTorch, `[in, out]` in burn;
+//! - BatchNorm `weight`/`bias` are burn's `gamma`/`beta`;
+//! - LayerNorm and AffineDropPath `[1, C, 1]` are stored `[C]`; `Scale` 0-d is stored `[1]`;
+//! - the MLP's `mlp.0`/`mlp.3` are `mlp_fc1`/`mlp_fc2`.
+//!
+//! A `module.` prefix (DataParallel) is stripped.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use burn::module::{ModuleMapper, Param};
+use burn::store::{ModuleStore, PytorchStore, SafetensorsStore, bridge};
+use burn::tensor::{Tensor, TensorData};
+
+use super::{ModelError, Network};
+
+/// How a PyTorch tensor becomes an xca parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transform {
+    /// Same values; shapes equal up to size-1 dimensions.
+    Same,
+    /// Transpose a 2-D `[out, in]` into `[in, out]`.
+    Transpose,
+    /// Keep channels `start..start+len` of dimension 1.
+    SliceDim1 {
+        /// First channel.
+        start: usize,
+        /// Count.
+        len: usize,
+    },
+    /// The hidden half of a ConvLSTM conv: the last `len` channels of dimension 1.
+    TailDim1 {
+        /// Count.
+        len: usize,
+    },
+}
+
+/// The PyTorch key and transform for an xca parameter path, given the xca shape.
+pub fn torch_key(path: &str, shape: &[usize]) -> (String, Transform) {
+    let p = path;
+    if let Some(rest) = p.strip_prefix("backbone.long_term.convlstm.cells.") {
+        // "{l}.conv_x.weight" …
+        let mut it = rest.splitn(3, '.');
+        let (l, conv, leaf) = (
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
+        let key = format!("backbone.embd.0.lstm_op.cell_list.{l}.conv.{leaf}");
+        let tr = match (conv, leaf) {
+            ("conv_x", "weight") => Transform::SliceDim1 {
+                start: 0,
+                len: shape.get(1).copied().unwrap_or(0),
+            },
+            ("conv_h", "weight") => Transform::TailDim1 {
+                len: shape.get(1).copied().unwrap_or(0),
+            },
+            _ => Transform::Same,
+        };
+        return (key, tr);
+    }
+    if let Some(rest) = p.strip_prefix("backbone.long_term.spatial.") {
+        let (layer, leaf) = rest.split_once('.').unwrap_or((rest, ""));
+        let idx = match layer {
+            "conv1" => "0",
+            "bn1" => "1",
+            "conv2" => "3",
+            "bn2" => "4",
+            _ => "6",
+        };
+        let leaf = match leaf {
+            "gamma" => "weight",
+            "beta" => "bias",
+            other => other,
+        };
+        return (
+            format!("backbone.embd.0.attention_op.{idx}.{leaf}"),
+            Transform::Same,
+        );
+    }
+    if let Some(rest) = p.strip_prefix("backbone.long_term.projection.") {
+        let (layer, leaf) = rest.split_once('.').unwrap_or((rest, ""));
+        let idx = if layer == "fc1" { "0" } else { "1" };
+        let tr = if leaf == "weight" {
+            Transform::Transpose
+        } else {
+            Transform::Same
+        };
+        return (format!("backbone.embd.0.conv_1.{idx}.{leaf}"), tr);
+    }
+    let key = p
+        .replace(".mlp_fc1.", ".mlp.0.")
+        .replace(".mlp_fc2.", ".mlp.3.");
+    (key, Transform::Same)
+}
+
+/// What a load did besides filling the network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// PyTorch keys the network used.
+    pub used: Vec<String>,
+    /// PyTorch keys in the file that the network does not use (e.g. the original's unused
+    /// `conv_2` maps and per-conv ConvLSTMs), sorted.
+    pub unused: Vec<String>,
+}
+
+struct Loader<'a> {
+    tensors: &'a HashMap<String, TensorData>,
+    path: Vec<String>,
+    used: BTreeSet<String>,
+    errors: Vec<ModelError>,
+}
+
+fn squeeze_ones(s: &[usize]) -> Vec<usize> {
+    s.iter().copied().filter(|&d| d != 1).collect()
+}
+
+impl Loader<'_> {
+    /// The values for parameter `path` with xca shape `shape`, row-major.
+    fn values(&mut self, path: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let (key, tr) = torch_key(path, shape);
+        let data = self
+            .tensors
+            .get(&key)
+            .ok_or_else(|| ModelError::MissingWeight {
+                key: key.clone(),
+                path: path.to_string(),
+            })?;
+        let tshape: Vec<usize> = data.shape().to_vec();
+        let vals: Vec<f32> = data
+            .clone()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| ModelError::WeightData {
+                key: key.clone(),
+                reason: format!("{e:?}"),
+            })?;
+        let shape_err = |expected: Vec<usize>| ModelError::WeightShape {
+            key: key.clone(),
+            expected,
+            actual: tshape.clone(),
+        };
+        let out = match tr {
+            Transform::Same => {
+                if squeeze_ones(&tshape) != squeeze_ones(shape) {
+                    return Err(shape_err(shape.to_vec()));
+                }
+                vals
+            }
+            Transform::Transpose => {
+                let [i, o] = [shape[0], shape[1]];
+                if tshape != [o, i] {
+                    return Err(shape_err(vec![o, i]));
+                }
+                let mut t = vec![0f32; i * o];
+                for r in 0..o {
+                    for c in 0..i {
+                        t[c * o + r] = vals[r * i + c];
+                    }
+                }
+                t
+            }
+            Transform::SliceDim1 { .. } | Transform::TailDim1 { .. } => {
+                // xca [4h, n, k, k] from PyTorch [4h, in + h, k, k].
+                let (o, n, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
+                let total = tshape.get(1).copied().unwrap_or(0);
+                let start = match tr {
+                    Transform::SliceDim1 { start, .. } => start,
+                    _ => total.saturating_sub(n),
+                };
+                let ok = tshape.len() == 4
+                    && tshape[0] == o
+                    && tshape[2] == kh
+                    && tshape[3] == kw
+                    && start + n <= total
+                    && (matches!(tr, Transform::TailDim1 { .. }) || total == n + o / 4);
+                if !ok {
+                    return Err(shape_err(vec![o, n + o / 4, kh, kw]));
+                }
+                let plane = kh * kw;
+                let mut t = Vec::with_capacity(o * n * plane);
+                for r in 0..o {
+                    let base = (r * total + start) * plane;
+                    t.extend_from_slice(&vals[base..base + n * plane]);
+                }
+                t
+            }
+        };
+        self.used.insert(key);
+        Ok(out)
+    }
+}
+
+impl ModuleMapper for Loader<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let shape: Vec<usize> = param.lazy_shape().to_vec();
+        match self.values(&path, &shape) {
+            Ok(vals) => {
+                let device = param.lazy_device();
+                let tensor = Tensor::<D>::from_data(TensorData::new(vals, shape), &device);
+                let id = param.id;
+                param.transform_for_load(tensor, id)
+            }
+            Err(e) => {
+                self.errors.push(e);
+                param
+            }
+        }
+    }
+}
+
+/// Fill `network` from PyTorch-named tensors (a `module.` prefix is stripped).
+///
+/// Every parameter and BatchNorm running statistic of the network must be present with a
+/// compatible shape; the first missing or mismatched one is the error. Keys the network does
+/// not use are listed in the report.
+pub fn load_torch_tensors(
+    network: Network,
+    tensors: &HashMap<String, TensorData>,
+) -> Result<(Network, LoadReport), ModelError> {
+    let stripped: HashMap<String, TensorData>;
+    let tensors = if tensors.keys().any(|k| k.starts_with("module.")) {
+        stripped = tensors
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.strip_prefix("module.").unwrap_or(k).to_string(),
+                    v.clone(),
+                )
+            })
+            .collect();
+        &stripped
+    } else {
+        tensors
+    };
+    let mut loader = Loader {
+        tensors,
+        path: Vec::new(),
+        used: BTreeSet::new(),
+        errors: Vec::new(),
+    };
+    let network = burn::module::Module::map(network, &mut loader);
+    if let Some(e) = loader.errors.into_iter().next() {
+        return Err(e);
+    }
+    let mut unused: Vec<String> = tensors
+        .keys()
+        .filter(|k| !loader.used.contains(*k))
+        .cloned()
+        .collect();
+    unused.sort();
+    Ok((
+        network,
+        LoadReport {
+            used: loader.used.into_iter().collect(),
+            unused,
+        },
+    ))
+}
+
+/// Read every tensor of a `.safetensors` file, or of a PyTorch `.pth`/`.pth.tar` archive
+/// (optionally under `top_level_key`, e.g. `state_dict_ema`), by name.
+pub fn read_tensor_file(
+    path: &Path,
+    top_level_key: Option<&str>,
+) -> Result<HashMap<String, TensorData>, ModelError> {
+    let err = |reason: String| ModelError::WeightFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let mut out = HashMap::new();
+    if is_safetensors {
+        let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
+        let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
+        for (k, t) in all {
+            out.insert(
+                k.clone(),
+                bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?,
+            );
+        }
+    } else {
+        // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
+        // become .2); the name map needs the original keys.
+        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+        if let Some(key) = top_level_key {
+            store = store.with_top_level_key(key);
+        }
+        let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
+        for (k, t) in all {
+            out.insert(
+                k.clone(),
+                bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?,
+            );
+        }
+    }
+    Ok(out)
+}
