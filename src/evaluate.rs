@@ -44,7 +44,7 @@ pub struct VideoOutput {
 fn host_vec(t: burn::tensor::Tensor<3>, video: &str) -> Result<Vec<f32>, EvalError> {
     t.into_data()
         .convert::<f32>()
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| EvalError::Video { video: video.to_string(), reason: format!("reading outputs: {e:?}") })
 }
 

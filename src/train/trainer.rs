@@ -11,8 +11,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::{Bool, Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
