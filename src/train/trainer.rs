@@ -130,13 +130,16 @@ pub struct TrainSummary {
 /// convolutions and linear maps (including the input layer's Conv2d, BatchNorm and
 /// projection weights), but not biases, LayerNorm, Scale or drop-path scales.
 pub fn decays(path: &str) -> bool {
-    let last = path.rsplit('.').next().unwrap_or("");
+    let mut parts = path.rsplit('.');
+    let last = parts.next().unwrap_or("");
     if last != "weight" && last != "gamma" {
         return false;
     }
-    // LayerNorm gains never decay; the input layer's BatchNorm gains do (the original groups
-    // everything inside the first masked conv by name).
-    let is_layer_norm = path.contains("norm") && !path.contains("long_term");
+    // The owning module, skipping a list index (`fpn_norms.0.weight` → `fpn_norms`).
+    let owner = parts.find(|p| p.parse::<usize>().is_err()).unwrap_or("");
+    // LayerNorm gains never decay (ln1, ln2, *_norm, norms). The input layer's BatchNorm
+    // gains (bn1, bn2) do: the original decays every `weight` inside the first masked conv.
+    let is_layer_norm = owner.starts_with("ln") || owner.contains("norm");
     !is_layer_norm
 }
 
@@ -434,8 +437,19 @@ mod tests {
         assert!(decays("backbone.stem.0.attn.query.weight"));
         assert!(decays("backbone.embd.0.conv.weight"));
         assert!(!decays("backbone.embd.0.conv.bias"));
-        assert!(!decays("neck.norms.0.gamma"));
+        assert!(!decays("neck.fpn_norms.0.weight"));
+        assert!(!decays("backbone.stem.0.ln1.weight"));
+        assert!(!decays("backbone.stem.0.attn.query_norm.weight"));
+        assert!(!decays("backbone.embd_norm.1.weight"));
+        assert!(!decays("cls_head.norm.0.weight"));
+        assert!(decays("backbone.long_term.spatial.bn1.gamma"));
+        assert!(decays("backbone.long_term.convlstm.cells.0.conv_h.weight"));
+        assert!(decays("backbone.long_term.projection.fc1.weight"));
+        assert!(decays("backbone.stem.0.mlp_fc1.weight"));
+        assert!(decays("cls_head.head.0.conv.weight"));
+        assert!(decays("reg_head.offset_head.conv.weight"));
         assert!(!decays("reg_head.scale.0.scale"));
         assert!(!decays("backbone.stem.0.drop_path_attn.scale"));
     }
 }
+
