@@ -7,3 +7,4 @@
 
 pub mod device;
 pub mod fsio;
+pub mod synth;

@@ -1,5 +1,7 @@
 //! One file per subcommand. Each exposes `Args` (clap) and `run(args) -> anyhow::Result<()>`.
 
+pub mod synth;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a synthetic XCA dataset (vessel maps + keyframe annotations) in the paper's layout.
+    Synth(synth::Args),
 }
 
 /// An error caused by the user's input (config, data, arguments): exit status 2.
@@ -42,6 +46,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result: anyhow::Result<()> = match cli.command {
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
