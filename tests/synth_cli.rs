@@ -37,17 +37,14 @@ fn synth_writes_the_layout_and_refuses_to_overwrite_without_force() {
     let npy = fs::read(out.join("image/train01.npy")).unwrap();
     assert_eq!(&npy[..6], b"\x93NUMPY");
     let header = String::from_utf8_lossy(&npy[10..128]);
-    assert!(header.contains("'descr': '<f4'") && header.contains("'fortran_order': False") && header.contains(", 4096, )"), "{header}");
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'fortran_order': False") && header.contains(", 4096, )"),
+        "{header}"
+    );
     let before = fs::read(out.join("annotations/vessel.json")).unwrap();
 
     // A second run without --force is refused (exit 2) and changes nothing.
-    xca()
-        .args(args)
-        .arg(&out)
-        .args(["--seed", "4"])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("--force"));
+    xca().args(args).arg(&out).args(["--seed", "4"]).assert().code(2).stderr(predicate::str::contains("--force"));
     assert_eq!(fs::read(out.join("annotations/vessel.json")).unwrap(), before);
 
     // With --force it is replaced, and the new seed gives different data.

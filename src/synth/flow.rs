@@ -25,11 +25,8 @@ pub struct Keyframes {
 pub(crate) fn draw_keyframes<R: Rng>(rng: &mut R, min_frames: usize, max_frames: usize) -> Keyframes {
     let frames = rng.random_range(min_frames..=max_frames);
     let f = frames as f32;
-    let start_frac = if rng.random_bool(0.25) {
-        rng.random_range(0.02f32..0.08)
-    } else {
-        rng.random_range(0.05f32..0.25)
-    };
+    let start_frac =
+        if rng.random_bool(0.25) { rng.random_range(0.02f32..0.08) } else { rng.random_range(0.05f32..0.25) };
     let apex_frac = rng.random_range(0.35f32..0.60);
     let end_frac = rng.random_range(0.70f32..0.95);
     let start = (start_frac * f).round() as usize;

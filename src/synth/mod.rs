@@ -339,7 +339,9 @@ pub fn generate(cfg: &SynthConfig, out: &Path, progress: bool) -> Result<SynthSu
     let plan = cfg.plan();
     let bar = if progress {
         let b = indicatif::ProgressBar::new(plan.len() as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} videos {msg} [{elapsed}]") {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("synth {bar:30} {pos}/{len} videos {msg} [{elapsed}]")
+        {
             b.set_style(style);
         }
         b

@@ -106,7 +106,8 @@ impl Confounders {
 
     /// Global gain of row `row`: contrast × slow drift × flicker.
     pub(crate) fn row_gain(&self, row: usize) -> f32 {
-        let drift = 1.0 + self.drift_amp * (std::f32::consts::TAU * row as f32 / self.drift_period_rows + self.drift_phase).sin();
+        let drift = 1.0
+            + self.drift_amp * (std::f32::consts::TAU * row as f32 / self.drift_period_rows + self.drift_phase).sin();
         let flick = self.flicker.iter().find(|f| f.0 == row).map_or(1.0, |f| f.1);
         (self.gain * drift * flick).min(1.0)
     }
@@ -119,13 +120,22 @@ impl Confounders {
         let (ix, iy) = (gx as usize, gy as usize);
         let (tx, ty) = (gx - ix as f32, gy - iy as f32);
         let c = |i: usize, j: usize| self.conf[j * CONF_N + i];
-        (1.0 - ty) * ((1.0 - tx) * c(ix, iy) + tx * c(ix + 1, iy)) + ty * ((1.0 - tx) * c(ix, iy + 1) + tx * c(ix + 1, iy + 1))
+        (1.0 - ty) * ((1.0 - tx) * c(ix, iy) + tx * c(ix + 1, iy))
+            + ty * ((1.0 - tx) * c(ix, iy + 1) + tx * c(ix + 1, iy + 1))
     }
 
     /// Turn the clean clip map `clean` (side×side, canvas scale `scale` units per pixel)
     /// into the network's output for row `row`: gain, confidence, noise, blobs, speckle;
     /// clamped to [0, 1].
-    pub(crate) fn apply<R: Rng>(&self, rng: &mut R, clean: &[f32], side: usize, row: usize, shift: (f32, f32), out: &mut [f32]) {
+    pub(crate) fn apply<R: Rng>(
+        &self,
+        rng: &mut R,
+        clean: &[f32],
+        side: usize,
+        row: usize,
+        shift: (f32, f32),
+        out: &mut [f32],
+    ) {
         let scale = super::tree::CANVAS / side as f32;
         let gain = self.row_gain(row);
         for r in 0..side {

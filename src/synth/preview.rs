@@ -43,9 +43,8 @@ fn row_of(v: &SynthVideo, frame: usize) -> usize {
 /// Up to `PANELS` rows spread over the run, always including the keyframe rows.
 fn pick_rows(v: &SynthVideo) -> Vec<usize> {
     let n = PANELS.min(v.rows);
-    let mut rows: Vec<usize> = (0..n)
-        .map(|k| ((k as f64) * (v.rows - 1) as f64 / (n - 1).max(1) as f64).round() as usize)
-        .collect();
+    let mut rows: Vec<usize> =
+        (0..n).map(|k| ((k as f64) * (v.rows - 1) as f64 / (n - 1).max(1) as f64).round() as usize).collect();
     let keys = [row_of(v, v.key.start), row_of(v, v.key.apex), row_of(v, v.key.end)];
     let mut taken = vec![false; n];
     for &kr in &keys {
@@ -79,6 +78,12 @@ pub fn write_preview(v: &SynthVideo, path: &Path) -> Result<(), SynthError> {
     std::fs::create_dir_all(dir).map_err(werr)?;
     let tmp = tempfile::Builder::new().prefix(".xca-tmp-").suffix(".png").tempfile_in(dir).map_err(werr)?;
     draw(v, tmp.path()).map_err(perr)?;
+    // A picture to share: readable by others, unlike the temporary file's 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(werr)?;
+    }
     tmp.persist(path).map_err(|e| werr(e.error))?;
     Ok(())
 }
@@ -106,8 +111,7 @@ fn draw(v: &SynthVideo, file: &Path) -> Result<(), String> {
         k.apex,
         k.end
     );
-    root.draw_text(&title, &("sans-serif", 20).into_font().color(&BLACK), (GAP as i32, 10))
-        .map_err(e)?;
+    root.draw_text(&title, &("sans-serif", 20).into_font().color(&BLACK), (GAP as i32, 10)).map_err(e)?;
 
     let key_of = |row: usize| {
         [(k.start, "START", START_C), (k.apex, "APEX", APEX_C), (k.end, "END", END_C)]
@@ -136,8 +140,7 @@ fn draw(v: &SynthVideo, file: &Path) -> Result<(), String> {
         let f1 = f0 + v.num_frames - 1;
         let keys = key_of(row);
         let label_style = ("sans-serif", 15).into_font().color(&BLACK);
-        root.draw_text(&format!("row {row} · f{f0}–{f1}"), &label_style, (x0, y0 - LABEL_H as i32 + 2))
-            .map_err(e)?;
+        root.draw_text(&format!("row {row} · f{f0}–{f1}"), &label_style, (x0, y0 - LABEL_H as i32 + 2)).map_err(e)?;
         if !keys.is_empty() {
             let color = keys[0].2;
             for w in 1..=3 {
@@ -175,15 +178,18 @@ fn draw(v: &SynthVideo, file: &Path) -> Result<(), String> {
         .light_line_style(WHITE)
         .draw()
         .map_err(e)?;
-    let shade = |a: usize, b: usize, c: RGBColor| Rectangle::new([(a as f64, 0.0), (b as f64, y_max)], c.mix(0.12).filled());
+    let shade =
+        |a: usize, b: usize, c: RGBColor| Rectangle::new([(a as f64, 0.0), (b as f64, y_max)], c.mix(0.12).filled());
     chart.draw_series([shade(k.start, k.apex, START_C), shade(k.apex, k.end, END_C)]).map_err(e)?;
     chart.draw_series(LineSeries::new(means.iter().copied(), BLACK.stroke_width(2))).map_err(e)?;
     for (f, name, c) in [(k.start, "start", START_C), (k.apex, "apex", APEX_C), (k.end, "end", END_C)] {
+        chart.draw_series(LineSeries::new([(f as f64, 0.0), (f as f64, y_max)], c.stroke_width(2))).map_err(e)?;
         chart
-            .draw_series(LineSeries::new([(f as f64, 0.0), (f as f64, y_max)], c.stroke_width(2)))
-            .map_err(e)?;
-        chart
-            .draw_series([Text::new(format!("{name} f{f}"), (f as f64 + 1.0, y_max * 0.95), ("sans-serif", 14).into_font().color(&c))])
+            .draw_series([Text::new(
+                format!("{name} f{f}"),
+                (f as f64 + 1.0, y_max * 0.95),
+                ("sans-serif", 14).into_font().color(&c),
+            )])
             .map_err(e)?;
     }
     root.present().map_err(e)?;

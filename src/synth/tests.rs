@@ -61,13 +61,23 @@ fn annotations_follow_the_spec_layout_and_invariants() {
     let cfg = tiny(21);
     let summary = generate(&cfg, &out, false).unwrap();
     assert_eq!((summary.train, summary.val, summary.test), (2, 1, 1));
-    let json: serde_json::Value = serde_json::from_slice(&fs::read(out.join("annotations/vessel.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("annotations/vessel.json")).unwrap()).unwrap();
     let db = json["database"].as_object().unwrap();
     let ids: Vec<&String> = db.keys().collect();
     assert_eq!(ids, ["train01", "train02", "val01", "test01"]);
     for (id, v) in db {
         let subset = v["subset"].as_str().unwrap();
-        assert_eq!(subset, if id.starts_with("train") { "train" } else if id.starts_with("val") { "validation" } else { "test" });
+        assert_eq!(
+            subset,
+            if id.starts_with("train") {
+                "train"
+            } else if id.starts_with("val") {
+                "validation"
+            } else {
+                "test"
+            }
+        );
         assert_eq!(v["fps"].as_f64(), Some(15.0));
         let duration = v["duration"].as_f64().unwrap();
         let ann = v["annotations"].as_array().unwrap();
@@ -99,7 +109,10 @@ fn annotations_follow_the_spec_layout_and_invariants() {
         let s = summary.videos.iter().find(|s| s.id == *id).unwrap();
         assert_eq!((s.frames as u64, s.rows as u64), (frames, shape[0]));
         // Keyframes come back exactly as ⌊fps·seconds⌋ (SPEC §7.2).
-        assert_eq!(((start * 15.0).floor() as usize, (apex * 15.0).floor() as usize, (end * 15.0).floor() as usize), (s.start, s.apex, s.end));
+        assert_eq!(
+            ((start * 15.0).floor() as usize, (apex * 15.0).floor() as usize, (end * 15.0).floor() as usize),
+            (s.start, s.apex, s.end)
+        );
     }
 }
 
@@ -203,4 +216,27 @@ fn bad_settings_are_refused() {
     }
     let err = tiny(1).video_by_id("train09").unwrap_err();
     assert_eq!(err.to_string(), "no video 'train09' in this dataset (ids look like train01)");
+}
+
+
+#[test]
+fn invariants_hold_across_seeds() {
+    for seed in 0..24u64 {
+        let cfg = SynthConfig { seed, ..tiny(seed) };
+        let v = cfg.video(Subset::Validation, seed as usize % 3, "v");
+        let k = v.key;
+        assert!(k.start < k.apex && k.apex < k.end && k.end < k.frames, "seed {seed}: {k:?}");
+        assert!((60..=90).contains(&k.frames), "seed {seed}");
+        assert_eq!(v.rows, k.frames / 4, "seed {seed}");
+        assert_eq!(v.data.len(), v.rows * 4096);
+        assert!(v.data.iter().all(|x| (0.0..=1.0).contains(x)), "seed {seed}");
+        let secs = [k.start, k.apex, k.end].map(|f| frame_to_seconds(f, v.fps));
+        assert!(0.0 <= secs[0] && secs[0] < secs[1] && secs[1] < secs[2] && secs[2] <= v.duration());
+        assert_eq!(secs.map(|s| (s * v.fps).floor() as usize), [k.start, k.apex, k.end]);
+        assert_eq!((v.duration() * v.fps).floor() as usize, k.frames);
+        // The first row is never empty: the catheter (≥ ~40 px long) is always there, if
+        // faint in a dim video, and the empty tree responds faintly.
+        let on = |t: f32| v.row(0).iter().filter(|&&x| x > t).count();
+        assert!(on(0.1) > 40, "seed {seed}: only {} pixels above 0.1 in the first row", on(0.1));
+    }
 }

@@ -104,8 +104,8 @@ impl<R: Rng> Grower<'_, R> {
                 let child_r0 = radius * self.rng.random_range(0.6f32..0.85);
                 if child_r0 >= 0.42 {
                     let remaining = length - walked;
-                    let child_len = (remaining * self.rng.random_range(0.45f32..0.9)).max(6.0)
-                        * (child_r0 / radius).sqrt();
+                    let child_len =
+                        (remaining * self.rng.random_range(0.45f32..0.9)).max(6.0) * (child_r0 / radius).sqrt();
                     let angle = side * self.rng.random_range(0.45f32..1.1);
                     children.push((x, y, heading + angle, child_r0, child_len, path0 + walked));
                     // Side branches mostly alternate, sometimes two on one side.
@@ -186,19 +186,12 @@ pub(crate) fn draw_catheter<R: Rng>(rng: &mut R, tree: &Tree) -> Catheter {
     let bez = |t: f32| {
         let u = 1.0 - t;
         let b = [u * u * u, 3.0 * u * u * t, 3.0 * u * t * t, t * t * t];
-        (
-            b[0] * entry.0 + b[1] * c1.0 + b[2] * c2.0 + b[3] * ox,
-            b[0] * entry.1 + b[1] * c1.1 + b[2] * c2.1 + b[3] * oy,
-        )
+        (b[0] * entry.0 + b[1] * c1.0 + b[2] * c2.0 + b[3] * ox, b[0] * entry.1 + b[1] * c1.1 + b[2] * c2.1 + b[3] * oy)
     };
     // Sample densely enough for a spacing below STEP on any reasonable curve.
     let n = 400;
     let points = (0..=n).map(|i| bez(i as f32 / n as f32)).collect();
-    Catheter {
-        points,
-        radius: rng.random_range(0.5f32..0.7),
-        intensity: rng.random_range(0.4f32..0.7),
-    }
+    Catheter { points, radius: rng.random_range(0.5f32..0.7), intensity: rng.random_range(0.4f32..0.7) }
 }
 
 /// Static maps of the tree and catheter in canvas coordinates, sampled on a grid finer
@@ -333,9 +326,7 @@ mod tests {
         let last = *c.points.last().unwrap();
         assert!((last.0 - t.ostium.0).abs() < 1e-4 && (last.1 - t.ostium.1).abs() < 1e-4);
         let m = RefMaps::build(&t, &c);
-        let at = |x: f32, y: f32| {
-            m.taps(x, y).iter().map(|&(i, w)| w * m.occ[i]).sum::<f32>()
-        };
+        let at = |x: f32, y: f32| m.taps(x, y).iter().map(|&(i, w)| w * m.occ[i]).sum::<f32>();
         // On the left main's centreline the occupancy is near 1; 3 px beside it, 0.
         let p = t.points[2];
         assert!(at(p.x, p.y) > 0.9, "{}", at(p.x, p.y));
