@@ -16,3 +16,4 @@ pub mod metrics;
 pub mod evaluate;
 pub mod runtime;
 pub mod model;
+pub mod synth;

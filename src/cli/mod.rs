@@ -1,5 +1,6 @@
 //! One file per subcommand. Each exposes `Args` (clap) and `run(args) -> anyhow::Result<()>`.
 
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,7 @@ pub mod eval;
 pub mod select;
 pub mod train;
 pub mod score;
+pub mod synth;
 
 /// Exit status for a usage, config or data error (bad input the user can fix).
 pub const EXIT_INPUT: u8 = 2;
@@ -41,6 +43,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Score a detection file against ground truth: the mAP table and the keyframe table.
     Score(score::Args),
+    /// Write a synthetic XCA dataset (vessel maps + keyframe annotations) in the paper's layout.
+    Synth(synth::Args),
 }
 
 /// An error caused by the user's input (config, data, arguments): exit status 2.
@@ -69,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Train(a) => train::run(a),
         Command::Select(a) => select::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Synth(args) => synth::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
