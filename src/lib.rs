@@ -13,3 +13,4 @@ pub mod train;
 pub mod geometry;
 pub mod infer;
 pub mod metrics;
+pub mod report;
