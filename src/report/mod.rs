@@ -6,6 +6,12 @@
 //! `train` can call it with whatever they already hold. Text uses DejaVu Sans bundled in
 //! the binary (`assets/fonts/DejaVuSans.ttf`, Bitstream Vera license, see
 //! `assets/fonts/DejaVuSans-LICENSE.txt`): no system font library is needed.
+//!
+//! Each function writes a PNG of a fixed size ([`VIDEO_SIZE`], [`SUMMARY_SIZE`],
+//! [`CURVES_SIZE`]), draws placeholders ("no detections", "no validation yet") for empty
+//! inputs and skips non-finite values. The examples `docs/example_{video,summary,curves}.png`
+//! come from the unit tests' made-up data: `XCA_UPDATE_DOCS=1 cargo test --lib report`
+//! regenerates them, plain `cargo test` checks them.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -36,7 +36,7 @@ pub struct VideoPlot<'a> {
     /// levels covering each row. Non-finite scores leave a gap in the curve.
     pub class_scores: Vec<(String, Vec<f32>)>,
     /// Detections (class name, `[start, end]` in seconds, score in [0, 1]); the best
-    /// [`MAX_LANES`] are drawn, one lane each, opacity growing with the score. Detections
+    /// eight are drawn, one lane each, opacity growing with the score. Detections
     /// with non-finite or reversed bounds are skipped.
     pub detections: Vec<(String, [f64; 2], f32)>,
     /// Predicted start, apex and end frames (solid vertical lines).
