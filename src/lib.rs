@@ -17,3 +17,4 @@ pub mod evaluate;
 pub mod runtime;
 pub mod model;
 pub mod synth;
+pub mod report;
