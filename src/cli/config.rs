@@ -16,6 +16,10 @@ pub struct Args {
     /// Print JSON instead of YAML.
     #[arg(long)]
     pub json: bool,
+    /// Print the parameter count per block and in total instead (only parameters the
+    /// forward pass uses).
+    #[arg(long)]
+    pub params: bool,
 }
 
 /// Load a config or fail with an input error (exit 2); notes go to stderr.
@@ -29,6 +33,9 @@ pub fn load_config(path: &std::path::Path) -> Result<Config> {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = load_config(&args.config)?;
+    if args.params {
+        return print_params(&cfg, args.json);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cfg.to_json())?);
     } else {
@@ -44,6 +51,25 @@ pub fn run(args: Args) -> Result<()> {
             cfg.saved_epochs().start(),
             cfg.saved_epochs().end()
         );
+    }
+    Ok(())
+}
+
+/// `--params`: build the network on the CPU and count its parameters per block.
+fn print_params(cfg: &Config, json: bool) -> Result<()> {
+    let device = super::common::device(xca::device::DeviceChoice::Cpu)?;
+    let net = xca::runtime::network_config(cfg).init(&device).map_err(|e| InputError(e.to_string()))?;
+    let blocks = xca::model::param_counts(&net);
+    let total: usize = blocks.iter().map(|(_, n)| n).sum();
+    if json {
+        let map: serde_json::Map<String, serde_json::Value> =
+            blocks.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"total": total, "blocks": map}))?);
+    } else {
+        for (k, n) in &blocks {
+            println!("{k:<28} {n:>12}");
+        }
+        println!("{:<28} {total:>12}", "total");
     }
     Ok(())
 }

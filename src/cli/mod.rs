@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 pub mod check;
 pub mod common;
 pub mod config;
+pub mod demo;
 pub mod eval;
 pub mod select;
 pub mod train;
@@ -34,6 +35,8 @@ pub enum Command {
     Config(config::Args),
     /// Validate the dataset a config points at, before training.
     Check(check::Args),
+    /// The whole pipeline on synthetic data: synth → train → select → test tables.
+    Demo(demo::Args),
     /// Train a model and write EMA checkpoints to <output_folder>/<config stem>_<NAME>/.
     Train(train::Args),
     /// Pick the best checkpoint on the validation split and report the test tables.
@@ -71,6 +74,7 @@ pub fn main() -> ExitCode {
         Command::Check(a) => check::run(a),
         Command::Score(args) => score::run(args),
         Command::Train(a) => train::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Select(a) => select::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Synth(args) => synth::run(args),

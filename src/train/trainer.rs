@@ -202,8 +202,7 @@ pub fn train(
     let net_cfg = runtime::network_config(cfg);
     let mut model: Network = net_cfg.init(&device)?;
     let mut ema: Network = ema_init(&model);
-    let decay_ids = param_ids_where(&model, decays);
-    let mut optim = adamw_with_decay_group(decay_ids, &runtime::adamw_settings(cfg));
+    let mut optim_bytes = None;
     let mut normalizer = LossNormalizer::new(cfg.train_cfg.init_loss_norm);
     let mut start_epoch = 0;
     let mut step = 0usize;
@@ -222,14 +221,22 @@ pub fn train(
         }
         model = model.try_load_file(sdir.join("model.bpk")).map_err(|e| bad(format!("model: {e}")))?;
         ema = ema.try_load_file(sdir.join("ema.bpk")).map_err(|e| bad(format!("ema: {e}")))?;
-        let bytes = std::fs::read(sdir.join("optim.bin")).map_err(|e| bad(format!("optim.bin: {e}")))?;
-        optim = optim.from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| bad(format!("optimiser: {e}")))?;
+        optim_bytes = Some(std::fs::read(sdir.join("optim.bin")).map_err(|e| bad(format!("optim.bin: {e}")))?);
         normalizer = st.normalizer;
         start_epoch = st.epochs_done;
         step = st.step;
     } else if log_path.exists() {
         // A fresh run replaces an old log.
         std::fs::remove_file(&log_path).map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })?;
+    }
+    // The decay group is keyed by parameter id, so it is built after a resumed model has
+    // its persisted ids back; otherwise the group would name ids nobody has.
+    let decay_ids = param_ids_where(&model, decays);
+    let mut optim = adamw_with_decay_group(decay_ids, &runtime::adamw_settings(cfg));
+    if let Some(bytes) = optim_bytes {
+        optim = optim
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| TrainError::Resume { path: sdir.clone(), reason: format!("optimiser: {e}") })?;
     }
     let mut log = std::fs::OpenOptions::new()
         .create(true)

@@ -1,0 +1,193 @@
+//! End to end on a tiny configuration (16×16 images, width 16, T 32): training is
+//! deterministic, a resumed run ends with the same checkpoint as an uninterrupted one,
+//! and `xca train` → `xca select` → `xca eval` work as the paper's README describes.
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use xca::config::Config;
+use xca::dataset::{Annotations, load_split};
+use xca::device::DeviceChoice;
+use xca::synth::{SynthConfig, generate};
+use xca::train::trainer::{LogLine, TrainOptions, train};
+
+/// A tiny synthetic dataset and a config that points at it.
+fn setup(dir: &Path, epochs: usize) -> PathBuf {
+    let synth = SynthConfig {
+        train: 4,
+        val: 2,
+        test: 2,
+        seed: 3,
+        side: 16,
+        min_frames: 48,
+        max_frames: 120,
+        ..SynthConfig::default()
+    };
+    generate(&synth, &dir.join("data"), false).unwrap();
+    let yaml = format!(
+        "dataset: {{json_file: {d}/data/annotations/vessel.json, feat_folder: {d}/data/image, input_dim: 256, max_seq_len: 32}}\n\
+         model: {{backbone_arch: [2, 1, 2], regression_range: [[0, 4], [4, 8], [8, 10000]], embd_dim: 16, fpn_dim: 16, head_dim: 16,\n\
+         n_head: 2, SpAtten: True, TeAtten: True, SelfAtten: True, pretrain: True, random_patch: True}}\n\
+         opt: {{learning_rate: 0.001, epochs: {e}, warmup_epochs: 1}}\n\
+         output_folder: {d}/ckpt\n\
+         xca: {{save_last_epochs: 2}}\n",
+        d = dir.display(),
+        e = epochs - 1
+    );
+    let path = dir.join("tiny.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn run(cfg: &Config, run_dir: &Path, resume: bool, max_epochs: Option<usize>) -> Vec<LogLine> {
+    let ann = Annotations::load(&cfg.dataset.json_file).unwrap();
+    let data = load_split(cfg, &ann, &cfg.train_split, |_| {}).unwrap();
+    let opts = TrainOptions {
+        run_dir: run_dir.to_path_buf(),
+        device: DeviceChoice::Cpu.device().unwrap(),
+        seed: 11,
+        resume,
+        log_every: 1,
+        quiet: true,
+        max_epochs_this_run: max_epochs,
+    };
+    train(cfg, &data, &opts, |_| {}).unwrap();
+    std::fs::read_to_string(run_dir.join("log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn losses(log: &[LogLine]) -> Vec<(usize, f64, f64, Option<f64>)> {
+    log.iter().filter(|l| l.kind == "step").map(|l| (l.step, l.cls_loss, l.reg_loss, l.con_loss)).collect()
+}
+
+#[test]
+fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::load(&setup(dir.path(), 3)).unwrap().config;
+    assert_eq!(cfg.total_epochs(), 3);
+
+    let a = run(&cfg, &dir.path().join("a"), false, None);
+    let b = run(&cfg, &dir.path().join("b"), false, None);
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 3 * 2, "2 iterations per epoch, every step logged");
+    assert!(la.iter().all(|l| l.1.is_finite() && l.2.is_finite()));
+    assert_eq!(la, lb, "two runs with the same seed must log identical losses");
+    // The contrastive term runs in even (0-based) epochs only.
+    assert!(a.iter().any(|l| l.kind == "step" && l.epoch == 1 && l.con_loss.is_some()));
+    assert!(a.iter().all(|l| !(l.epoch == 2 && l.con_loss.is_some())));
+
+    // Interrupted after one epoch, then resumed: same log and same final weights.
+    let c_dir = dir.path().join("c");
+    run(&cfg, &c_dir, false, Some(1));
+    assert!(!c_dir.join("epoch_003.safetensors").exists());
+    let c = run(&cfg, &c_dir, true, None);
+    assert_eq!(losses(&c), la, "a resumed run must continue exactly where it stopped");
+    for epoch in [2, 3] {
+        let name = format!("epoch_{epoch:03}.safetensors");
+        let wa = xca::model::read_tensor_file(&dir.path().join("a").join(&name), None).unwrap();
+        let wc = xca::model::read_tensor_file(&c_dir.join(&name), None).unwrap();
+        assert_eq!(wa.len(), wc.len());
+        for (key, a) in &wa {
+            let (a, c) = (a.clone().try_into_vec::<f32>().unwrap(), wc[key].clone().try_into_vec::<f32>().unwrap());
+            assert!(a == c, "{name}: tensor {key} differs between the uninterrupted and the resumed run");
+        }
+    }
+    // Only the last save_last_epochs checkpoints are written.
+    assert!(!dir.path().join("a/epoch_001.safetensors").exists());
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a/epoch_003.json")).unwrap()).unwrap();
+    assert_eq!(meta["epoch"], 3);
+    assert_eq!(meta["weights"], "ema");
+
+    // A different seed gives different losses.
+    let ann = Annotations::load(&cfg.dataset.json_file).unwrap();
+    let data = load_split(&cfg, &ann, &cfg.train_split, |_| {}).unwrap();
+    let opts = TrainOptions {
+        run_dir: dir.path().join("d"),
+        device: DeviceChoice::Cpu.device().unwrap(),
+        seed: 12,
+        resume: false,
+        log_every: 1,
+        quiet: true,
+        max_epochs_this_run: Some(1),
+    };
+    train(&cfg, &data, &opts, |_| {}).unwrap();
+    let d: Vec<LogLine> = std::fs::read_to_string(dir.path().join("d/log.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_ne!(losses(&d)[0], la[0]);
+}
+
+fn xca() -> Command {
+    Command::cargo_bin("xca").unwrap()
+}
+
+#[test]
+fn train_select_eval_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), 2);
+    xca().args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"]).assert().success();
+    let run = dir.path().join("ckpt/tiny_t");
+    for f in ["config.yaml", "log.jsonl", "epoch_001.safetensors", "epoch_002.safetensors", "state/state.json"] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // A second train into the same folder without --resume is refused.
+    let out = xca().args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"]).assert().code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("--resume"), "{err}");
+
+    let sel = dir.path().join("select.json");
+    let out = xca()
+        .args(["val_test", config.to_str().unwrap(), "--output", "t", "--quiet", "--json"])
+        .arg(&sel)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(stdout.contains("Chosen: epoch"), "{stdout}");
+    assert!(stdout.contains("paper protocol") && stdout.contains("full ActivityNet protocol"), "{stdout}");
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sel).unwrap()).unwrap();
+    assert_eq!(s["val"].as_array().unwrap().len(), 2);
+    let chosen = s["chosen_epoch"].as_u64().unwrap();
+    assert!(chosen == 1 || chosen == 2);
+    for key in ["test", "test_full"] {
+        assert_eq!(s[key]["mAP"].as_array().unwrap().len(), 5);
+        let m = s[key]["average_mAP"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&m));
+    }
+
+    // eval with only a checkpoint reads the run folder's config; both forms agree.
+    let ckpt = run.join(format!("epoch_{chosen:03}.safetensors"));
+    let ev = dir.path().join("eval.json");
+    let dets = dir.path().join("dets.json");
+    xca().arg("eval").arg(&ckpt).arg("--quiet").arg("--json").arg(&ev).arg("--detections").arg(&dets).assert().success();
+    let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ev).unwrap()).unwrap();
+    assert_eq!(e["paper"], s["test"], "eval of the chosen checkpoint reproduces select's test numbers");
+    assert_eq!(e["full"], s["test_full"]);
+    // The detections file scores to the same numbers with `xca score`.
+    let sc = dir.path().join("score.json");
+    xca()
+        .args(["score", "--gt"])
+        .arg(dir.path().join("data/annotations/vessel.json"))
+        .arg("--pred")
+        .arg(&dets)
+        .arg("--json")
+        .arg(&sc)
+        .assert()
+        .success();
+    let scored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sc).unwrap()).unwrap();
+    let (a, b) = (scored["average_mAP"].as_f64().unwrap(), e["full"]["average_mAP"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-6, "score {a} vs eval {b}");
+
+    // A checkpoint that does not fit the config is refused with its name.
+    let other = dir.path().join("other.yaml");
+    let text = std::fs::read_to_string(&config).unwrap().replace("embd_dim: 16, fpn_dim: 16, head_dim: 16", "embd_dim: 32, fpn_dim: 32, head_dim: 32");
+    std::fs::write(&other, text).unwrap();
+    let out = xca().arg("eval").arg(&other).arg(&ckpt).arg("--quiet").assert().code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("epoch_") && err.contains("does not fit"), "{err}");
+}
