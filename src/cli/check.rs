@@ -141,7 +141,10 @@ pub fn check(cfg: &Config, quiet: bool) -> Result<Report, DatasetError> {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&args.config)?;
-    let report = check(&cfg, args.quiet).map_err(|e| InputError(e.to_string()))?;
+    let report = check(&cfg, args.quiet).map_err(|e| {
+        let hint = if cfg.dataset.json_file.exists() { "" } else { " (run `xca synth` to make the synthetic dataset)" };
+        InputError(format!("{e}{hint}"))
+    })?;
     for line in &report.summary {
         println!("{line}");
     }
