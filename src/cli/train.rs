@@ -102,11 +102,15 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Training curves of `log.jsonl` lines: the logged steps (at fractional epoch
 /// `(step + 1)/iters_per_epoch`) or, when no step was logged, the epoch averages.
+///
+/// The contrastive loss only runs in some epochs: where it is absent it is NaN, so its
+/// curve shows gaps instead of bridging them (no `con` curve at all when it never ran).
 pub fn curve_points(log: &[LogLine], iters_per_epoch: usize) -> Vec<CurvePoint> {
+    let has_con = log.iter().any(|l| l.con_loss.is_some());
     let point = |l: &LogLine, epoch: f64| {
         let mut losses = vec![("cls".to_string(), l.cls_loss), ("reg".to_string(), l.reg_loss)];
-        if let Some(c) = l.con_loss {
-            losses.push(("con".to_string(), c));
+        if has_con {
+            losses.push(("con".to_string(), l.con_loss.unwrap_or(f64::NAN)));
         }
         losses.push(("total".to_string(), l.total_loss));
         CurvePoint { step: l.step as u64, epoch, lr: l.lr, losses }
@@ -177,10 +181,12 @@ mod tests {
         assert_eq!(pts.len(), 2);
         assert_eq!((pts[0].epoch, pts[1].epoch), (0.5, 1.0));
         assert_eq!(pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cls", "reg", "con", "total"]);
-        assert_eq!(pts[1].losses.len(), 3);
+        assert!(pts[1].losses[2].1.is_nan(), "absent con loss leaves a gap");
+        assert_eq!(pts[1].losses[3], ("total".to_string(), 3.0));
         assert!((pts[1].lr - 0.3).abs() < 1e-12);
         let pts = curve_points(&[line("epoch", 1, 3, None), line("epoch", 2, 7, None)], 4);
         assert_eq!(pts.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1.0, 2.0]);
+        assert_eq!(pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cls", "reg", "total"]);
     }
 
     #[test]
