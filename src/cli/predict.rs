@@ -37,7 +37,7 @@ pub struct Args {
     /// Frames per second (default: the config's dataset.default_fps, else 15).
     #[arg(long)]
     pub fps: Option<f64>,
-    /// Write one JSON object per input (a list) here; `-` prints it to stdout instead of the table.
+    /// Write one JSON object per input (a list) here; `-` prints it to stdout (the table then goes to stderr).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
     /// Write one picture per input, DIR/<input stem>.png (scores, detections, keyframes, frames).
