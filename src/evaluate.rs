@@ -78,6 +78,33 @@ pub fn run_video(
     Ok(VideoOutput { levels })
 }
 
+/// Frame-wise class scores of one video, for plots: per class, per feature row `r < rows`,
+/// the largest sigmoid probability among the points of every level that cover `r` (point
+/// `i` of a level with stride `s` covers rows `[i·s, (i+1)·s)`; padded points beyond the
+/// level's `valid_len` are ignored). Rows no point covers are NaN.
+pub fn row_scores(out: &VideoOutput, rows: usize, num_classes: usize) -> Vec<Vec<f32>> {
+    let mut scores = vec![vec![f32::NAN; rows]; num_classes];
+    for level in &out.levels {
+        let stride = (level.stride.round() as usize).max(1);
+        let points = level.valid_len.min(level.logits.len() / num_classes.max(1));
+        for i in 0..points {
+            let lo = i * stride;
+            if lo >= rows {
+                break;
+            }
+            let hi = ((i + 1) * stride).min(rows);
+            for (c, class_scores) in scores.iter_mut().enumerate() {
+                let p = 1.0 / (1.0 + (-level.logits[i * num_classes + c]).exp());
+                for v in &mut class_scores[lo..hi] {
+                    // f32::max ignores NaN, so the first covering point initialises the row.
+                    *v = v.max(p);
+                }
+            }
+        }
+    }
+    scores
+}
+
 /// Detections (seconds) of one video: decode, NMS, grid → seconds (SPEC §6.1–6.3).
 pub fn detect(cfg: &Config, out: &VideoOutput, fps: f64, duration: Option<f64>) -> Result<Candidates, EvalError> {
     Ok(postprocess(
@@ -135,4 +162,42 @@ pub fn score_split(gt: &GroundTruth, split: &str, dets: &[(String, Candidates)])
 /// Read the ground truth a config points at.
 pub fn ground_truth(cfg: &Config) -> Result<GroundTruth, EvalError> {
     Ok(read_ground_truth(Path::new(&cfg.dataset.json_file))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logit(p: f32) -> f32 {
+        (p / (1.0 - p)).ln()
+    }
+
+    #[test]
+    fn row_scores_take_the_max_over_covering_levels() {
+        // 5 rows, 2 classes. Level 0 (stride 1) covers each row; level 1 (stride 2) covers
+        // rows [0,2), [2,4), [4,6)∩[0,5); its third point is padding (valid_len 2).
+        let l0: Vec<f32> = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.5].iter().map(|&p| logit(p)).collect();
+        let l1: Vec<f32> = [0.6, 0.05, 0.1, 0.95, 0.99, 0.99].iter().map(|&p| logit(p)).collect();
+        let out = VideoOutput {
+            levels: vec![
+                LevelOutput { stride: 1.0, logits: l0, offsets: vec![0.0; 10], valid_len: 5 },
+                LevelOutput { stride: 2.0, logits: l1, offsets: vec![0.0; 6], valid_len: 2 },
+            ],
+        };
+        let s = row_scores(&out, 5, 2);
+        let want = [[0.6, 0.6, 0.3, 0.4, 0.5], [0.9, 0.8, 0.95, 0.95, 0.5]];
+        for c in 0..2 {
+            for r in 0..5 {
+                assert!((s[c][r] - want[c][r]).abs() < 1e-5, "class {c} row {r}: {} vs {}", s[c][r], want[c][r]);
+            }
+        }
+        // A level that starts at stride 2 only (fpn_start_level > 0) still covers every row;
+        // rows beyond every valid point stay NaN.
+        let out = VideoOutput {
+            levels: vec![LevelOutput { stride: 2.0, logits: vec![0.0; 2], offsets: vec![0.0; 4], valid_len: 2 }],
+        };
+        let s = row_scores(&out, 5, 1);
+        assert_eq!(&s[0][..4], &[0.5; 4]);
+        assert!(s[0][4].is_nan());
+    }
 }

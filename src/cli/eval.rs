@@ -6,7 +6,8 @@ use anyhow::Result;
 use serde_json::json;
 use xca::config::Config;
 use xca::device::DeviceChoice;
-use xca::evaluate::{SplitScores, detect_split, ground_truth, score_split};
+use xca::evaluate::{SplitScores, detect, detect_split, ground_truth, patch_centres, run_video, score_split};
+use xca::report::{SummaryPlot, plot_summary};
 use xca::infer::Candidates;
 use xca::metrics::io::PredictionFormat;
 
@@ -36,6 +37,10 @@ pub struct Args {
     /// Seed of the inference-time random-patch centres (default: init_rand_seed).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Write one picture per video of the split (DIR/<video>.png: scores, detections,
+    /// predicted and true keyframes, frames) and DIR/summary.png (deviation histogram, mAP per tIoU).
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
@@ -121,8 +126,11 @@ pub fn run(args: Args) -> Result<()> {
     let model = common::load_model(&cfg, &ckpt, &device)?;
     let split = args.split.clone().or_else(|| cfg.test_split.first().cloned()).unwrap_or_else(|| "test".into());
     let seed = args.seed.unwrap_or(cfg.init_rand_seed);
-    let (scores, dets) = evaluate(&cfg, &model, &split, seed, &device, args.quiet)?;
     let method = ckpt_label(&ckpt);
+    let (scores, dets) = match &args.plots {
+        None => evaluate(&cfg, &model, &split, seed, &device, args.quiet)?,
+        Some(dir) => evaluate_with_plots(&cfg, &model, &split, seed, &device, args.quiet, dir, &method)?,
+    };
     print_scores(&scores, &method);
     if let Some(p) = &args.json {
         common::write_json_out(p, &json!({"paper": score::report_json(&scores.paper), "full": score::report_json(&scores.full)}))?;
@@ -131,6 +139,68 @@ pub fn run(args: Args) -> Result<()> {
         common::write_json_out(p, &detections_json(&dets, &xca::dataset::annotations::CLASS_NAMES))?;
     }
     Ok(())
+}
+
+/// [`evaluate`] that also draws one picture per video and `dir/summary.png`.
+///
+/// Same detections as [`evaluate`] (same patch centres, in split order), but each video's
+/// raw outputs are kept long enough to plot its frame-wise scores. The pictures' keyframes
+/// follow the keyframe table (setting 0, SPEC §6.4), so the summary's deviations are the
+/// table's.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_with_plots(
+    cfg: &Config,
+    model: &xca::model::Network,
+    split: &str,
+    seed: u64,
+    device: &burn::tensor::Device,
+    quiet: bool,
+    dir: &Path,
+    method: &str,
+) -> Result<(SplitScores, Vec<(String, Candidates)>)> {
+    use xca::infer::keyframes::{frame_at, ground_truth_keyframes, keyframes_of};
+    use xca::infer::DecodeSetting;
+    use xca::metrics::VideoKeyframes;
+
+    let ann = common::annotations(cfg)?;
+    let data = common::load_data(cfg, &ann, &[split.to_string()], quiet)?;
+    let gt = ground_truth(cfg).map_err(|e| InputError(e.to_string()))?;
+    let (fill, wash) = xca::metrics::score::filling_washout_ids(&gt);
+    let centres = patch_centres(cfg, seed, data.videos.len(), model.image_side());
+    let b = common::bar(data.videos.len(), &format!("eval+plots {split}"), quiet);
+    let mut dets = Vec::with_capacity(data.videos.len());
+    let mut videos = Vec::new();
+    for (v, centre) in data.videos.iter().zip(centres) {
+        b.set_message(v.id.clone());
+        let raw = run_video(model, cfg, &v.feats, centre, device, &v.id)?;
+        let cands = detect(cfg, &raw, v.fps, Some(v.duration))?;
+        let frames = frame_at(v.fps, v.duration).max(0) as usize;
+        let (pred, fallback) = keyframes_of(&cands, fill, wash, v.fps, DecodeSetting::ApexMidpoint);
+        let seg = |class| v.labels.iter().position(|&l| l == class).map(|i| v.segments_s[i]);
+        let truth = match (seg(fill), seg(wash)) {
+            (Some(f), Some(w)) => Some(ground_truth_keyframes(f, w, v.fps)),
+            _ => None,
+        };
+        if let Some(truth) = truth {
+            videos.push(VideoKeyframes { truth, pred, n_frames: frames, fallback });
+        }
+        let png = dir.join(format!("{}.png", super::predict::file_stem_safe(&v.id)));
+        super::predict::plot_one(cfg, &v.id, v.fps, frames, &v.feats, &raw, &cands, pred, truth, &png)?;
+        dets.push((v.id.clone(), cands));
+        b.inc(1);
+    }
+    b.finish_and_clear();
+    let scores = score_split(&gt, split, &dets)?;
+    let summary = SummaryPlot {
+        title: format!("{method} on split {split} ({} videos)", data.videos.len()),
+        tious: scores.paper.detection.tious.clone(),
+        map_paper: scores.paper.detection.map.clone(),
+        map_full: scores.full.detection.map.clone(),
+        deviations: videos.iter().map(VideoKeyframes::deviations).collect(),
+    };
+    plot_summary(&summary, &dir.join("summary.png"))?;
+    eprintln!("xca: wrote {} video pictures and summary.png to {}", data.videos.len(), dir.display());
+    Ok((scores, dets))
 }
 
 /// A short name for a checkpoint in table rows: `vessel_reproduce/epoch_049`.

@@ -10,6 +10,7 @@ pub mod common;
 pub mod config;
 pub mod demo;
 pub mod eval;
+pub mod predict;
 pub mod select;
 pub mod train;
 pub mod score;
@@ -44,6 +45,8 @@ pub enum Command {
     Select(select::Args),
     /// The paper's two tables (mAP at tIoU 0.3–0.7; P, R, F, AD, CI) for one checkpoint.
     Eval(eval::Args),
+    /// Keyframes and detections of feature files without annotations (table, JSON, pictures).
+    Predict(predict::Args),
     /// Score a detection file against ground truth: the mAP table and the keyframe table.
     Score(score::Args),
     /// Write a synthetic XCA dataset (vessel maps + keyframe annotations) in the paper's layout.
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Select(a) => select::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Predict(a) => predict::run(a),
         Command::Synth(args) => synth::run(args),
     };
     match result {

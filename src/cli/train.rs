@@ -1,15 +1,17 @@
 //! `xca train CONFIG [--output NAME] [--resume]`: train and write EMA checkpoints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use xca::device::DeviceChoice;
-use xca::train::trainer::{TrainOptions, train};
+use xca::report::{CurvePoint, ValPoint, plot_curves};
+use xca::train::trainer::{LogLine, TrainOptions, train};
 
 use super::{InputError, common};
 
 /// Train a model: writes `<output_folder>/<config stem>_<NAME>/` with the resolved config,
-/// `log.jsonl`, the EMA checkpoints of the last epochs (`epoch_031` … `epoch_050` for the
+/// `log.jsonl`, `curves.png` (losses, learning rate, validation mAP; refreshed every epoch),
+/// the EMA checkpoints of the last epochs (`epoch_031` … `epoch_050` for the
 /// paper config) and a resumable state.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,7 +71,12 @@ pub fn run(args: Args) -> Result<()> {
         args.device,
         run_dir.display()
     );
+    let iters_per_epoch = (data.videos.len() / cfg.loader.batch_size.max(1)).max(1);
     let summary = train(&cfg, &data, &opts, |l| {
+        // A failed picture must not stop a long training run: warn and go on.
+        if let Err(e) = write_curves(&run_dir, iters_per_epoch) {
+            eprintln!("xca: warning: curves.png not refreshed: {e:#}");
+        }
         if !args.quiet {
             eprintln!(
                 "epoch {:>3}/{}: loss {:.4} (cls {:.4}, reg {:.4}{}) lr {:.2e}, {:.2} s/iter",
@@ -91,4 +98,103 @@ pub fn run(args: Args) -> Result<()> {
         summary.run_dir.display()
     );
     Ok(())
+}
+
+/// Training curves of `log.jsonl` lines: the logged steps (at fractional epoch
+/// `(step + 1)/iters_per_epoch`) or, when no step was logged, the epoch averages.
+///
+/// The contrastive loss only runs in some epochs: where it is absent it is NaN, so its
+/// curve shows gaps instead of bridging them (no `con` curve at all when it never ran).
+pub fn curve_points(log: &[LogLine], iters_per_epoch: usize) -> Vec<CurvePoint> {
+    let has_con = log.iter().any(|l| l.con_loss.is_some());
+    let point = |l: &LogLine, epoch: f64| {
+        let mut losses = vec![("cls".to_string(), l.cls_loss), ("reg".to_string(), l.reg_loss)];
+        if has_con {
+            losses.push(("con".to_string(), l.con_loss.unwrap_or(f64::NAN)));
+        }
+        losses.push(("total".to_string(), l.total_loss));
+        CurvePoint { step: l.step as u64, epoch, lr: l.lr, losses }
+    };
+    let steps: Vec<CurvePoint> = log
+        .iter()
+        .filter(|l| l.kind == "step")
+        .map(|l| point(l, (l.step + 1) as f64 / iters_per_epoch.max(1) as f64))
+        .collect();
+    if !steps.is_empty() {
+        return steps;
+    }
+    log.iter().filter(|l| l.kind == "epoch").map(|l| point(l, l.epoch as f64)).collect()
+}
+
+/// Validation points of `select.json` (`xca select --json`), when the run folder has one:
+/// `{"val": [{"epoch": n, "average_mAP": x}, …]}`. Anything else gives none.
+pub fn val_points(select_json: &serde_json::Value) -> Vec<ValPoint> {
+    let Some(rows) = select_json.get("val").and_then(|v| v.as_array()) else { return Vec::new() };
+    rows.iter()
+        .filter_map(|r| {
+            Some(ValPoint { epoch: r.get("epoch")?.as_u64()? as usize, average_map: r.get("average_mAP")?.as_f64()? })
+        })
+        .collect()
+}
+
+/// Redraw `run_dir/curves.png` from `run_dir/log.jsonl` (and `select.json` when present).
+fn write_curves(run_dir: &Path, iters_per_epoch: usize) -> Result<()> {
+    let log_path = run_dir.join("log.jsonl");
+    let text = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
+    let log: Vec<LogLine> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", log_path.display()))?;
+    let val = std::fs::read_to_string(run_dir.join("select.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .map(|v| val_points(&v))
+        .unwrap_or_default();
+    plot_curves(&curve_points(&log, iters_per_epoch), &val, &run_dir.join("curves.png"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(kind: &str, epoch: usize, step: usize, con: Option<f64>) -> LogLine {
+        LogLine {
+            kind: kind.into(),
+            epoch,
+            step,
+            lr: 0.1 * step as f64,
+            cls_loss: 1.0,
+            reg_loss: 2.0,
+            con_loss: con,
+            total_loss: 3.0 + con.unwrap_or(0.0),
+            sec_per_iter: 0.5,
+        }
+    }
+
+    #[test]
+    fn curve_points_use_steps_else_epochs() {
+        let log = vec![line("step", 1, 1, Some(0.5)), line("step", 1, 3, None), line("epoch", 1, 3, Some(0.5))];
+        let pts = curve_points(&log, 4);
+        assert_eq!(pts.len(), 2);
+        assert_eq!((pts[0].epoch, pts[1].epoch), (0.5, 1.0));
+        assert_eq!(pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cls", "reg", "con", "total"]);
+        assert!(pts[1].losses[2].1.is_nan(), "absent con loss leaves a gap");
+        assert_eq!(pts[1].losses[3], ("total".to_string(), 3.0));
+        assert!((pts[1].lr - 0.3).abs() < 1e-12);
+        let pts = curve_points(&[line("epoch", 1, 3, None), line("epoch", 2, 7, None)], 4);
+        assert_eq!(pts.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1.0, 2.0]);
+        assert_eq!(pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cls", "reg", "total"]);
+    }
+
+    #[test]
+    fn val_points_from_select_json() {
+        let v = serde_json::json!({"val": [{"epoch": 3, "average_mAP": 0.25, "AD": 1.0}, {"epoch": "x"}], "chosen_epoch": 3});
+        let pts = val_points(&v);
+        assert_eq!(pts.len(), 1);
+        assert_eq!((pts[0].epoch, pts[0].average_map), (3, 0.25));
+        assert!(val_points(&serde_json::json!({})).is_empty());
+    }
 }
