@@ -382,11 +382,14 @@ pub struct XcaConfig {
     pub save_last_epochs: usize,
     /// Hidden channels of the ConvLSTM layers (SPEC §3.1: 8-8-1; the last must be 1).
     pub convlstm_hidden: Vec<usize>,
+    /// Decay of the weight EMA that checkpoints store (SPEC §4.3: 0.999). Short runs need a
+    /// smaller one: after k steps the initial weights still weigh decay^k.
+    pub ema_decay: f64,
 }
 
 impl Default for XcaConfig {
     fn default() -> Self {
-        Self { save_last_epochs: 20, convlstm_hidden: vec![8, 8, 1] }
+        Self { save_last_epochs: 20, convlstm_hidden: vec![8, 8, 1], ema_decay: 0.999 }
     }
 }
 
@@ -748,6 +751,9 @@ impl Config {
         let hidden = &self.xca.convlstm_hidden;
         if m.te_atten && (hidden.is_empty() || hidden.last() != Some(&1) || hidden.contains(&0)) {
             return Err(bad("xca.convlstm_hidden", format!("needs positive channels ending in 1, got {hidden:?}")));
+        }
+        if !(self.xca.ema_decay >= 0.0 && self.xca.ema_decay < 1.0) {
+            return Err(bad("xca.ema_decay", format!("must be in [0, 1), got {}", self.xca.ema_decay)));
         }
         if self.xca.save_last_epochs == 0 {
             return Err(bad("xca.save_last_epochs", "must be at least 1".into()));

@@ -36,9 +36,6 @@ use crate::fsio::{WriteError, build_dir_atomic, write_atomic, write_json_atomic}
 use crate::model::{ModelError, Network, draw_patch_centres};
 use crate::runtime;
 
-/// EMA decay of the weights (SPEC §4.3).
-pub const EMA_DECAY: f64 = 0.999;
-
 /// Anything that stops training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -327,7 +324,7 @@ pub fn train(
             }
             lr = schedule.lr(step);
             model = optim.step(lr, model, grads);
-            ema = ema_update(ema, &model, EMA_DECAY)?;
+            ema = ema_update(ema, &model, cfg.xca.ema_decay)?;
 
             let (c, r) = (losses.cls.detach(), losses.reg.detach());
             sum_cls = Some(sum_cls.map_or(c.clone(), |s| s + c.clone()));
