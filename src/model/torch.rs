@@ -347,7 +347,9 @@ fn unused_group(key: &str) -> Option<&'static str> {
     } else if key.starts_with("backbone.embd.0.lstm_op.") {
         Some("backbone.embd.0 ConvLSTM (not used with this config's SpAtten/TeAtten)")
     } else if key.starts_with("backbone.embd.0.conv_1.") {
-        Some("backbone.embd.0 contrastive projection conv_1 (not used with this config's pretrain/SpAtten/TeAtten)")
+        Some(
+            "backbone.embd.0 contrastive projection conv_1 (not used with this config's pretrain/SpAtten/TeAtten)",
+        )
     } else if key.starts_with("backbone.stem.") {
         Some("transformer stem (SelfAtten off in this config)")
     } else {
@@ -501,7 +503,9 @@ fn check_archive(path: &Path) -> Result<(), ModelError> {
     let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
     let mut magic = [0u8; 4];
     if len < 4 || f.read_exact(&mut magic).is_err() {
-        return Err(err(format!("file is too short ({len} bytes) to be a PyTorch checkpoint")));
+        return Err(err(format!(
+            "file is too short ({len} bytes) to be a PyTorch checkpoint"
+        )));
     }
     if magic != *b"PK\x03\x04" {
         // Legacy (pre-1.6) pickle stream or TAR container: left to the reader.
