@@ -63,22 +63,57 @@ pub fn is_torch_checkpoint(path: &Path) -> bool {
     name.ends_with(".pth.tar") || name.ends_with(".pth") || name.ends_with(".pt")
 }
 
-/// Build the network of `cfg` on `device` and fill it from `ckpt` (xca safetensors or the
-/// original's `.pth.tar` with `state_dict_ema`).
-pub fn load_model(cfg: &Config, ckpt: &Path, device: &Device) -> Result<Network> {
+/// What a checkpoint file holds.
+#[derive(Debug)]
+pub enum CheckpointKind {
+    /// xca's own format (safetensors written by `xca train`/`xca import`), with its bytes.
+    Xca(Vec<u8>),
+    /// Tensors under the original's PyTorch names: a `.pth.tar`/`.pth`/`.pt` archive, or a
+    /// `.safetensors` file not written by xca.
+    Torch,
+}
+
+/// Tell xca checkpoints from the original's (by extension, and for `.safetensors` by the
+/// `format: xca` header entry that xca writes). Input error if the file is missing or not
+/// a readable safetensors file.
+pub fn checkpoint_kind(ckpt: &Path) -> Result<CheckpointKind> {
     if !ckpt.exists() {
         return Err(InputError(format!("checkpoint {} does not exist", ckpt.display())).into());
     }
-    let net = runtime::network_config(cfg).init(device).map_err(|e| InputError(e.to_string()))?;
     if is_torch_checkpoint(ckpt) {
-        let tensors = xca::model::read_tensor_file(ckpt, Some("state_dict_ema"))
-            .or_else(|_| xca::model::read_tensor_file(ckpt, None))
-            .map_err(|e| InputError(e.to_string()))?;
-        let (net, _report) = xca::model::load_torch_tensors(net, &tensors)
-            .map_err(|e| InputError(format!("{}: {e}", ckpt.display())))?;
-        Ok(net)
-    } else {
-        checkpoint::load(net, ckpt).map_err(|e| InputError(e.to_string()).into())
+        return Ok(CheckpointKind::Torch);
+    }
+    let bytes = std::fs::read(ckpt).map_err(|e| InputError(format!("cannot read checkpoint {}: {e}", ckpt.display())))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+        InputError(format!(
+            "checkpoint {} is neither a safetensors file nor a PyTorch archive (.pth.tar): {e}",
+            ckpt.display()
+        ))
+    })?;
+    let is_xca = meta.metadata().as_ref().and_then(|m| m.get("format")).is_some_and(|f| f == "xca");
+    Ok(if is_xca { CheckpointKind::Xca(bytes) } else { CheckpointKind::Torch })
+}
+
+/// Fill `net` from one of the original's checkpoints (see
+/// [`xca::model::import_torch_checkpoint`]): an input error naming the file and every
+/// missing, mismatched or unexpected tensor if it does not fit the config.
+pub fn import_torch(net: Network, ckpt: &Path) -> Result<(Network, xca::model::torch::ImportReport)> {
+    xca::model::torch::import_torch_checkpoint(net, ckpt).map_err(|e| match e {
+        // A read error already names the file.
+        xca::model::torch::WeightsError::File(e) => InputError(e.to_string()).into(),
+        e => InputError(format!("checkpoint {} does not fit the config: {e}", ckpt.display())).into(),
+    })
+}
+
+/// Build the network of `cfg` on `device` and fill it from `ckpt`: an xca checkpoint, or one
+/// of the original's (`.pth.tar` with `state_dict_ema`, or PyTorch-named safetensors),
+/// imported in memory.
+pub fn load_model(cfg: &Config, ckpt: &Path, device: &Device) -> Result<Network> {
+    let kind = checkpoint_kind(ckpt)?;
+    let net = runtime::network_config(cfg).init(device).map_err(|e| InputError(e.to_string()))?;
+    match kind {
+        CheckpointKind::Torch => Ok(import_torch(net, ckpt)?.0),
+        CheckpointKind::Xca(bytes) => checkpoint::load_bytes(net, bytes, ckpt).map_err(|e| InputError(e.to_string()).into()),
     }
 }
 

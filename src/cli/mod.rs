@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod eval;
 pub mod predict;
+pub mod import;
 pub mod select;
 pub mod train;
 pub mod score;
@@ -51,6 +52,8 @@ pub enum Command {
     Score(score::Args),
     /// Write a synthetic XCA dataset (vessel maps + keyframe annotations) in the paper's layout.
     Synth(synth::Args),
+    /// Convert the authors' PyTorch checkpoint (epoch_NNN.pth.tar) into an xca checkpoint.
+    Import(import::Args),
 }
 
 /// An error caused by the user's input (config, data, arguments): exit status 2.
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Synth(args) => synth::run(args),
+        Command::Import(a) => import::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

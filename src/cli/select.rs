@@ -63,6 +63,14 @@ pub fn parse_epochs(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
     Ok(a..=b)
 }
 
+/// The checkpoint of a 1-based epoch in `dir`: xca's `epoch_NNN.safetensors`, else the
+/// original's `epoch_NNN.pth.tar` (a folder of the authors' checkpoints works as it is).
+pub fn find_epoch(dir: &std::path::Path, epoch: usize) -> Option<PathBuf> {
+    let ours = checkpoint::epoch_file(dir, epoch);
+    let theirs = dir.join(format!("epoch_{epoch:03}.pth.tar"));
+    [ours, theirs].into_iter().find(|p| p.exists())
+}
+
 /// One validation row.
 #[derive(Debug, Clone)]
 pub struct ValRow {
@@ -88,11 +96,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(s) => parse_epochs(s)?,
         None => cfg.saved_epochs(),
     };
-    let ckpts: Vec<(usize, PathBuf)> = epochs
-        .clone()
-        .map(|e| (e, checkpoint::epoch_file(&dir, e)))
-        .filter(|(_, p)| p.exists())
-        .collect();
+    let ckpts: Vec<(usize, PathBuf)> = epochs.clone().filter_map(|e| find_epoch(&dir, e).map(|p| (e, p))).collect();
     if ckpts.is_empty() {
         return Err(InputError(format!(
             "no checkpoints epoch_{:03}..epoch_{:03} in {} (train first: `xca train {}`)",
@@ -123,7 +127,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let chosen = choose(&rows).map(|r| r.epoch).unwrap_or(ckpts[0].0);
     println!("\nChosen: epoch {chosen} (highest validation average mAP; ties go to the earlier epoch)\n");
-    let path = checkpoint::epoch_file(&dir, chosen);
+    let path = find_epoch(&dir, chosen).unwrap_or_else(|| checkpoint::epoch_file(&dir, chosen));
     let model = common::load_model(&cfg, &path, &device)?;
     let test = common::load_data(&cfg, &ann, &[test_split.clone()], args.quiet)?;
     let (scores, _) = evaluate_loaded(&cfg, &model, &test, &gt, &test_split, seed, &device, args.quiet)?;

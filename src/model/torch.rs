@@ -230,12 +230,12 @@ impl ModuleMapper for Loader<'_> {
 /// Fill `network` from PyTorch-named tensors (a `module.` prefix is stripped).
 ///
 /// Every parameter and BatchNorm running statistic of the network must be present with a
-/// compatible shape; the first missing or mismatched one is the error. Keys the network does
-/// not use are listed in the report.
+/// compatible shape; otherwise the error lists every missing or mismatched tensor (never a
+/// partial load). Keys the network does not use are listed in the report.
 pub fn load_torch_tensors(
     network: Network,
     tensors: &HashMap<String, TensorData>,
-) -> Result<(Network, LoadReport), ModelError> {
+) -> Result<(Network, LoadReport), WeightsError> {
     let stripped: HashMap<String, TensorData>;
     let tensors = if tensors.keys().any(|k| k.starts_with("module.")) {
         stripped = tensors
@@ -258,8 +258,10 @@ pub fn load_torch_tensors(
         errors: Vec::new(),
     };
     let network = burn::module::Module::map(network, &mut loader);
-    if let Some(e) = loader.errors.into_iter().next() {
-        return Err(e);
+    if !loader.errors.is_empty() {
+        return Err(WeightsError::Mismatch {
+            problems: loader.errors,
+        });
     }
     let mut unused: Vec<String> = tensors
         .keys()
@@ -274,6 +276,254 @@ pub fn load_torch_tensors(
             unused,
         },
     ))
+}
+
+/// How many problems an error message spells out before it only counts the rest.
+const LISTED: usize = 20;
+
+fn listing<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut s: Vec<String> = items.iter().take(LISTED).map(|p| p.to_string()).collect();
+    if items.len() > LISTED {
+        s.push(format!("… and {} more", items.len() - LISTED));
+    }
+    s.join("; ")
+}
+
+/// A PyTorch weight map that does not fit a network.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The file cannot be read.
+    #[error(transparent)]
+    File(#[from] ModelError),
+    /// Tensors the network needs are missing, have the wrong shape or are not float data;
+    /// every one is listed (the message spells out the first 20).
+    #[error("{} tensor(s) missing or mismatched: {}", problems.len(), listing(problems))]
+    Mismatch {
+        /// One entry per tensor ([`ModelError::MissingWeight`], [`ModelError::WeightShape`]
+        /// or [`ModelError::WeightData`]).
+        problems: Vec<ModelError>,
+    },
+    /// Tensors the original's forward would use but the configured network has no place for:
+    /// the checkpoint was trained with a different model configuration.
+    #[error(
+        "{} tensor(s) that the original's forward uses have no place in the configured network \
+         (was the checkpoint trained with other SpAtten/TeAtten/SelfAtten/pretrain/droppath/backbone_arch \
+         settings?): {}",
+        keys.len(),
+        listing(keys)
+    )]
+    Unexpected {
+        /// The PyTorch keys (without `module.`).
+        keys: Vec<String>,
+    },
+}
+
+/// A group of checkpoint tensors that the original's forward never reads (or that the
+/// configuration switches off), as reported by `xca import`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnusedGroup {
+    /// What the tensors are and why they are not used.
+    pub label: &'static str,
+    /// Their PyTorch keys (without `module.`), sorted.
+    pub keys: Vec<String>,
+}
+
+/// Which known group an unused key belongs to, if any.
+///
+/// The original's `MaskedConv1D` declares a ConvLSTM in every masked conv and, with
+/// `pretrain`, two 4096→1024→256 maps (`conv_1`, `conv_2`); only `backbone.embd.0` runs its
+/// ConvLSTM and `conv_1`, and nothing ever runs `conv_2`. `embd.0`'s own parts and the stem are
+/// unused only when the config switches them off (xca then allocates nothing for them).
+fn unused_group(key: &str) -> Option<&'static str> {
+    let in_embd0 = key.starts_with("backbone.embd.0.");
+    if key.ends_with(".num_batches_tracked") {
+        Some("BatchNorm step counters (num_batches_tracked, not weights)")
+    } else if key.contains(".conv_2.") {
+        Some("conv_2 maps (declared by the original, never used)")
+    } else if key.contains(".lstm_op.") && !in_embd0 {
+        Some("ConvLSTMs of masked convs other than backbone.embd.0 (never used)")
+    } else if key.contains(".conv_1.") && !in_embd0 {
+        Some("conv_1 maps of masked convs other than backbone.embd.0 (never used)")
+    } else if key.starts_with("backbone.embd.0.lstm_op.") {
+        Some("backbone.embd.0 ConvLSTM (not used with this config's SpAtten/TeAtten)")
+    } else if key.starts_with("backbone.embd.0.conv_1.") {
+        Some(
+            "backbone.embd.0 contrastive projection conv_1 (not used with this config's pretrain/SpAtten/TeAtten)",
+        )
+    } else if key.starts_with("backbone.stem.") {
+        Some("transformer stem (SelfAtten off in this config)")
+    } else {
+        None
+    }
+}
+
+/// Sort a load's unused keys into the known groups; any other unused key is an error
+/// ([`WeightsError::Unexpected`]): ignoring it would silently evaluate another model than
+/// the one the checkpoint holds.
+pub fn group_unused(report: &LoadReport) -> Result<Vec<UnusedGroup>, WeightsError> {
+    let mut groups: Vec<UnusedGroup> = Vec::new();
+    let mut unexpected = Vec::new();
+    for key in &report.unused {
+        match unused_group(key) {
+            Some(label) => match groups.iter_mut().find(|g| g.label == label) {
+                Some(g) => g.keys.push(key.clone()),
+                None => groups.push(UnusedGroup {
+                    label,
+                    keys: vec![key.clone()],
+                }),
+            },
+            None => unexpected.push(key.clone()),
+        }
+    }
+    if unexpected.is_empty() {
+        Ok(groups)
+    } else {
+        Err(WeightsError::Unexpected { keys: unexpected })
+    }
+}
+
+/// What [`import_torch_checkpoint`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Top-level key the weights were read from (`state_dict_ema`), if any.
+    pub top_level_key: Option<String>,
+    /// Tensors in the file (after selecting the top-level key).
+    pub total: usize,
+    /// PyTorch keys the network was filled from.
+    pub used: Vec<String>,
+    /// Tensors the original's forward does not read, by group.
+    pub unused: Vec<UnusedGroup>,
+}
+
+/// Read an original-format checkpoint: a `torch.save` archive (`.pth.tar`, `.pth`, `.pt`)
+/// holding `{'state_dict_ema': …}` (or a bare state dict), or a `.safetensors` file with
+/// PyTorch key names. Returns the tensors and the top-level key used.
+///
+/// Nothing in the file is executed: burn-store's PyTorch reader parses the pickle as data
+/// and only rebuilds tensors from their storages.
+pub fn read_torch_checkpoint(
+    path: &Path,
+) -> Result<(HashMap<String, TensorData>, Option<String>), ModelError> {
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if is_safetensors {
+        return Ok((read_tensor_file(path, None)?, None));
+    }
+    check_archive(path)?;
+    const EMA: &str = "state_dict_ema";
+    match read_pytorch(path, Some(EMA)) {
+        Ok(t) => Ok((t, Some(EMA.to_string()))),
+        // A bare state dict (no top-level key) is read as it is.
+        Err(PthError::KeyNotFound) => Ok((
+            read_pytorch(path, None).map_err(|e| e.into_model(path))?,
+            None,
+        )),
+        Err(e) => Err(e.into_model(path)),
+    }
+}
+
+/// Fill `network` from an original-format checkpoint (see [`read_torch_checkpoint`]):
+/// every tensor the network needs must be there with the right shape, and every tensor left
+/// over must be one the original's forward does not read either.
+pub fn import_torch_checkpoint(
+    network: Network,
+    path: &Path,
+) -> Result<(Network, ImportReport), WeightsError> {
+    let (tensors, top_level_key) = read_torch_checkpoint(path)?;
+    let total = tensors.len();
+    let (network, report) = load_torch_tensors(network, &tensors)?;
+    let unused = group_unused(&report)?;
+    Ok((
+        network,
+        ImportReport {
+            top_level_key,
+            total,
+            used: report.used,
+            unused,
+        },
+    ))
+}
+
+enum PthError {
+    KeyNotFound,
+    Other(String),
+}
+
+impl PthError {
+    fn into_model(self, path: &Path) -> ModelError {
+        ModelError::WeightFile {
+            path: path.display().to_string(),
+            reason: match self {
+                PthError::KeyNotFound => "no tensors found".to_string(),
+                PthError::Other(r) => r,
+            },
+        }
+    }
+}
+
+fn read_pytorch(
+    path: &Path,
+    top_level_key: Option<&str>,
+) -> Result<HashMap<String, TensorData>, PthError> {
+    use burn::store::{PytorchStoreError, pytorch_reader::PytorchError};
+    // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
+    // become .2); the name map needs the original keys.
+    let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
+    if let Some(key) = top_level_key {
+        store = store.with_top_level_key(key);
+    }
+    let all = match store.get_all_tensors() {
+        Ok(all) => all,
+        Err(PytorchStoreError::Reader(PytorchError::KeyNotFound(_))) => {
+            return Err(PthError::KeyNotFound);
+        }
+        Err(e) => return Err(PthError::Other(e.to_string())),
+    };
+    let mut out = HashMap::new();
+    for (k, t) in all {
+        out.insert(
+            k.clone(),
+            bridge::to_data(t).map_err(|e| PthError::Other(format!("{k}: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+/// A cheap sanity check before the PyTorch reader: the file exists and, if it is a zip
+/// archive (what `torch.save` writes since PyTorch 1.6), its end-of-central-directory
+/// record is there, so a truncated download is reported as such.
+fn check_archive(path: &Path) -> Result<(), ModelError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let err = |reason: String| ModelError::WeightFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
+    let mut magic = [0u8; 4];
+    if len < 4 || f.read_exact(&mut magic).is_err() {
+        return Err(err(format!(
+            "file is too short ({len} bytes) to be a PyTorch checkpoint"
+        )));
+    }
+    if magic != *b"PK\x03\x04" {
+        // Legacy (pre-1.6) pickle stream or TAR container: left to the reader.
+        return Ok(());
+    }
+    // The end-of-central-directory record (22 bytes + a comment of at most 64 KiB) closes
+    // every zip file.
+    let tail_len = len.min(22 + 65_535);
+    f.seek(SeekFrom::Start(len - tail_len))
+        .map_err(|e| err(e.to_string()))?;
+    let mut tail = Vec::with_capacity(tail_len as usize);
+    f.read_to_end(&mut tail).map_err(|e| err(e.to_string()))?;
+    if !tail.windows(4).any(|w| w == b"PK\x05\x06") {
+        return Err(err(format!(
+            "zip archive is truncated or damaged ({len} bytes, no end-of-central-directory record)"
+        )));
+    }
+    Ok(())
 }
 
 /// Read every tensor of a `.safetensors` file, or of a PyTorch `.pth`/`.pth.tar` archive
