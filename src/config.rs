@@ -567,12 +567,18 @@ impl Config {
                 check_keys(m, section, path)?;
             }
         }
+        let defaults = Config::default().to_json();
         for (key, why) in IGNORED {
-            let present = match key.split_once('.') {
-                Some((s, k)) => root.get(s).and_then(|v| v.get(k)).is_some(),
-                None => root.contains_key(*key),
+            let lookup = |tree: &Value| -> Option<Value> {
+                match key.split_once('.') {
+                    Some((s, k)) => tree.get(s).and_then(|v| v.get(k)).cloned(),
+                    None => tree.get(*key).cloned(),
+                }
             };
-            if present {
+            // A resolved config (e.g. a run folder's config.yaml) carries the defaults of
+            // these keys; only a value someone chose deserves a note.
+            let tree = Value::Object(root.clone());
+            if lookup(&tree).is_some_and(|v| Some(v) != lookup(&defaults)) {
                 notes.push(format!("note: {key} is accepted but not used ({why})"));
             }
         }
@@ -950,10 +956,13 @@ mod tests {
 
     #[test]
     fn ignored_keys_give_notes_not_errors() {
-        let l = load("devices: ['cuda:0']\nloader: {num_workers: 8}\n").unwrap();
+        let l = load("devices: ['cuda:1']\nloader: {num_workers: 8}\n").unwrap();
         assert_eq!(l.notes.len(), 2, "{:?}", l.notes);
         assert!(l.notes[0].contains("devices"));
         assert!(l.notes[1].contains("loader.num_workers"));
+        // The defaults themselves (as in a resolved config.yaml) give no note.
+        let resolved = Config::default().to_yaml();
+        assert!(load(&resolved).unwrap().notes.is_empty());
     }
 
     #[test]

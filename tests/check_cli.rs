@@ -40,8 +40,15 @@ fn config_prints_the_resolved_tree_with_the_yaml_names() {
     assert_eq!(v["train_cfg"]["init_loss_norm"], 100.0);
     assert_eq!(v["test_cfg"]["nms_method"], "soft");
     assert_eq!(v["opt"]["type"], "AdamW");
-    let err = stderr(&out);
-    assert!(err.contains("max_buffer_len_factor") && err.contains("not used"), "{err}");
+    assert!(stderr(&out).is_empty(), "the paper's values of ignored keys need no note");
+
+    // An ignored key of the original set to something else gets a one-line note.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("n.yaml");
+    std::fs::write(&cfg, "devices: ['cuda:0', 'cuda:1']\nloader: {num_workers: 16}\n").unwrap();
+    let err = stderr(&xca().arg("config").arg(&cfg).assert().success());
+    assert_eq!(err.lines().count(), 2, "{err}");
+    assert!(err.contains("devices is accepted but not used") && err.contains("loader.num_workers"), "{err}");
 
     let out = xca().args(["config", "configs/vessel_actionformer.yaml"]).assert().success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
