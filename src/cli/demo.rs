@@ -75,6 +75,13 @@ pub fn run(args: Args) -> Result<()> {
         seed: None,
         quiet: args.quiet,
     })?;
+    // Training drew its curves before selection existed; redraw them with the validation mAP.
+    let iters = super::common::annotations(&cfg)
+        .map(|a| a.split(&cfg.train_split).len() / cfg.loader.batch_size.max(1))
+        .unwrap_or(1);
+    if let Err(e) = super::train::write_curves(&run_dir, iters.max(1)) {
+        eprintln!("xca demo: warning: could not redraw curves.png: {e}");
+    }
     println!(
         "\ndemo finished in {:.1} min; run folder {} (select.json holds the numbers)",
         started.elapsed().as_secs_f64() / 60.0,

@@ -138,7 +138,7 @@ pub fn val_points(select_json: &serde_json::Value) -> Vec<ValPoint> {
 }
 
 /// Redraw `run_dir/curves.png` from `run_dir/log.jsonl` (and `select.json` when present).
-fn write_curves(run_dir: &Path, iters_per_epoch: usize) -> Result<()> {
+pub fn write_curves(run_dir: &Path, iters_per_epoch: usize) -> Result<()> {
     let log_path = run_dir.join("log.jsonl");
     let text = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     let log: Vec<LogLine> = text
