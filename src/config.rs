@@ -583,13 +583,11 @@ impl Config {
             }
         }
         // The original spells "no clipping" as -1; accept it and store none.
-        if let Some(Value::Object(tc)) = root.get_mut("train_cfg") {
-            if let Some(v) = tc.get("clip_grad_l2norm") {
-                if v.as_f64().is_some_and(|x| x <= 0.0) {
+        if let Some(Value::Object(tc)) = root.get_mut("train_cfg")
+            && let Some(v) = tc.get("clip_grad_l2norm")
+                && v.as_f64().is_some_and(|x| x <= 0.0) {
                     tc.insert("clip_grad_l2norm".into(), Value::Null);
                 }
-            }
-        }
         let config: Config = serde_path_to_error::deserialize(Value::Object(root)).map_err(|e| {
             let key = e.path().to_string();
             let msg = e.inner().to_string();
@@ -646,19 +644,17 @@ impl Config {
                 return Err(bad(key, format!("must be odd (same-length convolution), got {k}")));
             }
         }
-        if let Some(fps) = d.default_fps {
-            if !(fps.is_finite() && fps > 0.0) {
+        if let Some(fps) = d.default_fps
+            && !(fps.is_finite() && fps > 0.0) {
                 return Err(bad("dataset.default_fps", format!("must be a positive frame rate, got {fps}")));
             }
-        }
         if !(0.0..=1.0).contains(&d.trunc_thresh) {
             return Err(bad("dataset.trunc_thresh", format!("must be in [0, 1], got {}", d.trunc_thresh)));
         }
-        if let Some([lo, hi]) = d.crop_ratio {
-            if !(lo > 0.0 && lo <= hi && hi <= 1.0) {
+        if let Some([lo, hi]) = d.crop_ratio
+            && !(lo > 0.0 && lo <= hi && hi <= 1.0) {
                 return Err(bad("dataset.crop_ratio", format!("needs 0 < low ≤ high ≤ 1, got [{lo}, {hi}]")));
             }
-        }
         if d.force_upsampling {
             return Err(bad("dataset.force_upsampling", "is not supported by xca (ActivityNet-only resampling); set it to false".into()));
         }
@@ -693,7 +689,7 @@ impl Config {
                 return Err(bad("model.regression_range", format!("range {i} [{lo}, {hi}] needs 0 ≤ low < high")));
             }
         }
-        if m.embd_dim % m.n_head != 0 {
+        if !m.embd_dim.is_multiple_of(m.n_head) {
             return Err(bad("model.n_head", format!("embd_dim {} is not divisible by n_head {}", m.embd_dim, m.n_head)));
         }
         if m.fpn_dim != m.embd_dim {
@@ -705,7 +701,7 @@ impl Config {
         if m.head_num_layers == 0 {
             return Err(bad("model.head_num_layers", "must be at least 1 (the final prediction conv)".into()));
         }
-        if d.max_seq_len % self.max_div_factor() != 0 {
+        if !d.max_seq_len.is_multiple_of(self.max_div_factor()) {
             return Err(bad(
                 "dataset.max_seq_len",
                 format!("{} is not divisible by max_div_factor {} (largest stride × window)", d.max_seq_len, self.max_div_factor()),
@@ -727,10 +723,10 @@ impl Config {
         if !(t.cls_prior_prob > 0.0 && t.cls_prior_prob < 1.0) {
             return Err(bad("train_cfg.cls_prior_prob", format!("must be in (0, 1), got {}", t.cls_prior_prob)));
         }
-        if !(t.init_loss_norm > 0.0) {
+        if t.init_loss_norm.is_nan() || t.init_loss_norm <= 0.0 {
             return Err(bad("train_cfg.init_loss_norm", format!("must be positive, got {}", t.init_loss_norm)));
         }
-        if !(t.center_sample_radius > 0.0) {
+        if t.center_sample_radius.is_nan() || t.center_sample_radius <= 0.0 {
             return Err(bad("train_cfg.center_sample_radius", format!("must be positive, got {}", t.center_sample_radius)));
         }
         for (key, p) in [("train_cfg.dropout", t.dropout), ("train_cfg.droppath", t.droppath), ("train_cfg.label_smoothing", t.label_smoothing)] {
@@ -745,7 +741,7 @@ impl Config {
         if !(0.0..1.0).contains(&tc.pre_nms_thresh) {
             return Err(bad("test_cfg.pre_nms_thresh", format!("must be in [0, 1), got {}", tc.pre_nms_thresh)));
         }
-        if !(tc.nms_sigma > 0.0) {
+        if tc.nms_sigma.is_nan() || tc.nms_sigma <= 0.0 {
             return Err(bad("test_cfg.nms_sigma", format!("must be positive, got {}", tc.nms_sigma)));
         }
         if !(0.0..=1.0).contains(&tc.voting_thresh) {

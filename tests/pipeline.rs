@@ -5,7 +5,7 @@
 mod common;
 use common::setup;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
 use xca::config::Config;

@@ -4,7 +4,7 @@
 mod common;
 use common::setup;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use assert_cmd::Command;
 use npyz::WriterBuilder;

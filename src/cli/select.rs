@@ -111,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
     let val_split = cfg.val_split.first().cloned().unwrap_or_else(|| "validation".into());
     let test_split = cfg.test_split.first().cloned().unwrap_or_else(|| "test".into());
     let ann = common::annotations(&cfg)?;
-    let val = common::load_data(&cfg, &ann, &[val_split.clone()], args.quiet)?;
+    let val = common::load_data(&cfg, &ann, std::slice::from_ref(&val_split), args.quiet)?;
     let gt = ground_truth(&cfg).map_err(|e| InputError(e.to_string()))?;
 
     let mut rows = Vec::new();
@@ -129,7 +129,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("\nChosen: epoch {chosen} (highest validation average mAP; ties go to the earlier epoch)\n");
     let path = find_epoch(&dir, chosen).unwrap_or_else(|| checkpoint::epoch_file(&dir, chosen));
     let model = common::load_model(&cfg, &path, &device)?;
-    let test = common::load_data(&cfg, &ann, &[test_split.clone()], args.quiet)?;
+    let test = common::load_data(&cfg, &ann, std::slice::from_ref(&test_split), args.quiet)?;
     let (scores, _) = evaluate_loaded(&cfg, &model, &test, &gt, &test_split, seed, &device, args.quiet)?;
     print_scores(&scores, &super::eval::ckpt_label(&path));
     if let Some(p) = &args.json {

@@ -76,11 +76,10 @@ impl Annotations {
         for (id, raw) in db {
             let entry = |message: String| DatasetError::Entry { path: path.to_path_buf(), video: id.clone(), message };
             let rv: RawVideo = serde_json::from_value(raw.clone()).map_err(|e| entry(e.to_string()))?;
-            if let Some(d) = rv.duration {
-                if !(d.is_finite() && d > 0.0) {
+            if let Some(d) = rv.duration
+                && !(d.is_finite() && d > 0.0) {
                     return Err(entry(format!("duration must be positive, got {d}")));
                 }
-            }
             let mut segments = Vec::with_capacity(rv.annotations.len());
             for (i, a) in rv.annotations.into_iter().enumerate() {
                 let [start, end] = a.segment;

@@ -229,7 +229,7 @@ mod tests {
     /// A hand-made version-1.0 header (magic, length, dict padded to 64 bytes) + `body`.
     fn raw_npy(dict: &str, body: &[u8]) -> Vec<u8> {
         let mut header = dict.to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

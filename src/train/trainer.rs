@@ -334,7 +334,7 @@ pub fn train(
                 let cv = cv.clone().detach();
                 sum_con = Some(sum_con.map_or(cv.clone(), |s| s + cv));
             }
-            if (step + 1) % opts.log_every.max(1) == 0 {
+            if (step + 1).is_multiple_of(opts.log_every.max(1)) {
                 let (cls, reg) = (scalar(&c), scalar(&r));
                 let conv = con.as_ref().map(scalar);
                 if !(cls.is_finite() && reg.is_finite() && conv.is_none_or(f64::is_finite)) {
@@ -400,7 +400,7 @@ pub fn train(
         save_state(&opts.run_dir, &model, &ema, &optim, ResumeState {
             epochs_done: epoch1,
             step,
-            normalizer: normalizer.clone(),
+            normalizer,
             config_hash: hash.clone(),
             seed: opts.seed,
         })?;
