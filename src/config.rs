@@ -281,7 +281,10 @@ pub struct LoaderConfig {
 
 impl Default for LoaderConfig {
     fn default() -> Self {
-        Self { batch_size: 2, num_workers: 4 }
+        Self {
+            batch_size: 2,
+            num_workers: 4,
+        }
     }
 }
 
@@ -389,7 +392,11 @@ pub struct XcaConfig {
 
 impl Default for XcaConfig {
     fn default() -> Self {
-        Self { save_last_epochs: 20, convlstm_hidden: vec![8, 8, 1], ema_decay: 0.999 }
+        Self {
+            save_last_epochs: 20,
+            convlstm_hidden: vec![8, 8, 1],
+            ema_decay: 0.999,
+        }
     }
 }
 
@@ -460,15 +467,7 @@ pub struct LoadedConfig {
 // ---------------------------------------------------------------------------------------
 // Key catalogue: used for unknown-key messages and "closest key" hints.
 
-const SECTIONS: &[&str] = &[
-    "dataset",
-    "model",
-    "opt",
-    "loader",
-    "train_cfg",
-    "test_cfg",
-    "xca",
-];
+const SECTIONS: &[&str] = &["dataset", "model", "opt", "loader", "train_cfg", "test_cfg", "xca"];
 
 /// Keys of the original that xca accepts but does not use, with the reason.
 const IGNORED: &[(&str, &str)] = &[
@@ -502,7 +501,12 @@ fn section_keys(section: &str) -> Vec<String> {
 fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a String>) -> Option<String> {
     candidates
         .into_iter()
-        .map(|c| (strsim::normalized_damerau_levenshtein(&key.to_lowercase(), &c.to_lowercase()), c))
+        .map(|c| {
+            (
+                strsim::normalized_damerau_levenshtein(&key.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
         .filter(|(score, _)| *score >= 0.5)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c.clone())
@@ -585,16 +589,25 @@ impl Config {
         // The original spells "no clipping" as -1; accept it and store none.
         if let Some(Value::Object(tc)) = root.get_mut("train_cfg")
             && let Some(v) = tc.get("clip_grad_l2norm")
-                && v.as_f64().is_some_and(|x| x <= 0.0) {
-                    tc.insert("clip_grad_l2norm".into(), Value::Null);
-                }
+            && v.as_f64().is_some_and(|x| x <= 0.0)
+        {
+            tc.insert("clip_grad_l2norm".into(), Value::Null);
+        }
         let config: Config = serde_path_to_error::deserialize(Value::Object(root)).map_err(|e| {
             let key = e.path().to_string();
             let msg = e.inner().to_string();
-            ConfigError::Invalid { path: p(), key, message: msg }
+            ConfigError::Invalid {
+                path: p(),
+                key,
+                message: msg,
+            }
         })?;
         config.validate(path)?;
-        Ok(LoadedConfig { config, path: path.to_path_buf(), notes })
+        Ok(LoadedConfig {
+            config,
+            path: path.to_path_buf(),
+            notes,
+        })
     }
 
     /// Every check that the types alone cannot express. Run once, at load.
@@ -639,39 +652,71 @@ impl Config {
         if m.scale_factor < 2 {
             return Err(bad("model.scale_factor", "must be at least 2".into()));
         }
-        for (key, k) in [("model.embd_kernel_size", m.embd_kernel_size), ("model.head_kernel_size", m.head_kernel_size)] {
+        for (key, k) in [
+            ("model.embd_kernel_size", m.embd_kernel_size),
+            ("model.head_kernel_size", m.head_kernel_size),
+        ] {
             if k % 2 == 0 {
                 return Err(bad(key, format!("must be odd (same-length convolution), got {k}")));
             }
         }
         if let Some(fps) = d.default_fps
-            && !(fps.is_finite() && fps > 0.0) {
-                return Err(bad("dataset.default_fps", format!("must be a positive frame rate, got {fps}")));
-            }
+            && !(fps.is_finite() && fps > 0.0)
+        {
+            return Err(bad(
+                "dataset.default_fps",
+                format!("must be a positive frame rate, got {fps}"),
+            ));
+        }
         if !(0.0..=1.0).contains(&d.trunc_thresh) {
-            return Err(bad("dataset.trunc_thresh", format!("must be in [0, 1], got {}", d.trunc_thresh)));
+            return Err(bad(
+                "dataset.trunc_thresh",
+                format!("must be in [0, 1], got {}", d.trunc_thresh),
+            ));
         }
         if let Some([lo, hi]) = d.crop_ratio
-            && !(lo > 0.0 && lo <= hi && hi <= 1.0) {
-                return Err(bad("dataset.crop_ratio", format!("needs 0 < low ≤ high ≤ 1, got [{lo}, {hi}]")));
-            }
+            && !(lo > 0.0 && lo <= hi && hi <= 1.0)
+        {
+            return Err(bad(
+                "dataset.crop_ratio",
+                format!("needs 0 < low ≤ high ≤ 1, got [{lo}, {hi}]"),
+            ));
+        }
         if d.force_upsampling {
-            return Err(bad("dataset.force_upsampling", "is not supported by xca (ActivityNet-only resampling); set it to false".into()));
+            return Err(bad(
+                "dataset.force_upsampling",
+                "is not supported by xca (ActivityNet-only resampling); set it to false".into(),
+            ));
         }
         if m.backbone_type != "convTransformer" {
-            return Err(bad("model.backbone_type", format!("'{}' is not supported; xca implements convTransformer", m.backbone_type)));
+            return Err(bad(
+                "model.backbone_type",
+                format!("'{}' is not supported; xca implements convTransformer", m.backbone_type),
+            ));
         }
         if m.fpn_type != "identity" {
-            return Err(bad("model.fpn_type", format!("'{}' is not supported; xca implements identity", m.fpn_type)));
+            return Err(bad(
+                "model.fpn_type",
+                format!("'{}' is not supported; xca implements identity", m.fpn_type),
+            ));
         }
         if m.use_abs_pe || m.use_rel_pe {
-            return Err(bad("model.use_abs_pe", "position encodings are not supported (the paper keeps them off)".into()));
+            return Err(bad(
+                "model.use_abs_pe",
+                "position encodings are not supported (the paper keeps them off)".into(),
+            ));
         }
         if m.backbone_arch[0] == 0 {
-            return Err(bad("model.backbone_arch", "needs at least one embedding conv (the first one is the input layer)".into()));
+            return Err(bad(
+                "model.backbone_arch",
+                "needs at least one embedding conv (the first one is the input layer)".into(),
+            ));
         }
         if m.fpn_start_level >= self.num_levels() {
-            return Err(bad("model.fpn_start_level", format!("must be below the number of levels {}", self.num_levels())));
+            return Err(bad(
+                "model.fpn_start_level",
+                format!("must be below the number of levels {}", self.num_levels()),
+            ));
         }
         if m.regression_range.len() != self.num_levels() {
             return Err(bad(
@@ -686,76 +731,141 @@ impl Config {
         }
         for (i, [lo, hi]) in m.regression_range.iter().enumerate() {
             if !(lo.is_finite() && hi.is_finite() && *lo >= 0.0 && lo < hi) {
-                return Err(bad("model.regression_range", format!("range {i} [{lo}, {hi}] needs 0 ≤ low < high")));
+                return Err(bad(
+                    "model.regression_range",
+                    format!("range {i} [{lo}, {hi}] needs 0 ≤ low < high"),
+                ));
             }
         }
         if !m.embd_dim.is_multiple_of(m.n_head) {
-            return Err(bad("model.n_head", format!("embd_dim {} is not divisible by n_head {}", m.embd_dim, m.n_head)));
+            return Err(bad(
+                "model.n_head",
+                format!("embd_dim {} is not divisible by n_head {}", m.embd_dim, m.n_head),
+            ));
         }
         if m.fpn_dim != m.embd_dim {
-            return Err(bad("model.fpn_dim", format!("must equal embd_dim {} with the identity neck", m.embd_dim)));
+            return Err(bad(
+                "model.fpn_dim",
+                format!("must equal embd_dim {} with the identity neck", m.embd_dim),
+            ));
         }
         if m.head_dim != m.fpn_dim {
-            return Err(bad("model.head_dim", format!("must equal fpn_dim {} (the heads read the neck directly)", m.fpn_dim)));
+            return Err(bad(
+                "model.head_dim",
+                format!("must equal fpn_dim {} (the heads read the neck directly)", m.fpn_dim),
+            ));
         }
         if m.head_num_layers == 0 {
-            return Err(bad("model.head_num_layers", "must be at least 1 (the final prediction conv)".into()));
+            return Err(bad(
+                "model.head_num_layers",
+                "must be at least 1 (the final prediction conv)".into(),
+            ));
         }
         if !d.max_seq_len.is_multiple_of(self.max_div_factor()) {
             return Err(bad(
                 "dataset.max_seq_len",
-                format!("{} is not divisible by max_div_factor {} (largest stride × window)", d.max_seq_len, self.max_div_factor()),
+                format!(
+                    "{} is not divisible by max_div_factor {} (largest stride × window)",
+                    d.max_seq_len,
+                    self.max_div_factor()
+                ),
             ));
         }
         if self.opt.schedule_type == ScheduleType::Multistep {
-            return Err(bad("opt.schedule_type", "multistep is not supported by xca; use cosine (the paper's)".into()));
+            return Err(bad(
+                "opt.schedule_type",
+                "multistep is not supported by xca; use cosine (the paper's)".into(),
+            ));
         }
         if self.opt.kind != "AdamW" {
-            return Err(bad("opt.type", format!("'{}' is not supported; xca trains with AdamW", self.opt.kind)));
+            return Err(bad(
+                "opt.type",
+                format!("'{}' is not supported; xca trains with AdamW", self.opt.kind),
+            ));
         }
         if !(self.opt.learning_rate.is_finite() && self.opt.learning_rate > 0.0) {
-            return Err(bad("opt.learning_rate", format!("must be positive, got {}", self.opt.learning_rate)));
+            return Err(bad(
+                "opt.learning_rate",
+                format!("must be positive, got {}", self.opt.learning_rate),
+            ));
         }
         if !(self.opt.weight_decay.is_finite() && self.opt.weight_decay >= 0.0) {
-            return Err(bad("opt.weight_decay", format!("must be ≥ 0, got {}", self.opt.weight_decay)));
+            return Err(bad(
+                "opt.weight_decay",
+                format!("must be ≥ 0, got {}", self.opt.weight_decay),
+            ));
         }
         let t = &self.train_cfg;
         if !(t.cls_prior_prob > 0.0 && t.cls_prior_prob < 1.0) {
-            return Err(bad("train_cfg.cls_prior_prob", format!("must be in (0, 1), got {}", t.cls_prior_prob)));
+            return Err(bad(
+                "train_cfg.cls_prior_prob",
+                format!("must be in (0, 1), got {}", t.cls_prior_prob),
+            ));
         }
         if t.init_loss_norm.is_nan() || t.init_loss_norm <= 0.0 {
-            return Err(bad("train_cfg.init_loss_norm", format!("must be positive, got {}", t.init_loss_norm)));
+            return Err(bad(
+                "train_cfg.init_loss_norm",
+                format!("must be positive, got {}", t.init_loss_norm),
+            ));
         }
         if t.center_sample_radius.is_nan() || t.center_sample_radius <= 0.0 {
-            return Err(bad("train_cfg.center_sample_radius", format!("must be positive, got {}", t.center_sample_radius)));
+            return Err(bad(
+                "train_cfg.center_sample_radius",
+                format!("must be positive, got {}", t.center_sample_radius),
+            ));
         }
-        for (key, p) in [("train_cfg.dropout", t.dropout), ("train_cfg.droppath", t.droppath), ("train_cfg.label_smoothing", t.label_smoothing)] {
+        for (key, p) in [
+            ("train_cfg.dropout", t.dropout),
+            ("train_cfg.droppath", t.droppath),
+            ("train_cfg.label_smoothing", t.label_smoothing),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(bad(key, format!("must be in [0, 1), got {p}")));
             }
         }
         if let Some(c) = t.head_empty_cls.iter().find(|c| **c >= d.num_classes) {
-            return Err(bad("train_cfg.head_empty_cls", format!("class {c} ≥ num_classes {}", d.num_classes)));
+            return Err(bad(
+                "train_cfg.head_empty_cls",
+                format!("class {c} ≥ num_classes {}", d.num_classes),
+            ));
         }
         let tc = &self.test_cfg;
         if !(0.0..1.0).contains(&tc.pre_nms_thresh) {
-            return Err(bad("test_cfg.pre_nms_thresh", format!("must be in [0, 1), got {}", tc.pre_nms_thresh)));
+            return Err(bad(
+                "test_cfg.pre_nms_thresh",
+                format!("must be in [0, 1), got {}", tc.pre_nms_thresh),
+            ));
         }
         if tc.nms_sigma.is_nan() || tc.nms_sigma <= 0.0 {
-            return Err(bad("test_cfg.nms_sigma", format!("must be positive, got {}", tc.nms_sigma)));
+            return Err(bad(
+                "test_cfg.nms_sigma",
+                format!("must be positive, got {}", tc.nms_sigma),
+            ));
         }
         if !(0.0..=1.0).contains(&tc.voting_thresh) {
-            return Err(bad("test_cfg.voting_thresh", format!("must be in [0, 1], got {}", tc.voting_thresh)));
+            return Err(bad(
+                "test_cfg.voting_thresh",
+                format!("must be in [0, 1], got {}", tc.voting_thresh),
+            ));
         }
         if tc.ext_score_file.is_some() {
-            return Err(bad("test_cfg.ext_score_file", "external scores are not supported; set it to ~".into()));
+            return Err(bad(
+                "test_cfg.ext_score_file",
+                "external scores are not supported; set it to ~".into(),
+            ));
         }
         let hidden = &self.xca.convlstm_hidden;
         if m.te_atten && (hidden.is_empty() || hidden.last() != Some(&1) || hidden.contains(&0)) {
-            return Err(bad("xca.convlstm_hidden", format!("needs positive channels ending in 1, got {hidden:?}")));
+            return Err(bad(
+                "xca.convlstm_hidden",
+                format!("needs positive channels ending in 1, got {hidden:?}"),
+            ));
         }
         if !(self.xca.ema_decay >= 0.0 && self.xca.ema_decay < 1.0) {
-            return Err(bad("xca.ema_decay", format!("must be in [0, 1), got {}", self.xca.ema_decay)));
+            return Err(bad(
+                "xca.ema_decay",
+                format!("must be in [0, 1), got {}", self.xca.ema_decay),
+            ));
         }
         if self.xca.save_last_epochs == 0 {
             return Err(bad("xca.save_last_epochs", "must be at least 1".into()));
@@ -777,7 +887,9 @@ impl Config {
 
     /// Stride of each pyramid level in grid steps: `scale_factor^l`.
     pub fn fpn_strides(&self) -> Vec<usize> {
-        (0..self.num_levels()).map(|l| self.model.scale_factor.pow(l as u32)).collect()
+        (0..self.num_levels())
+            .map(|l| self.model.scale_factor.pow(l as u32))
+            .collect()
     }
 
     /// Attention window, or none for global attention (`n_mha_win_size ≤ 1`).
@@ -860,17 +972,27 @@ fn check_keys(map: &Map<String, Value>, section: &str, path: &Path) -> Result<()
             continue;
         }
         // Suggest from this section first, then say if the key belongs to another one.
-        let mut hint = closest(key, &known).map(|c| format!(" (did you mean '{c}'?)")).unwrap_or_default();
+        let mut hint = closest(key, &known)
+            .map(|c| format!(" (did you mean '{c}'?)"))
+            .unwrap_or_default();
         if hint.is_empty() {
             for other in std::iter::once("").chain(SECTIONS.iter().copied()) {
                 if other != section && section_keys(other).iter().any(|k| k == key) {
-                    let place = if other.is_empty() { "at the top level".to_string() } else { format!("in section '{other}'") };
+                    let place = if other.is_empty() {
+                        "at the top level".to_string()
+                    } else {
+                        format!("in section '{other}'")
+                    };
                     hint = format!(" (it belongs {place})");
                     break;
                 }
             }
         }
-        let section_name = if section.is_empty() { "the top level".to_string() } else { format!("section '{section}'") };
+        let section_name = if section.is_empty() {
+            "the top level".to_string()
+        } else {
+            format!("section '{section}'")
+        };
         return Err(ConfigError::UnknownKey {
             path: path.to_path_buf(),
             key: key.clone(),
@@ -880,7 +1002,6 @@ fn check_keys(map: &Map<String, Value>, section: &str, path: &Path) -> Result<()
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -964,7 +1085,10 @@ mod tests {
     #[test]
     fn unknown_key_names_key_section_and_closest() {
         let e = load("dataset: {max_seq_lenn: 128}").unwrap_err().to_string();
-        assert!(e.contains("'max_seq_lenn'") && e.contains("section 'dataset'") && e.contains("did you mean 'max_seq_len'"), "{e}");
+        assert!(
+            e.contains("'max_seq_lenn'") && e.contains("section 'dataset'") && e.contains("did you mean 'max_seq_len'"),
+            "{e}"
+        );
         let e = load("learning_rate: 0.1").unwrap_err().to_string();
         assert!(e.contains("the top level") && e.contains("section 'opt'"), "{e}");
         let e = load("modle: {}").unwrap_err().to_string();
@@ -1002,7 +1126,10 @@ mod tests {
             ("train_cfg: {droppath: 1.5}", "train_cfg.droppath"),
             ("test_cfg: {ext_score_file: x.json}", "test_cfg.ext_score_file"),
             ("model: {embd_kernel_size: 4}", "model.embd_kernel_size"),
-            ("model: {TeAtten: true}\nxca: {convlstm_hidden: [8, 2]}", "xca.convlstm_hidden"),
+            (
+                "model: {TeAtten: true}\nxca: {convlstm_hidden: [8, 2]}",
+                "xca.convlstm_hidden",
+            ),
             ("dataset: {default_fps: -3}", "dataset.default_fps"),
         ];
         for (yaml, key) in cases {

@@ -45,7 +45,10 @@ fn host_vec(t: burn::tensor::Tensor<3>, video: &str) -> Result<Vec<f32>, EvalErr
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| EvalError::Video { video: video.to_string(), reason: format!("reading outputs: {e:?}") })
+        .map_err(|e| EvalError::Video {
+            video: video.to_string(),
+            reason: format!("reading outputs: {e:?}"),
+        })
 }
 
 /// Run the network on one video of any length (padded to `cfg.inference_len`).
@@ -122,7 +125,10 @@ pub fn patch_centres(cfg: &Config, seed: u64, count: usize, side: usize) -> Vec<
         return vec![None; count];
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    draw_patch_centres(&mut rng, count, side).into_iter().map(Some).collect()
+    draw_patch_centres(&mut rng, count, side)
+        .into_iter()
+        .map(Some)
+        .collect()
 }
 
 /// Detections of every video of a split, in split order.
@@ -156,7 +162,10 @@ pub struct SplitScores {
 /// Score detections against the annotation file's `split` under both protocols.
 pub fn score_split(gt: &GroundTruth, split: &str, dets: &[(String, Candidates)]) -> Result<SplitScores, EvalError> {
     let all: Vec<Detection> = dets.iter().flat_map(|(v, c)| detections_from(v, c)).collect();
-    Ok(SplitScores { paper: score(gt, split, &all, Protocol::Paper)?, full: score(gt, split, &all, Protocol::Full)? })
+    Ok(SplitScores {
+        paper: score(gt, split, &all, Protocol::Paper)?,
+        full: score(gt, split, &all, Protocol::Full)?,
+    })
 }
 
 /// Read the ground truth a config points at.
@@ -176,25 +185,48 @@ mod tests {
     fn row_scores_take_the_max_over_covering_levels() {
         // 5 rows, 2 classes. Level 0 (stride 1) covers each row; level 1 (stride 2) covers
         // rows [0,2), [2,4), [4,6)∩[0,5); its third point is padding (valid_len 2).
-        let l0: Vec<f32> = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.5].iter().map(|&p| logit(p)).collect();
+        let l0: Vec<f32> = [0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.5]
+            .iter()
+            .map(|&p| logit(p))
+            .collect();
         let l1: Vec<f32> = [0.6, 0.05, 0.1, 0.95, 0.99, 0.99].iter().map(|&p| logit(p)).collect();
         let out = VideoOutput {
             levels: vec![
-                LevelOutput { stride: 1.0, logits: l0, offsets: vec![0.0; 10], valid_len: 5 },
-                LevelOutput { stride: 2.0, logits: l1, offsets: vec![0.0; 6], valid_len: 2 },
+                LevelOutput {
+                    stride: 1.0,
+                    logits: l0,
+                    offsets: vec![0.0; 10],
+                    valid_len: 5,
+                },
+                LevelOutput {
+                    stride: 2.0,
+                    logits: l1,
+                    offsets: vec![0.0; 6],
+                    valid_len: 2,
+                },
             ],
         };
         let s = row_scores(&out, 5, 2);
         let want = [[0.6, 0.6, 0.3, 0.4, 0.5], [0.9, 0.8, 0.95, 0.95, 0.5]];
         for c in 0..2 {
             for r in 0..5 {
-                assert!((s[c][r] - want[c][r]).abs() < 1e-5, "class {c} row {r}: {} vs {}", s[c][r], want[c][r]);
+                assert!(
+                    (s[c][r] - want[c][r]).abs() < 1e-5,
+                    "class {c} row {r}: {} vs {}",
+                    s[c][r],
+                    want[c][r]
+                );
             }
         }
         // A level that starts at stride 2 only (fpn_start_level > 0) still covers every row;
         // rows beyond every valid point stay NaN.
         let out = VideoOutput {
-            levels: vec![LevelOutput { stride: 2.0, logits: vec![0.0; 2], offsets: vec![0.0; 4], valid_len: 2 }],
+            levels: vec![LevelOutput {
+                stride: 2.0,
+                logits: vec![0.0; 2],
+                offsets: vec![0.0; 4],
+                valid_len: 2,
+            }],
         };
         let s = row_scores(&out, 5, 1);
         assert_eq!(&s[0][..4], &[0.5; 4]);

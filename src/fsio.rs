@@ -25,7 +25,10 @@ fn parent_of(path: &Path) -> &Path {
 /// Write `bytes` to `path` atomically: temp file in the same folder, fsync, rename.
 /// Creates the parent folder if needed. On failure the previous file is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
-    let err = |source| WriteError { path: path.to_path_buf(), source };
+    let err = |source| WriteError {
+        path: path.to_path_buf(),
+        source,
+    };
     let dir = parent_of(path);
     fs::create_dir_all(dir).map_err(err)?;
     let mut builder = tempfile::Builder::new();
@@ -37,9 +40,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(fs::Permissions::from_mode(0o644));
     }
-    let mut tmp = builder
-        .tempfile_in(dir)
-        .map_err(err)?;
+    let mut tmp = builder.tempfile_in(dir).map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
@@ -48,8 +49,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
 
 /// Serialise `value` as pretty JSON and write it atomically.
 pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), WriteError> {
-    let mut bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| WriteError { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| WriteError {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
@@ -57,14 +60,14 @@ pub fn write_json_atomic<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -
 /// Build a folder atomically: `fill` writes into a fresh temporary sibling of `dest`,
 /// which is renamed to `dest` only when `fill` succeeds. An existing `dest` is replaced
 /// only after the new one is complete.
-pub fn build_dir_atomic<E>(
-    dest: &Path,
-    fill: impl FnOnce(&Path) -> Result<(), E>,
-) -> Result<(), E>
+pub fn build_dir_atomic<E>(dest: &Path, fill: impl FnOnce(&Path) -> Result<(), E>) -> Result<(), E>
 where
     E: From<WriteError>,
 {
-    let err = |source| WriteError { path: dest.to_path_buf(), source };
+    let err = |source| WriteError {
+        path: dest.to_path_buf(),
+        source,
+    };
     let parent = parent_of(dest);
     fs::create_dir_all(parent).map_err(err)?;
     let tmp = tempfile::Builder::new()
@@ -76,7 +79,9 @@ where
     if dest.exists() {
         let old = parent.join(format!(
             ".xca-old-{}",
-            dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            dest.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ));
         let _ = fs::remove_dir_all(&old);
         fs::rename(dest, &old).map_err(err)?;
@@ -99,7 +104,10 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = fs::read_dir(p.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(p.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
         #[cfg(unix)]
         {
@@ -115,7 +123,10 @@ mod tests {
         build_dir_atomic::<WriteError>(&dest, |d| write_atomic(&d.join("a"), b"1")).unwrap();
         let r: Result<(), WriteError> = build_dir_atomic(&dest, |d| {
             write_atomic(&d.join("b"), b"2")?;
-            Err(WriteError { path: d.to_path_buf(), source: std::io::Error::other("boom") })
+            Err(WriteError {
+                path: d.to_path_buf(),
+                source: std::io::Error::other("boom"),
+            })
         });
         assert!(r.is_err());
         assert_eq!(fs::read(dest.join("a")).unwrap(), b"1");

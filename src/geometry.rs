@@ -10,9 +10,7 @@
 use std::ops::{Add, Div, Sub};
 
 /// The scalar types segments are stored in (`f32` on the model side, `f64` in the metrics).
-pub trait Coord:
-    Copy + PartialOrd + Add<Output = Self> + Sub<Output = Self> + Div<Output = Self>
-{
+pub trait Coord: Copy + PartialOrd + Add<Output = Self> + Sub<Output = Self> + Div<Output = Self> {
     /// Additive identity.
     const ZERO: Self;
     /// The `1e-6` that the original 1-D NMS kernels add to every segment length.
@@ -53,11 +51,7 @@ pub fn intersection<T: Coord>(a: [T; 2], b: [T; 2]) -> T {
 /// the pair as "not overlapping", which is what the original's NaN comparisons amount to.
 pub fn iou_from_lengths<T: Coord>(inter: T, len_a: T, len_b: T) -> T {
     let union = (len_a + len_b) - inter;
-    if union > T::ZERO {
-        inter / union
-    } else {
-        T::ZERO
-    }
+    if union > T::ZERO { inter / union } else { T::ZERO }
 }
 
 /// Temporal IoU of two segments, in [0, 1] for well-formed segments. Symmetric.

@@ -5,16 +5,16 @@
 //! Data flows one way: `config` → `dataset` → `model` → (`train`) / (`infer` → `metrics`).
 //! The network returns tensors; everything after it is plain Rust on the host.
 
-pub mod device;
-pub mod fsio;
 pub mod config;
 pub mod dataset;
-pub mod train;
+pub mod device;
+pub mod evaluate;
+pub mod fsio;
 pub mod geometry;
 pub mod infer;
 pub mod metrics;
-pub mod evaluate;
-pub mod runtime;
 pub mod model;
-pub mod synth;
 pub mod report;
+pub mod runtime;
+pub mod synth;
+pub mod train;

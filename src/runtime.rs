@@ -97,7 +97,10 @@ pub fn loss_config(cfg: &Config) -> LossConfig {
 
 /// AdamW hyper-parameters (SPEC §4.3).
 pub fn adamw_settings(cfg: &Config) -> AdamWSettings {
-    AdamWSettings { weight_decay: cfg.opt.weight_decay as f32, ..AdamWSettings::default() }
+    AdamWSettings {
+        weight_decay: cfg.opt.weight_decay as f32,
+        ..AdamWSettings::default()
+    }
 }
 
 /// The learning-rate schedule for `iters_per_epoch` steps per epoch (SPEC §4.3).

@@ -55,7 +55,11 @@ fn max_abs_diff(name: &str, t: &Tensor<3>, fx: &HashMap<String, TensorData>) -> 
     let expected = &fx[name];
     assert_eq!(t.dims().to_vec(), expected.shape().to_vec(), "{name}: shape");
     let actual = values(&t.clone().into_data());
-    actual.iter().zip(values(expected)).map(|(a, e)| (a - e).abs()).fold(0f32, f32::max)
+    actual
+        .iter()
+        .zip(values(expected))
+        .map(|(a, e)| (a - e).abs())
+        .fold(0f32, f32::max)
 }
 
 #[test]
@@ -78,7 +82,10 @@ fn imported_checkpoint_reproduces_the_original_forward() {
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
     println!("{stdout}");
     assert!(stdout.contains("loaded into the network: 253"), "{stdout}");
-    assert!(stdout.contains("ignored as unused by the original's forward: 174"), "{stdout}");
+    assert!(
+        stdout.contains("ignored as unused by the original's forward: 174"),
+        "{stdout}"
+    );
 
     // 427 tensors under state_dict_ema: the 253 of weights.safetensors, plus the unused ones.
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
@@ -90,17 +97,29 @@ fn imported_checkpoint_reproduces_the_original_forward() {
         .unwrap()
         .iter()
         .map(|g| {
-            let keys: Vec<String> = g["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect();
+            let keys: Vec<String> = g["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k.as_str().unwrap().to_string())
+                .collect();
             assert_eq!(g["count"].as_u64().unwrap() as usize, keys.len());
             (g["group"].as_str().unwrap().to_string(), keys)
         })
         .collect();
     let group = |prefix: &str| -> &Vec<String> {
-        groups.iter().find(|(k, _)| k.starts_with(prefix)).unwrap_or_else(|| panic!("no group '{prefix}': {groups:?}")).1
+        groups
+            .iter()
+            .find(|(k, _)| k.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no group '{prefix}': {groups:?}"))
+            .1
     };
     let conv2 = group("conv_2 maps");
     assert_eq!(conv2.len(), 4);
-    assert!(conv2.iter().all(|k| k.starts_with("backbone.embd.0.conv_2.")), "{conv2:?}");
+    assert!(
+        conv2.iter().all(|k| k.starts_with("backbone.embd.0.conv_2.")),
+        "{conv2:?}"
+    );
     let lstm = group("ConvLSTMs of masked convs other than backbone.embd.0");
     // 28 masked convs (embd.1 and 3 per transformer block × 9) × 3 cells × (weight, bias).
     assert_eq!(lstm.len(), 168);
@@ -146,14 +165,19 @@ fn write_torch_safetensors(path: &Path, tensors: &HashMap<String, TensorData>) {
                 burn::tensor::DType::F32 => safetensors::Dtype::F32,
                 other => panic!("{k}: unexpected dtype {other:?}"),
             };
-            (k.clone(), safetensors::tensor::TensorView::new(dtype, v.shape().to_vec(), v.as_bytes()).unwrap())
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(dtype, v.shape().to_vec(), v.as_bytes()).unwrap(),
+            )
         })
         .collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
 fn pth_tensors() -> HashMap<String, TensorData> {
-    xca::model::torch::read_torch_checkpoint(&fixture("epoch_050.pth.tar")).unwrap().0
+    xca::model::torch::read_torch_checkpoint(&fixture("epoch_050.pth.tar"))
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -164,20 +188,47 @@ fn torch_named_safetensors_imports_like_the_archive() {
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let st = dir.path().join("epoch_050.safetensors");
     write_torch_safetensors(&st, &pth_tensors());
-    xca().arg("import").arg(&st).arg("--config").arg(&config).assert().success();
+    xca()
+        .arg("import")
+        .arg(&st)
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .success();
     // The default output is next to the input; here it would be the input itself.
     let from_st = dir.path().join("epoch_050_xca.safetensors");
     assert!(from_st.exists());
     let from_pth = dir.path().join("from_pth.safetensors");
-    xca().arg("import").arg(fixture("epoch_050.pth.tar")).arg("--config").arg(&config).arg("--out").arg(&from_pth).assert().success();
-    let (a, b) = (read_tensor_file(&from_st, None).unwrap(), read_tensor_file(&from_pth, None).unwrap());
+    xca()
+        .arg("import")
+        .arg(fixture("epoch_050.pth.tar"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&from_pth)
+        .assert()
+        .success();
+    let (a, b) = (
+        read_tensor_file(&from_st, None).unwrap(),
+        read_tensor_file(&from_pth, None).unwrap(),
+    );
     assert_eq!(a.len(), b.len());
     for (k, v) in &a {
         assert_eq!(values(v), values(&b[k]), "{k}");
     }
     // An xca checkpoint is not imported again.
-    let out = xca().arg("import").arg(&from_pth).arg("--config").arg(&config).assert().code(2);
-    assert!(stderr_of(&out).contains("already an xca checkpoint"), "{}", stderr_of(&out));
+    let out = xca()
+        .arg("import")
+        .arg(&from_pth)
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2);
+    assert!(
+        stderr_of(&out).contains("already an xca checkpoint"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]
@@ -188,11 +239,23 @@ fn a_removed_tensor_is_named() {
     assert!(t.remove("module.backbone.stem.1.attn.proj.bias").is_some());
     let st = dir.path().join("removed.safetensors");
     write_torch_safetensors(&st, &t);
-    let out = xca().arg("import").arg(&st).arg("--config").arg(&config).assert().code(2);
+    let out = xca()
+        .arg("import")
+        .arg(&st)
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2);
     let err = stderr_of(&out);
-    assert!(err.contains("removed.safetensors") && err.contains("backbone.stem.1.attn.proj.bias"), "{err}");
+    assert!(
+        err.contains("removed.safetensors") && err.contains("backbone.stem.1.attn.proj.bias"),
+        "{err}"
+    );
     assert!(err.contains("1 tensor(s) missing or mismatched"), "{err}");
-    assert!(!dir.path().join("removed_xca.safetensors").exists(), "nothing is written on failure");
+    assert!(
+        !dir.path().join("removed_xca.safetensors").exists(),
+        "nothing is written on failure"
+    );
 }
 
 #[test]
@@ -207,10 +270,19 @@ fn a_wrong_shape_is_named() {
     t.insert(key.to_string(), TensorData::new(first, [2, 32, 1]));
     let st = dir.path().join("reshaped.safetensors");
     write_torch_safetensors(&st, &t);
-    let out = xca().arg("import").arg(&st).arg("--config").arg(&config).assert().code(2);
+    let out = xca()
+        .arg("import")
+        .arg(&st)
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2);
     let err = stderr_of(&out);
     assert!(err.contains("reshaped.safetensors"), "{err}");
-    assert!(err.contains("tensor 'cls_head.cls_head.conv.weight' has shape [2, 32, 1], expected [2, 32, 3]"), "{err}");
+    assert!(
+        err.contains("tensor 'cls_head.cls_head.conv.weight' has shape [2, 32, 1], expected [2, 32, 3]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -219,17 +291,44 @@ fn a_wrong_config_lists_every_mismatch() {
     // listed (on stderr, one per line), and the one-line error spells out the first 20.
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 64);
-    let out = xca().arg("import").arg(fixture("epoch_050.pth.tar")).arg("--config").arg(&config).assert().code(2);
+    let out = xca()
+        .arg("import")
+        .arg(fixture("epoch_050.pth.tar"))
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2);
     let err = stderr_of(&out);
     let last = err.lines().last().unwrap();
-    assert!(last.starts_with("xca: error: checkpoint ") && last.contains("epoch_050.pth.tar"), "{last}");
-    assert!(last.contains("tensor 'backbone.embd.0.conv.weight' has shape [32, 4096, 3], expected [64, 4096, 3]"), "{last}");
-    let n: usize = last.split("does not fit").nth(1).unwrap().split(':').nth(1).unwrap().trim().split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        last.starts_with("xca: error: checkpoint ") && last.contains("epoch_050.pth.tar"),
+        "{last}"
+    );
+    assert!(
+        last.contains("tensor 'backbone.embd.0.conv.weight' has shape [32, 4096, 3], expected [64, 4096, 3]"),
+        "{last}"
+    );
+    let n: usize = last
+        .split("does not fit")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(n > 100, "{last}");
     assert!(last.contains(&format!("… and {} more", n - 20)), "{last}");
     // Every problem on its own line before the error.
     assert_eq!(err.lines().filter(|l| l.starts_with("  ")).count(), n, "{err}");
-    assert!(err.contains("  tensor 'reg_head.offset_head.conv.weight' has shape [2, 32, 3], expected [2, 64, 3]"), "{err}");
+    assert!(
+        err.contains("  tensor 'reg_head.offset_head.conv.weight' has shape [2, 32, 3], expected [2, 64, 3]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -238,13 +337,25 @@ fn a_config_without_the_attention_refuses_its_tensors() {
     // attention would be silently dropped, so the import is refused.
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
-    let text = std::fs::read_to_string(&config).unwrap().replace("SpAtten: True, TeAtten: True, SelfAtten: True, pretrain: True", "SpAtten: False, TeAtten: False, SelfAtten: True, pretrain: False");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "SpAtten: True, TeAtten: True, SelfAtten: True, pretrain: True",
+        "SpAtten: False, TeAtten: False, SelfAtten: True, pretrain: False",
+    );
     std::fs::write(&config, text).unwrap();
-    let out = xca().arg("import").arg(fixture("epoch_050.pth.tar")).arg("--config").arg(&config).assert().code(2);
+    let out = xca()
+        .arg("import")
+        .arg(fixture("epoch_050.pth.tar"))
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2);
     let err = stderr_of(&out);
     assert!(err.contains("have no place in the configured network"), "{err}");
     assert!(err.contains("backbone.embd.0.attention_op.0.weight"), "{err}");
-    assert!(!err.contains("lstm_op"), "the ConvLSTM is legitimately unused without TeAtten: {err}");
+    assert!(
+        !err.contains("lstm_op"),
+        "the ConvLSTM is legitimately unused without TeAtten: {err}"
+    );
 }
 
 #[test]
@@ -252,13 +363,26 @@ fn a_truncated_archive_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let bytes = std::fs::read(fixture("epoch_050.pth.tar")).unwrap();
-    for (name, len) in [("half.pth.tar", bytes.len() / 2), ("short.pth.tar", 3), ("empty.pth.tar", 0)] {
+    for (name, len) in [
+        ("half.pth.tar", bytes.len() / 2),
+        ("short.pth.tar", 3),
+        ("empty.pth.tar", 0),
+    ] {
         let path = dir.path().join(name);
         std::fs::write(&path, &bytes[..len]).unwrap();
-        let out = xca().arg("import").arg(&path).arg("--config").arg(&config).assert().code(2);
+        let out = xca()
+            .arg("import")
+            .arg(&path)
+            .arg("--config")
+            .arg(&config)
+            .assert()
+            .code(2);
         let err = stderr_of(&out);
         assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(err.starts_with("xca: error: cannot read weights from ") && err.contains(name), "{err}");
+        assert!(
+            err.starts_with("xca: error: cannot read weights from ") && err.contains(name),
+            "{err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
     // Without xca's end-of-archive check the PyTorch reader itself refuses the truncated
@@ -271,13 +395,25 @@ fn a_truncated_archive_fails_cleanly() {
     damaged[mid..mid + 64].iter_mut().for_each(|b| *b = !*b);
     let path = dir.path().join("damaged.pth.tar");
     std::fs::write(&path, &damaged).unwrap();
-    let out = xca().arg("import").arg(&path).arg("--config").arg(&config).assert().code(2);
+    let out = xca()
+        .arg("import")
+        .arg(&path)
+        .arg("--config")
+        .arg(&config)
+        .assert()
+        .code(2);
     let err = stderr_of(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("damaged.pth.tar") && err.contains("checksum"), "{err}");
     // The truncated archive through `xca eval` too (no dataset needed: it fails first).
     let path = half;
-    let out = xca().arg("eval").arg(&config).arg(&path).arg("--quiet").assert().code(2);
+    let out = xca()
+        .arg("eval")
+        .arg(&config)
+        .arg(&path)
+        .arg("--quiet")
+        .assert()
+        .code(2);
     assert!(stderr_of(&out).contains("truncated"), "{}", stderr_of(&out));
 }
 
@@ -286,18 +422,54 @@ fn eval_takes_the_pth_archive_directly() {
     // `xca eval CONFIG epoch_050.pth.tar` on a tiny synthetic dataset of 64×64 maps: both
     // tables print, and the numbers equal those of the imported xca checkpoint.
     let dir = tempfile::tempdir().unwrap();
-    let synth = SynthConfig { train: 1, val: 1, test: 2, seed: 5, side: 64, min_frames: 48, max_frames: 120, ..SynthConfig::default() };
+    let synth = SynthConfig {
+        train: 1,
+        val: 1,
+        test: 2,
+        seed: 5,
+        side: 64,
+        min_frames: 48,
+        max_frames: 120,
+        ..SynthConfig::default()
+    };
     generate(&synth, &dir.path().join("data"), false).unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let json_pth = dir.path().join("eval_pth.json");
-    let out = xca().arg("eval").arg(&config).arg(fixture("epoch_050.pth.tar")).arg("--quiet").arg("--json").arg(&json_pth).assert().success();
+    let out = xca()
+        .arg("eval")
+        .arg(&config)
+        .arg(fixture("epoch_050.pth.tar"))
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json_pth)
+        .assert()
+        .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(stdout.contains("paper protocol") && stdout.contains("full ActivityNet protocol"), "{stdout}");
+    assert!(
+        stdout.contains("paper protocol") && stdout.contains("full ActivityNet protocol"),
+        "{stdout}"
+    );
 
     let ckpt = dir.path().join("epoch_050.safetensors");
-    xca().arg("import").arg(fixture("epoch_050.pth.tar")).arg("--config").arg(&config).arg("--out").arg(&ckpt).assert().success();
+    xca()
+        .arg("import")
+        .arg(fixture("epoch_050.pth.tar"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&ckpt)
+        .assert()
+        .success();
     let json_xca = dir.path().join("eval_xca.json");
-    xca().arg("eval").arg(&config).arg(&ckpt).arg("--quiet").arg("--json").arg(&json_xca).assert().success();
+    xca()
+        .arg("eval")
+        .arg(&config)
+        .arg(&ckpt)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&json_xca)
+        .assert()
+        .success();
     let a: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_pth).unwrap()).unwrap();
     let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_xca).unwrap()).unwrap();
     assert_eq!(a["paper"]["mAP"].as_array().unwrap().len(), 5);

@@ -17,9 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn device() -> Device {
-    xca::device::DeviceChoice::Cpu
-        .device()
-        .expect("flex device")
+    xca::device::DeviceChoice::Cpu.device().expect("flex device")
 }
 
 fn load(name: &str) -> HashMap<String, TensorData> {
@@ -27,10 +25,7 @@ fn load(name: &str) -> HashMap<String, TensorData> {
 }
 
 fn values(data: &TensorData) -> Vec<f32> {
-    data.clone()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32 data")
+    data.clone().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
 }
 
 fn tensor<const D: usize>(data: &TensorData, dev: &Device) -> Tensor<D> {
@@ -62,20 +57,9 @@ fn compare(name: &str, actual: &[f32], expected: &TensorData) -> f32 {
 }
 
 fn check<const D: usize>(name: &str, t: &Tensor<D>, fx: &HashMap<String, TensorData>) {
-    let expected = fx
-        .get(name)
-        .unwrap_or_else(|| panic!("fixture has no '{name}'"));
-    assert_eq!(
-        t.dims().to_vec(),
-        expected.shape().to_vec(),
-        "{name}: shape"
-    );
-    let actual = t
-        .clone()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .expect("f32");
+    let expected = fx.get(name).unwrap_or_else(|| panic!("fixture has no '{name}'"));
+    assert_eq!(t.dims().to_vec(), expected.shape().to_vec(), "{name}: shape");
+    let actual = t.clone().into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
     compare(name, &actual, expected);
 }
 
@@ -109,11 +93,7 @@ fn forward_matches_original() {
 
     check("lstm_h", inter.lstm_h.as_ref().expect("lstm_h"), &fx);
     check("x_lstm", inter.x_lstm.as_ref().expect("x_lstm"), &fx);
-    check(
-        "attention",
-        inter.attention.as_ref().expect("attention"),
-        &fx,
-    );
+    check("attention", inter.attention.as_ref().expect("attention"), &fx);
     check("fg", out.fg.as_ref().expect("fg"), &fx);
     check("bg", out.bg.as_ref().expect("bg"), &fx);
     check("embd0_out", &inter.embd_conv_out[0], &fx);
@@ -132,8 +112,7 @@ fn forward_matches_original() {
 #[test]
 fn pth_archive_loads_the_same_weights() {
     let dev = device();
-    let tensors = read_tensor_file(&fixture("epoch_050.pth.tar"), Some("state_dict_ema"))
-        .expect("pth readable");
+    let tensors = read_tensor_file(&fixture("epoch_050.pth.tar"), Some("state_dict_ema")).expect("pth readable");
     let net = reduced_config().init(&dev).expect("valid config");
     let (_, report) = load_torch_tensors(net, &tensors).expect("weights fit");
     let st = load("weights.safetensors");
@@ -154,10 +133,7 @@ fn missing_weight_is_an_error_naming_the_key() {
     weights.remove("backbone.stem.1.attn.proj.bias");
     let net = reduced_config().init(&dev).expect("valid config");
     let err = load_torch_tensors(net, &weights).expect_err("must fail");
-    assert!(
-        err.to_string().contains("backbone.stem.1.attn.proj.bias"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("backbone.stem.1.attn.proj.bias"), "{err}");
 }
 
 #[test]
@@ -172,10 +148,7 @@ fn wrong_weight_shape_is_an_error_naming_the_key() {
         .init(&dev)
         .expect("valid config");
     let err = load_torch_tensors(net, &weights).expect_err("must fail");
-    assert!(
-        err.to_string().contains("backbone.embd.0.conv.weight"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("backbone.embd.0.conv.weight"), "{err}");
 }
 
 #[test]
@@ -183,15 +156,8 @@ fn random_patch_matches_original() {
     let dev = device();
     let fx = load("random_patch.safetensors");
     let input: Tensor<3> = tensor(&fx["input"], &dev);
-    let c = fx["centres"]
-        .clone()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .expect("i64");
-    let centres: Vec<(usize, usize)> = c
-        .chunks(2)
-        .map(|p| (p[0] as usize, p[1] as usize))
-        .collect();
+    let c = fx["centres"].clone().convert::<i64>().try_to_vec::<i64>().expect("i64");
+    let centres: Vec<(usize, usize)> = c.chunks(2).map(|p| (p[0] as usize, p[1] as usize)).collect();
     assert_eq!(centres, vec![(30, 17), (5, 60)]);
     let out = random_patch(input, &centres, 64).expect("valid centres");
     check("output", &out, &fx);
@@ -236,10 +202,7 @@ fn training_mode_forward_matches_original() {
     // losses.safetensors: two unpadded videos, training mode (BatchNorm on batch statistics
     // over the B·T = 256 images), droppath 0 (no AffineDropPath modules).
     let dev = device().autodiff();
-    let net = reduced_config()
-        .with_droppath(0.0)
-        .init(&dev)
-        .expect("valid config");
+    let net = reduced_config().with_droppath(0.0).init(&dev).expect("valid config");
     let weights = load("weights.safetensors");
     let (net, report) = load_torch_tensors(net, &weights).expect("weights fit");
     assert_eq!(report.unused.len(), 14, "{:?}", report.unused);

@@ -13,7 +13,6 @@ use xca::dataset::{Annotations, load_split};
 use xca::device::DeviceChoice;
 use xca::train::trainer::{LogLine, TrainOptions, train};
 
-
 fn run(cfg: &Config, run_dir: &Path, resume: bool, max_epochs: Option<usize>) -> Vec<LogLine> {
     let ann = Annotations::load(&cfg.dataset.json_file).unwrap();
     let data = load_split(cfg, &ann, &cfg.train_split, |_| {}).unwrap();
@@ -35,7 +34,10 @@ fn run(cfg: &Config, run_dir: &Path, resume: bool, max_epochs: Option<usize>) ->
 }
 
 fn losses(log: &[LogLine]) -> Vec<(usize, f64, f64, Option<f64>)> {
-    log.iter().filter(|l| l.kind == "step").map(|l| (l.step, l.cls_loss, l.reg_loss, l.con_loss)).collect()
+    log.iter()
+        .filter(|l| l.kind == "step")
+        .map(|l| (l.step, l.cls_loss, l.reg_loss, l.con_loss))
+        .collect()
 }
 
 #[test]
@@ -51,7 +53,10 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
     assert!(la.iter().all(|l| l.1.is_finite() && l.2.is_finite()));
     assert_eq!(la, lb, "two runs with the same seed must log identical losses");
     // The contrastive term runs in even (0-based) epochs only.
-    assert!(a.iter().any(|l| l.kind == "step" && l.epoch == 1 && l.con_loss.is_some()));
+    assert!(
+        a.iter()
+            .any(|l| l.kind == "step" && l.epoch == 1 && l.con_loss.is_some())
+    );
     assert!(a.iter().all(|l| !(l.epoch == 2 && l.con_loss.is_some())));
 
     // Interrupted after one epoch, then resumed: same log and same final weights.
@@ -66,8 +71,14 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
         let wc = xca::model::read_tensor_file(&c_dir.join(&name), None).unwrap();
         assert_eq!(wa.len(), wc.len());
         for (key, a) in &wa {
-            let (a, c) = (a.clone().try_into_vec::<f32>().unwrap(), wc[key].clone().try_into_vec::<f32>().unwrap());
-            assert!(a == c, "{name}: tensor {key} differs between the uninterrupted and the resumed run");
+            let (a, c) = (
+                a.clone().try_into_vec::<f32>().unwrap(),
+                wc[key].clone().try_into_vec::<f32>().unwrap(),
+            );
+            assert!(
+                a == c,
+                "{name}: tensor {key} differs between the uninterrupted and the resumed run"
+            );
         }
     }
     // Only the last save_last_epochs checkpoints are written.
@@ -106,25 +117,47 @@ fn xca() -> Command {
 fn train_select_eval_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path(), 2);
-    xca().args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"]).assert().success();
+    xca()
+        .args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"])
+        .assert()
+        .success();
     let run = dir.path().join("ckpt/tiny_t");
-    for f in ["config.yaml", "log.jsonl", "epoch_001.safetensors", "epoch_002.safetensors", "state/state.json"] {
+    for f in [
+        "config.yaml",
+        "log.jsonl",
+        "epoch_001.safetensors",
+        "epoch_002.safetensors",
+        "state/state.json",
+    ] {
         assert!(run.join(f).exists(), "{f} missing");
     }
     // A second train into the same folder without --resume is refused.
-    let out = xca().args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"]).assert().code(2);
+    let out = xca()
+        .args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"])
+        .assert()
+        .code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(err.contains("--resume"), "{err}");
 
     let sel = dir.path().join("select.json");
     let out = xca()
-        .args(["val_test", config.to_str().unwrap(), "--output", "t", "--quiet", "--json"])
+        .args([
+            "val_test",
+            config.to_str().unwrap(),
+            "--output",
+            "t",
+            "--quiet",
+            "--json",
+        ])
         .arg(&sel)
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
     assert!(stdout.contains("Chosen: epoch"), "{stdout}");
-    assert!(stdout.contains("paper protocol") && stdout.contains("full ActivityNet protocol"), "{stdout}");
+    assert!(
+        stdout.contains("paper protocol") && stdout.contains("full ActivityNet protocol"),
+        "{stdout}"
+    );
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sel).unwrap()).unwrap();
     assert_eq!(s["val"].as_array().unwrap().len(), 2);
     let chosen = s["chosen_epoch"].as_u64().unwrap();
@@ -139,9 +172,21 @@ fn train_select_eval_from_the_command_line() {
     let ckpt = run.join(format!("epoch_{chosen:03}.safetensors"));
     let ev = dir.path().join("eval.json");
     let dets = dir.path().join("dets.json");
-    xca().arg("eval").arg(&ckpt).arg("--quiet").arg("--json").arg(&ev).arg("--detections").arg(&dets).assert().success();
+    xca()
+        .arg("eval")
+        .arg(&ckpt)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&ev)
+        .arg("--detections")
+        .arg(&dets)
+        .assert()
+        .success();
     let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ev).unwrap()).unwrap();
-    assert_eq!(e["paper"], s["test"], "eval of the chosen checkpoint reproduces select's test numbers");
+    assert_eq!(
+        e["paper"], s["test"],
+        "eval of the chosen checkpoint reproduces select's test numbers"
+    );
     assert_eq!(e["full"], s["test_full"]);
     // The detections file scores to the same numbers with `xca score`.
     let sc = dir.path().join("score.json");
@@ -155,12 +200,18 @@ fn train_select_eval_from_the_command_line() {
         .assert()
         .success();
     let scored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sc).unwrap()).unwrap();
-    let (a, b) = (scored["average_mAP"].as_f64().unwrap(), e["full"]["average_mAP"].as_f64().unwrap());
+    let (a, b) = (
+        scored["average_mAP"].as_f64().unwrap(),
+        e["full"]["average_mAP"].as_f64().unwrap(),
+    );
     assert!((a - b).abs() < 1e-6, "score {a} vs eval {b}");
 
     // A checkpoint that does not fit the config is refused with its name.
     let other = dir.path().join("other.yaml");
-    let text = std::fs::read_to_string(&config).unwrap().replace("embd_dim: 16, fpn_dim: 16, head_dim: 16", "embd_dim: 32, fpn_dim: 32, head_dim: 32");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "embd_dim: 16, fpn_dim: 16, head_dim: 16",
+        "embd_dim: 32, fpn_dim: 32, head_dim: 32",
+    );
     std::fs::write(&other, text).unwrap();
     let out = xca().arg("eval").arg(&other).arg(&ckpt).arg("--quiet").assert().code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use xca::infer::keyframes::{self, DecodeSetting, Fallback, GridToSeconds, Keyframes};
-use xca::infer::{
-    Candidates, DecodeConfig, LevelOutput, NmsConfig, NmsMethod, batched_nms, decode,
-};
+use xca::infer::{Candidates, DecodeConfig, LevelOutput, NmsConfig, NmsMethod, batched_nms, decode};
 use xca::metrics::keyframe::VideoKeyframes;
 
 /// Tolerance: 1e-5 absolute, relative for values above 1 (grid positions reach ~130,
@@ -57,13 +55,7 @@ fn labels(v: &Value) -> Vec<usize> {
 
 /// Assert `got` equals the fixture's (segs, scores, labels) to TOL, counts exactly.
 /// Returns the largest absolute difference seen.
-fn assert_same(
-    what: &str,
-    got: &Candidates,
-    segs_w: &[[f32; 2]],
-    scores_w: &[f32],
-    labels_w: &[usize],
-) -> f32 {
+fn assert_same(what: &str, got: &Candidates, segs_w: &[[f32; 2]], scores_w: &[f32], labels_w: &[usize]) -> f32 {
     assert_eq!(got.len(), segs_w.len(), "{what}: count");
     assert_eq!(got.labels, labels_w, "{what}: labels");
     let mut max = 0.0f32;

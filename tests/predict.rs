@@ -12,7 +12,6 @@ use xca::dataset::Features;
 use xca::dataset::features::to_npy_bytes;
 use xca::report::{CURVES_SIZE, SUMMARY_SIZE, VIDEO_SIZE};
 
-
 fn xca() -> Command {
     Command::cargo_bin("xca").unwrap()
 }
@@ -21,7 +20,12 @@ fn xca() -> Command {
 fn write_npy(path: &Path, shape: &[u64], data: &[f32]) {
     let mut out = Vec::new();
     {
-        let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(shape).writer(&mut out).begin_nd().unwrap();
+        let mut w = npyz::WriteOptions::<f32>::new()
+            .default_dtype()
+            .shape(shape)
+            .writer(&mut out)
+            .begin_nd()
+            .unwrap();
         w.extend(data.iter().copied()).unwrap();
         w.finish().unwrap();
     }
@@ -33,7 +37,9 @@ fn video_rows(dir: &Path, rows: usize) -> Vec<f32> {
     let first = std::fs::read_dir(dir.join("data/image"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "npy") && p.file_name().unwrap().to_string_lossy().starts_with("test"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "npy") && p.file_name().unwrap().to_string_lossy().starts_with("test")
+        })
         .min()
         .expect("a synthetic test video");
     let f = Features::load(&first, 256).unwrap();
@@ -42,7 +48,9 @@ fn video_rows(dir: &Path, rows: usize) -> Vec<f32> {
 
 /// Width, height and number of distinct colours (up to 64) of a PNG.
 fn png_info(path: &Path) -> (u32, u32, usize) {
-    let img = image::open(path).unwrap_or_else(|e| panic!("{}: not a PNG: {e}", path.display())).to_rgb8();
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: not a PNG: {e}", path.display()))
+        .to_rgb8();
     let mut colors = std::collections::HashSet::new();
     for p in img.pixels() {
         colors.insert(p.0);
@@ -57,7 +65,11 @@ fn check_prediction(doc: &serde_json::Value, input: &Path, rows: usize, ckpt: &P
     let keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
     let mut sorted = keys.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, ["checkpoint", "config", "detections", "input", "keyframes", "rows"], "{doc}");
+    assert_eq!(
+        sorted,
+        ["checkpoint", "config", "detections", "input", "keyframes", "rows"],
+        "{doc}"
+    );
     assert_eq!(doc["input"], input.to_str().unwrap());
     assert_eq!(doc["rows"], rows);
     assert_eq!(doc["checkpoint"], ckpt.to_str().unwrap());
@@ -65,24 +77,44 @@ fn check_prediction(doc: &serde_json::Value, input: &Path, rows: usize, ckpt: &P
     let k = &doc["keyframes"];
     let mut kk: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
     kk.sort_unstable();
-    assert_eq!(kk, ["apex_frame", "apex_s", "end_frame", "end_s", "fallback", "start_frame", "start_s"]);
+    assert_eq!(
+        kk,
+        [
+            "apex_frame",
+            "apex_s",
+            "end_frame",
+            "end_s",
+            "fallback",
+            "start_frame",
+            "start_s"
+        ]
+    );
     let f = |n: &str| k[n].as_i64().unwrap();
     let (s, a, e) = (f("start_frame"), f("apex_frame"), f("end_frame"));
     // 4 frames per row (feat_stride 4) at --fps 15.
     let frames = (rows * 4) as i64;
-    assert!(0 <= s && s <= a && a <= e && e < frames, "keyframes {s} {a} {e} of {frames} frames");
+    assert!(
+        0 <= s && s <= a && a <= e && e < frames,
+        "keyframes {s} {a} {e} of {frames} frames"
+    );
     for (name, frame) in [("start_s", s), ("apex_s", a), ("end_s", e)] {
         assert!((k[name].as_f64().unwrap() - frame as f64 / 15.0).abs() < 1e-9, "{name}");
     }
     assert!(k["fallback"].is_boolean());
     let dets = doc["detections"].as_array().unwrap();
-    assert!(!dets.is_empty(), "a trained model detects something above pre_nms_thresh");
+    assert!(
+        !dets.is_empty(),
+        "a trained model detects something above pre_nms_thresh"
+    );
     let duration = frames as f64 / 15.0;
     let mut last = f64::INFINITY;
     for d in dets {
         let seg = d["segment"].as_array().unwrap();
         let (a, b) = (seg[0].as_f64().unwrap(), seg[1].as_f64().unwrap());
-        assert!(0.0 <= a && a <= b && b <= duration + 1e-4, "segment {a}..{b} in {duration} s");
+        assert!(
+            0.0 <= a && a <= b && b <= duration + 1e-4,
+            "segment {a}..{b} in {duration} s"
+        );
         let id = d["label_id"].as_u64().unwrap();
         assert_eq!(d["label"], ["filling", "washout"][id as usize]);
         let score = d["score"].as_f64().unwrap();
@@ -95,7 +127,10 @@ fn check_prediction(doc: &serde_json::Value, input: &Path, rows: usize, ckpt: &P
 fn predict_eval_plots_and_training_curves() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path(), 2);
-    xca().args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"]).assert().success();
+    xca()
+        .args(["train", config.to_str().unwrap(), "--output", "t", "--quiet"])
+        .assert()
+        .success();
     let run = dir.path().join("ckpt/tiny_t");
     let ckpt = run.join("epoch_002.safetensors");
     // curves.png is drawn after every epoch.
@@ -126,7 +161,10 @@ fn predict_eval_plots_and_training_curves() {
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    assert!(stdout.contains("fps 15 (--fps)") && stdout.contains("| apex |") && stdout.contains("short.npy"), "{stdout}");
+    assert!(
+        stdout.contains("fps 15 (--fps)") && stdout.contains("| apex |") && stdout.contains("short.npy"),
+        "{stdout}"
+    );
     let text = std::fs::read_to_string(&out_json).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
     let list = doc.as_array().unwrap();
@@ -164,21 +202,50 @@ fn predict_eval_plots_and_training_curves() {
     // eval --plots: one picture per test video plus the summary; same numbers as plain eval.
     let eplots = dir.path().join("eval_plots");
     let (j1, j2) = (dir.path().join("e1.json"), dir.path().join("e2.json"));
-    xca().arg("eval").arg(&ckpt).arg("--quiet").arg("--json").arg(&j1).assert().success();
-    xca().arg("eval").arg(&ckpt).arg("--quiet").arg("--json").arg(&j2).arg("--plots").arg(&eplots).assert().success();
+    xca()
+        .arg("eval")
+        .arg(&ckpt)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&j1)
+        .assert()
+        .success();
+    xca()
+        .arg("eval")
+        .arg(&ckpt)
+        .arg("--quiet")
+        .arg("--json")
+        .arg(&j2)
+        .arg("--plots")
+        .arg(&eplots)
+        .assert()
+        .success();
     let (e1, e2): (serde_json::Value, serde_json::Value) = (
         serde_json::from_str(&std::fs::read_to_string(&j1).unwrap()).unwrap(),
         serde_json::from_str(&std::fs::read_to_string(&j2).unwrap()).unwrap(),
     );
     assert_eq!(e1, e2, "--plots must not change the evaluation");
     let ann: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/annotations/vessel.json")).unwrap()).unwrap();
-    let test_ids: Vec<&String> =
-        ann["database"].as_object().unwrap().iter().filter(|(_, v)| v["subset"] == "test").map(|(k, _)| k).collect();
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("data/annotations/vessel.json")).unwrap())
+            .unwrap();
+    let test_ids: Vec<&String> = ann["database"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, v)| v["subset"] == "test")
+        .map(|(k, _)| k)
+        .collect();
     assert_eq!(test_ids.len(), 2);
-    let mut pngs: Vec<String> = std::fs::read_dir(&eplots).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut pngs: Vec<String> = std::fs::read_dir(&eplots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     pngs.sort();
-    let mut want: Vec<String> = test_ids.iter().map(|id| format!("{id}.png")).chain(["summary.png".to_string()]).collect();
+    let mut want: Vec<String> = test_ids
+        .iter()
+        .map(|id| format!("{id}.png"))
+        .chain(["summary.png".to_string()])
+        .collect();
     want.sort();
     assert_eq!(pngs, want);
     for id in &test_ids {
@@ -198,31 +265,53 @@ fn bad_inputs_are_named_with_their_shape_or_dtype() {
     // The inputs are checked before the checkpoint is read, so none is needed here.
     let ckpt = dir.path().join("none.safetensors");
     let predict = |input: &Path| {
-        let out = xca().arg("predict").arg(&ckpt).arg("--config").arg(&config).arg(input).arg("--quiet").assert().code(2);
+        let out = xca()
+            .arg("predict")
+            .arg(&ckpt)
+            .arg("--config")
+            .arg(&config)
+            .arg(input)
+            .arg("--quiet")
+            .assert()
+            .code(2);
         String::from_utf8_lossy(&out.get_output().stderr).to_string()
     };
 
     let wrong_shape = dir.path().join("wrong_shape.npy");
     write_npy(&wrong_shape, &[10, 100], &vec![0.0; 1000]);
     let err = predict(&wrong_shape);
-    assert!(err.contains("wrong_shape.npy") && err.contains("[10, 100]") && err.contains("[T, 256]"), "{err}");
+    assert!(
+        err.contains("wrong_shape.npy") && err.contains("[10, 100]") && err.contains("[T, 256]"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let wrong_side = dir.path().join("wrong_side.npy");
     write_npy(&wrong_side, &[4, 8, 32], &vec![0.0; 4 * 256]);
     let err = predict(&wrong_side);
-    assert!(err.contains("wrong_side.npy") && err.contains("[4, 8, 32]") && err.contains("[T, 16, 16]"), "{err}");
+    assert!(
+        err.contains("wrong_side.npy") && err.contains("[4, 8, 32]") && err.contains("[T, 16, 16]"),
+        "{err}"
+    );
 
     let ints = dir.path().join("ints.npy");
     let mut bytes = Vec::new();
     {
-        let mut w = npyz::WriteOptions::<i32>::new().default_dtype().shape(&[3, 256]).writer(&mut bytes).begin_nd().unwrap();
+        let mut w = npyz::WriteOptions::<i32>::new()
+            .default_dtype()
+            .shape(&[3, 256])
+            .writer(&mut bytes)
+            .begin_nd()
+            .unwrap();
         w.extend(std::iter::repeat_n(1i32, 3 * 256)).unwrap();
         w.finish().unwrap();
     }
     std::fs::write(&ints, bytes).unwrap();
     let err = predict(&ints);
-    assert!(err.contains("ints.npy") && err.contains("<i4") && err.contains("float32"), "{err}");
+    assert!(
+        err.contains("ints.npy") && err.contains("<i4") && err.contains("float32"),
+        "{err}"
+    );
 
     let empty = dir.path().join("empty.npy");
     write_npy(&empty, &[0, 256], &[]);
@@ -236,12 +325,30 @@ fn bad_inputs_are_named_with_their_shape_or_dtype() {
     // Valid features but a checkpoint that does not exist.
     let ok = dir.path().join("ok.npy");
     write_npy(&ok, &[5, 256], &vec![0.5; 5 * 256]);
-    let out = xca().arg("predict").arg(&ckpt).arg("--config").arg(&config).arg(&ok).assert().code(2);
+    let out = xca()
+        .arg("predict")
+        .arg(&ckpt)
+        .arg("--config")
+        .arg(&config)
+        .arg(&ok)
+        .assert()
+        .code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(err.contains("none.safetensors") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("none.safetensors") && err.contains("does not exist"),
+        "{err}"
+    );
 
     // A non-positive fps is refused.
-    let out = xca().arg("predict").arg(&ckpt).arg("--config").arg(&config).arg(&ok).args(["--fps", "0"]).assert().code(2);
+    let out = xca()
+        .arg("predict")
+        .arg(&ckpt)
+        .arg("--config")
+        .arg(&config)
+        .arg(&ok)
+        .args(["--fps", "0"])
+        .assert()
+        .code(2);
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(err.contains("fps must be positive"), "{err}");
 }

@@ -33,14 +33,7 @@ fn score_json(pred: &str, extra: &[&str]) -> (Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.json");
     let assert = cargo_bin_cmd!("xca")
-        .args([
-            "score",
-            "--gt",
-            &data("gt.json"),
-            "--pred",
-            &data(pred),
-            "--json",
-        ])
+        .args(["score", "--gt", &data("gt.json"), "--pred", &data(pred), "--json"])
         .arg(&out)
         .args(extra)
         .assert()
@@ -51,11 +44,7 @@ fn score_json(pred: &str, extra: &[&str]) -> (Value, String) {
 }
 
 fn nums(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
 
 fn assert_close(got: &[f64], want: &[f64]) {
@@ -84,24 +73,8 @@ fn check_keyframes(k: &Value) {
     );
     let f = |key: &str| k[key].as_f64().unwrap();
     assert_close(
-        &[
-            f("P"),
-            f("R"),
-            f("F"),
-            f("microP"),
-            f("microR"),
-            f("microF"),
-            f("AD"),
-        ],
-        &[
-            35.0 / 36.0,
-            29.0 / 30.0,
-            287.0 / 297.0,
-            0.975,
-            0.975,
-            0.975,
-            2.0 / 3.0,
-        ],
+        &[f("P"), f("R"), f("F"), f("microP"), f("microR"), f("microF"), f("AD")],
+        &[35.0 / 36.0, 29.0 / 30.0, 287.0 / 297.0, 0.975, 0.975, 0.975, 2.0 / 3.0],
     );
     assert_close(&[f("CI_upper")], &[2.0 / 3.0 * (1.0 + 2.015048373333024)]);
     assert_eq!(k["n_videos"], 2);
@@ -126,20 +99,14 @@ fn full_protocol_matches_hand_computation() {
     );
     assert_eq!(v["split"], "test");
     assert_close(&nums(&v["tious"]), &[0.3, 0.4, 0.5, 0.6, 0.7]);
-    assert_close(
-        &nums(&v["mAP"]),
-        &[5.0 / 6.0, 5.0 / 6.0, 5.0 / 6.0, 5.0 / 6.0, 0.75],
-    );
+    assert_close(&nums(&v["mAP"]), &[5.0 / 6.0, 5.0 / 6.0, 5.0 / 6.0, 5.0 / 6.0, 0.75]);
     assert_close(&[v["average_mAP"].as_f64().unwrap()], &[49.0 / 60.0]);
     assert_close(&nums(&v["recall1x"]), &[1.0, 1.0, 1.0, 1.0, 0.75]);
     assert_close(&nums(&v["recall5x"]), &[1.0; 5]);
     check_keyframes(&v["keyframes"]);
 
     // the printed tables: percent with two decimals, the paper's layout
-    assert!(
-        stdout.contains("| 0.3 | 0.4 | 0.5 | 0.6 | 0.7 | Avg |"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("| 0.3 | 0.4 | 0.5 | 0.6 | 0.7 | Avg |"), "{stdout}");
     assert!(
         stdout.contains("| pred_anet mAP (%) | 83.33 | 83.33 | 83.33 | 83.33 | 75.00 | 81.67 |"),
         "{stdout}"
@@ -196,9 +163,7 @@ fn fails_with(pred: &str, extra: &[&str], message: &str) {
         .code(2)
         .stdout(predicate::str::is_empty())
         .stderr(predicate::str::contains(message))
-        .stderr(predicate::function(|s: &str| {
-            s.trim_end().lines().count() == 1
-        }));
+        .stderr(predicate::function(|s: &str| s.trim_end().lines().count() == 1));
 }
 
 #[test]
@@ -238,7 +203,5 @@ fn help_documents_the_formats() {
         .args(["score", "--help"])
         .assert()
         .success()
-        .stdout(
-            predicate::str::contains("--protocol").and(predicate::str::contains("ActionFormer")),
-        );
+        .stdout(predicate::str::contains("--protocol").and(predicate::str::contains("ActionFormer")));
 }

@@ -44,11 +44,22 @@ fn synth_writes_the_layout_and_refuses_to_overwrite_without_force() {
     let before = fs::read(out.join("annotations/vessel.json")).unwrap();
 
     // A second run without --force is refused (exit 2) and changes nothing.
-    xca().args(args).arg(&out).args(["--seed", "4"]).assert().code(2).stderr(predicate::str::contains("--force"));
+    xca()
+        .args(args)
+        .arg(&out)
+        .args(["--seed", "4"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--force"));
     assert_eq!(fs::read(out.join("annotations/vessel.json")).unwrap(), before);
 
     // With --force it is replaced, and the new seed gives different data.
-    xca().args(args).arg(&out).args(["--force", "--seed", "4"]).assert().success();
+    xca()
+        .args(args)
+        .arg(&out)
+        .args(["--force", "--seed", "4"])
+        .assert()
+        .success();
     assert_ne!(fs::read(out.join("annotations/vessel.json")).unwrap(), before);
     // No temporary folders are left beside the dataset.
     assert_eq!(fs::read_dir(out.parent().unwrap()).unwrap().count(), 1);
@@ -60,7 +71,17 @@ fn synth_draws_a_preview_and_rejects_unknown_preview_videos() {
     let out = dir.path().join("vessel");
     let png = dir.path().join("preview.png");
     xca()
-        .args(["synth", "--train", "1", "--val", "1", "--test", "0", "--json", "--preview"])
+        .args([
+            "synth",
+            "--train",
+            "1",
+            "--val",
+            "1",
+            "--test",
+            "0",
+            "--json",
+            "--preview",
+        ])
         .arg(&png)
         .args(["--preview-video", "val01", "--out"])
         .arg(&out)

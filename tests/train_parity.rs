@@ -4,9 +4,7 @@
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use xca::train::assign::{CenterSample, Targets, assign_targets, pyramid_points};
-use xca::train::loss::{
-    LossConfig, LossNormalizer, contrastive_loss, count_positives, detection_losses,
-};
+use xca::train::loss::{LossConfig, LossNormalizer, contrastive_loss, count_positives, detection_losses};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/parity/");
 
@@ -37,8 +35,7 @@ impl Fixture {
 
 fn json() -> serde_json::Value {
     let path = format!("{DIR}losses.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
-        .unwrap()
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
 }
 
 fn gt(json: &serde_json::Value, video: usize) -> (Vec<[f32; 2]>, Vec<usize>) {
@@ -60,9 +57,7 @@ fn gt(json: &serde_json::Value, video: usize) -> (Vec<[f32; 2]>, Vec<usize>) {
 fn points(fx: &Fixture) -> Vec<[f32; 4]> {
     let (p, shape) = fx.get("points");
     assert_eq!(shape, vec![252, 4]);
-    p.chunks_exact(4)
-        .map(|c| [c[0], c[1], c[2], c[3]])
-        .collect()
+    p.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
 fn assigned(fx: &Fixture) -> Vec<Targets> {
@@ -87,11 +82,7 @@ fn points_match_the_pyramid_of_spec_3_7() {
         [32.0, 64.0],
         [64.0, 10000.0],
     ];
-    let ours = pyramid_points(
-        &[128, 64, 32, 16, 8, 4],
-        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0],
-        &ranges,
-    );
+    let ours = pyramid_points(&[128, 64, 32, 16, 8, 4], &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0], &ranges);
     assert_eq!(ours, points(&fx));
 }
 
@@ -162,9 +153,7 @@ fn losses_match_the_fixture() {
         rel(reg, want("reg_loss")),
         rel(total, want("final_loss")),
     );
-    eprintln!(
-        "cls {cls} (rel {d_cls:.2e}), reg {reg} (rel {d_reg:.2e}), final {total} (rel {d_tot:.2e})"
-    );
+    eprintln!("cls {cls} (rel {d_cls:.2e}), reg {reg} (rel {d_reg:.2e}), final {total} (rel {d_tot:.2e})");
     // Measured: cls 0, reg 1.1e-7, final 7.3e-8 (one or two f32 ulps from the summation order).
     assert!(d_cls < 1e-6 && d_reg < 1e-6 && d_tot < 1e-6);
     // The stored f32 values agree with the JSON.

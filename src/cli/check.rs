@@ -45,7 +45,11 @@ pub fn check(cfg: &Config, quiet: bool) -> Result<Report, DatasetError> {
     let json = ann.path.display().to_string();
     let mut problems = Vec::new();
     let mut stats: BTreeMap<String, SplitStats> = BTreeMap::new();
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(ann.videos.len() as u64) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(ann.videos.len() as u64)
+    };
     bar.set_style(
         ProgressStyle::with_template("checking {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -124,16 +128,26 @@ pub fn check(cfg: &Config, quiet: bool) -> Result<Report, DatasetError> {
     }
     let mut summary = vec![format!("{json}: {} videos", ann.videos.len())];
     for (name, s) in &stats {
-        let (rmin, rmax) = (s.rows.iter().min().copied().unwrap_or(0), s.rows.iter().max().copied().unwrap_or(0));
+        let (rmin, rmax) = (
+            s.rows.iter().min().copied().unwrap_or(0),
+            s.rows.iter().max().copied().unwrap_or(0),
+        );
         let mut rows = s.rows.clone();
         rows.sort_unstable();
         let median = rows.get(rows.len() / 2).copied().unwrap_or(0);
-        let (dmin, dmax) = s.durations.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &d| (a.min(d), b.max(d)));
+        let (dmin, dmax) = s
+            .durations
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &d| (a.min(d), b.max(d)));
         summary.push(format!(
             "  {name:<12} {:>4} videos, {:>4} segments, T {rmin}–{rmax} (median {median}), duration {}",
             s.videos,
             s.segments,
-            if s.durations.is_empty() { "n/a".to_string() } else { format!("{dmin:.1}–{dmax:.1} s") }
+            if s.durations.is_empty() {
+                "n/a".to_string()
+            } else {
+                format!("{dmin:.1}–{dmax:.1} s")
+            }
         ));
     }
     Ok(Report { problems, summary })
@@ -142,7 +156,11 @@ pub fn check(cfg: &Config, quiet: bool) -> Result<Report, DatasetError> {
 pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&args.config)?;
     let report = check(&cfg, args.quiet).map_err(|e| {
-        let hint = if cfg.dataset.json_file.exists() { "" } else { " (run `xca synth` to make the synthetic dataset)" };
+        let hint = if cfg.dataset.json_file.exists() {
+            ""
+        } else {
+            " (run `xca synth` to make the synthetic dataset)"
+        };
         InputError(format!("{e}{hint}"))
     })?;
     for line in &report.summary {
@@ -155,6 +173,11 @@ pub fn run(args: Args) -> Result<()> {
         for p in &report.problems {
             eprintln!("problem: {p}");
         }
-        Err(InputError(format!("{} problem(s) found in the dataset of {}", report.problems.len(), args.config.display())).into())
+        Err(InputError(format!(
+            "{} problem(s) found in the dataset of {}",
+            report.problems.len(),
+            args.config.display()
+        ))
+        .into())
     }
 }

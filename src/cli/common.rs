@@ -17,10 +17,16 @@ use super::InputError;
 
 /// A progress bar over `len` items (hidden when quiet).
 pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
-    let b = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len as u64) };
+    let b = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len as u64)
+    };
     b.set_style(
-        ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     b
 }
@@ -46,20 +52,30 @@ pub fn load_data(cfg: &Config, ann: &Annotations, splits: &[String], quiet: bool
 /// Read the annotation file a config points at (input error, with a hint for the demo data).
 pub fn annotations(cfg: &Config) -> Result<Annotations> {
     Annotations::load(&cfg.dataset.json_file).map_err(|e| {
-        let hint = if !cfg.dataset.json_file.exists() { " (run `xca synth` to make the synthetic dataset)" } else { "" };
+        let hint = if !cfg.dataset.json_file.exists() {
+            " (run `xca synth` to make the synthetic dataset)"
+        } else {
+            ""
+        };
         InputError(format!("{e}{hint}")).into()
     })
 }
 
 /// `<output_folder>/<config stem>_<output>`.
 pub fn run_dir(cfg: &Config, config_path: &Path, output: &str) -> PathBuf {
-    let stem = config_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "run".into());
+    let stem = config_path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
     cfg.output_folder.join(format!("{stem}_{output}"))
 }
 
 /// Whether a path is one of the original's PyTorch checkpoints.
 pub fn is_torch_checkpoint(path: &Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     name.ends_with(".pth.tar") || name.ends_with(".pth") || name.ends_with(".pt")
 }
 
@@ -83,15 +99,24 @@ pub fn checkpoint_kind(ckpt: &Path) -> Result<CheckpointKind> {
     if is_torch_checkpoint(ckpt) {
         return Ok(CheckpointKind::Torch);
     }
-    let bytes = std::fs::read(ckpt).map_err(|e| InputError(format!("cannot read checkpoint {}: {e}", ckpt.display())))?;
+    let bytes =
+        std::fs::read(ckpt).map_err(|e| InputError(format!("cannot read checkpoint {}: {e}", ckpt.display())))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         InputError(format!(
             "checkpoint {} is neither a safetensors file nor a PyTorch archive (.pth.tar): {e}",
             ckpt.display()
         ))
     })?;
-    let is_xca = meta.metadata().as_ref().and_then(|m| m.get("format")).is_some_and(|f| f == "xca");
-    Ok(if is_xca { CheckpointKind::Xca(bytes) } else { CheckpointKind::Torch })
+    let is_xca = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("format"))
+        .is_some_and(|f| f == "xca");
+    Ok(if is_xca {
+        CheckpointKind::Xca(bytes)
+    } else {
+        CheckpointKind::Torch
+    })
 }
 
 /// Fill `net` from one of the original's checkpoints (see
@@ -110,10 +135,14 @@ pub fn import_torch(net: Network, ckpt: &Path) -> Result<(Network, xca::model::t
 /// imported in memory.
 pub fn load_model(cfg: &Config, ckpt: &Path, device: &Device) -> Result<Network> {
     let kind = checkpoint_kind(ckpt)?;
-    let net = runtime::network_config(cfg).init(device).map_err(|e| InputError(e.to_string()))?;
+    let net = runtime::network_config(cfg)
+        .init(device)
+        .map_err(|e| InputError(e.to_string()))?;
     match kind {
         CheckpointKind::Torch => Ok(import_torch(net, ckpt)?.0),
-        CheckpointKind::Xca(bytes) => checkpoint::load_bytes(net, bytes, ckpt).map_err(|e| InputError(e.to_string()).into()),
+        CheckpointKind::Xca(bytes) => {
+            checkpoint::load_bytes(net, bytes, ckpt).map_err(|e| InputError(e.to_string()).into())
+        }
     }
 }
 

@@ -58,13 +58,20 @@ pub fn run(args: Args) -> Result<()> {
 /// `--params`: build the network on the CPU and count its parameters per block.
 fn print_params(cfg: &Config, json: bool) -> Result<()> {
     let device = super::common::device(xca::device::DeviceChoice::Cpu)?;
-    let net = xca::runtime::network_config(cfg).init(&device).map_err(|e| InputError(e.to_string()))?;
+    let net = xca::runtime::network_config(cfg)
+        .init(&device)
+        .map_err(|e| InputError(e.to_string()))?;
     let blocks = xca::model::param_counts(&net);
     let total: usize = blocks.iter().map(|(_, n)| n).sum();
     if json {
-        let map: serde_json::Map<String, serde_json::Value> =
-            blocks.iter().map(|(k, n)| (k.clone(), serde_json::Value::from(*n))).collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"total": total, "blocks": map}))?);
+        let map: serde_json::Map<String, serde_json::Value> = blocks
+            .iter()
+            .map(|(k, n)| (k.clone(), serde_json::Value::from(*n)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"total": total, "blocks": map}))?
+        );
     } else {
         for (k, n) in &blocks {
             println!("{k:<28} {n:>12}");

@@ -37,7 +37,10 @@ pub fn run(args: Args) -> Result<()> {
             .and_then(|p| p.parent())
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("data/vessel"));
-        eprintln!("xca demo: no dataset at {}: generating the synthetic one", out.display());
+        eprintln!(
+            "xca demo: no dataset at {}: generating the synthetic one",
+            out.display()
+        );
         super::synth::run(super::synth::Args {
             out,
             train: 48,

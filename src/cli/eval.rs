@@ -7,9 +7,9 @@ use serde_json::json;
 use xca::config::Config;
 use xca::device::DeviceChoice;
 use xca::evaluate::{SplitScores, detect, detect_split, ground_truth, patch_centres, run_video, score_split};
-use xca::report::{SummaryPlot, plot_summary};
 use xca::infer::Candidates;
 use xca::metrics::io::PredictionFormat;
+use xca::report::{SummaryPlot, plot_summary};
 
 use super::{InputError, common, score};
 
@@ -124,7 +124,11 @@ pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&config_path)?;
     let device = common::device(args.device)?;
     let model = common::load_model(&cfg, &ckpt, &device)?;
-    let split = args.split.clone().or_else(|| cfg.test_split.first().cloned()).unwrap_or_else(|| "test".into());
+    let split = args
+        .split
+        .clone()
+        .or_else(|| cfg.test_split.first().cloned())
+        .unwrap_or_else(|| "test".into());
     let seed = args.seed.unwrap_or(cfg.init_rand_seed);
     let method = ckpt_label(&ckpt);
     let (scores, dets) = match &args.plots {
@@ -133,7 +137,10 @@ pub fn run(args: Args) -> Result<()> {
     };
     print_scores(&scores, &method);
     if let Some(p) = &args.json {
-        common::write_json_out(p, &json!({"paper": score::report_json(&scores.paper), "full": score::report_json(&scores.full)}))?;
+        common::write_json_out(
+            p,
+            &json!({"paper": score::report_json(&scores.paper), "full": score::report_json(&scores.full)}),
+        )?;
     }
     if let Some(p) = &args.detections {
         common::write_json_out(p, &detections_json(&dets, &xca::dataset::annotations::CLASS_NAMES))?;
@@ -158,8 +165,8 @@ pub fn evaluate_with_plots(
     dir: &Path,
     method: &str,
 ) -> Result<(SplitScores, Vec<(String, Candidates)>)> {
-    use xca::infer::keyframes::{frame_at, ground_truth_keyframes, keyframes_of};
     use xca::infer::DecodeSetting;
+    use xca::infer::keyframes::{frame_at, ground_truth_keyframes, keyframes_of};
     use xca::metrics::VideoKeyframes;
 
     let ann = common::annotations(cfg)?;
@@ -182,7 +189,12 @@ pub fn evaluate_with_plots(
             _ => None,
         };
         if let Some(truth) = truth {
-            videos.push(VideoKeyframes { truth, pred, n_frames: frames, fallback });
+            videos.push(VideoKeyframes {
+                truth,
+                pred,
+                n_frames: frames,
+                fallback,
+            });
         }
         let png = dir.join(format!("{}.png", super::predict::file_stem_safe(&v.id)));
         super::predict::plot_one(cfg, &v.id, v.fps, frames, &v.feats, &raw, &cands, pred, truth, &png)?;
@@ -199,14 +211,24 @@ pub fn evaluate_with_plots(
         deviations: videos.iter().map(VideoKeyframes::deviations).collect(),
     };
     plot_summary(&summary, &dir.join("summary.png"))?;
-    eprintln!("xca: wrote {} video pictures and summary.png to {}", data.videos.len(), dir.display());
+    eprintln!(
+        "xca: wrote {} video pictures and summary.png to {}",
+        data.videos.len(),
+        dir.display()
+    );
     Ok((scores, dets))
 }
 
 /// A short name for a checkpoint in table rows: `vessel_reproduce/epoch_049`.
 pub fn ckpt_label(ckpt: &Path) -> String {
-    let file = ckpt.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let file = file.trim_end_matches(".safetensors").trim_end_matches(".pth.tar").to_string();
+    let file = ckpt
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = file
+        .trim_end_matches(".safetensors")
+        .trim_end_matches(".pth.tar")
+        .to_string();
     match ckpt.parent().and_then(|p| p.file_name()) {
         Some(dir) => format!("{}/{file}", dir.to_string_lossy()),
         None => file,

@@ -11,8 +11,8 @@ use xca::model::torch::ImportReport;
 use xca::runtime;
 use xca::train::checkpoint::{self, CheckpointMeta};
 
-use super::common::{self, CheckpointKind};
 use super::InputError;
+use super::common::{self, CheckpointKind};
 
 /// Convert the authors' trained checkpoint (`ckpt/…/epoch_049.pth.tar`, a `torch.save`
 /// archive holding `state_dict_ema` with `module.`-prefixed keys) into an xca checkpoint.
@@ -40,7 +40,10 @@ pub struct Args {
 
 /// The name without `.pth.tar`, `.pth`, `.pt` or `.safetensors`.
 fn stem(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let lower = name.to_lowercase();
     for ext in [".pth.tar", ".pth", ".pt", ".safetensors"] {
         if lower.ends_with(ext) && lower.len() > ext.len() {
@@ -56,7 +59,11 @@ pub fn default_out(ckpt: &Path) -> PathBuf {
     let dir = ckpt.parent().unwrap_or(Path::new("."));
     let s = stem(ckpt);
     let out = dir.join(format!("{s}.safetensors"));
-    if out == ckpt { dir.join(format!("{s}_xca.safetensors")) } else { out }
+    if out == ckpt {
+        dir.join(format!("{s}_xca.safetensors"))
+    } else {
+        out
+    }
 }
 
 /// The 1-based epoch in an `epoch_NNN…` file name (what the original's train.py writes
@@ -78,7 +85,9 @@ fn summary_json(ckpt: &Path, out: &Path, r: &ImportReport) -> serde_json::Value 
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let cfg = Config::load(&args.config).map_err(|e| InputError(e.to_string()))?.config;
+    let cfg = Config::load(&args.config)
+        .map_err(|e| InputError(e.to_string()))?
+        .config;
     if let CheckpointKind::Xca(_) = common::checkpoint_kind(&args.ckpt)? {
         return Err(InputError(format!(
             "{} is already an xca checkpoint: pass it to `xca eval` directly",
@@ -87,13 +96,17 @@ pub fn run(args: Args) -> Result<()> {
         .into());
     }
     let device = common::device(DeviceChoice::Cpu)?;
-    let net = runtime::network_config(&cfg).init(&device).map_err(|e| InputError(e.to_string()))?;
+    let net = runtime::network_config(&cfg)
+        .init(&device)
+        .map_err(|e| InputError(e.to_string()))?;
     let (net, report) = match xca::model::torch::import_torch_checkpoint(net, &args.ckpt) {
         Ok(ok) => ok,
         Err(e) => {
             // The one-line error spells out the first 20 problems; list every one here.
             let all: Vec<String> = match &e {
-                xca::model::torch::WeightsError::Mismatch { problems } => problems.iter().map(|p| p.to_string()).collect(),
+                xca::model::torch::WeightsError::Mismatch { problems } => {
+                    problems.iter().map(|p| p.to_string()).collect()
+                }
                 xca::model::torch::WeightsError::Unexpected { keys } => keys.clone(),
                 xca::model::torch::WeightsError::File(_) => Vec::new(),
             };
@@ -125,16 +138,35 @@ pub fn run(args: Args) -> Result<()> {
 
     // With `--json -` stdout carries the JSON alone; the readable summary goes to stderr.
     let to_stderr = args.json.as_deref() == Some(Path::new("-"));
-    let say = |line: String| if to_stderr { eprintln!("{line}") } else { println!("{line}") };
-    let key = report.top_level_key.as_deref().map(|k| format!(" (under '{k}')")).unwrap_or_default();
-    say(format!("imported {}{key}: {} tensors in the file", args.ckpt.display(), report.total));
+    let say = |line: String| {
+        if to_stderr {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+    let key = report
+        .top_level_key
+        .as_deref()
+        .map(|k| format!(" (under '{k}')"))
+        .unwrap_or_default();
+    say(format!(
+        "imported {}{key}: {} tensors in the file",
+        args.ckpt.display(),
+        report.total
+    ));
     say(format!("  loaded into the network: {}", report.used.len()));
     let ignored: usize = report.unused.iter().map(|g| g.keys.len()).sum();
     say(format!("  ignored as unused by the original's forward: {ignored}"));
     for g in &report.unused {
         say(format!("    {:>4}  {}", g.keys.len(), g.label));
     }
-    say(format!("wrote {} (epoch {}, config hash {})", out.display(), meta.epoch, meta.config_hash));
+    say(format!(
+        "wrote {} (epoch {}, config hash {})",
+        out.display(),
+        meta.epoch,
+        meta.config_hash
+    ));
     if let Some(path) = &args.json {
         common::write_json_out(path, &summary_json(&args.ckpt, &out, &report))?;
     }
@@ -148,11 +180,17 @@ mod tests {
     #[test]
     fn output_name_and_epoch_follow_the_input_name() {
         let p = Path::new("ckpt/vessel_SpTeAttenRPCon_reproduce/epoch_049.pth.tar");
-        assert_eq!(default_out(p), Path::new("ckpt/vessel_SpTeAttenRPCon_reproduce/epoch_049.safetensors"));
+        assert_eq!(
+            default_out(p),
+            Path::new("ckpt/vessel_SpTeAttenRPCon_reproduce/epoch_049.safetensors")
+        );
         assert_eq!(epoch_of(p), 49);
         assert_eq!(default_out(Path::new("w/model.PTH")), Path::new("w/model.safetensors"));
         assert_eq!(epoch_of(Path::new("w/model.pth")), 0);
-        assert_eq!(default_out(Path::new("epoch_007.safetensors")), Path::new("epoch_007_xca.safetensors"));
+        assert_eq!(
+            default_out(Path::new("epoch_007.safetensors")),
+            Path::new("epoch_007_xca.safetensors")
+        );
         assert_eq!(epoch_of(Path::new("epoch_007.safetensors")), 7);
     }
 }

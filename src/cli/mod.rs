@@ -1,6 +1,5 @@
 //! One file per subcommand. Each exposes `Args` (clap) and `run(args) -> anyhow::Result<()>`.
 
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -10,12 +9,12 @@ pub mod common;
 pub mod config;
 pub mod demo;
 pub mod eval;
-pub mod predict;
 pub mod import;
-pub mod select;
-pub mod train;
+pub mod predict;
 pub mod score;
+pub mod select;
 pub mod synth;
+pub mod train;
 
 /// Exit status for a usage, config or data error (bad input the user can fix).
 pub const EXIT_INPUT: u8 = 2;
@@ -63,7 +62,8 @@ pub struct InputError(pub String);
 
 /// Is this error the user's input (exit 2) rather than a runtime failure (exit 1)?
 fn is_input_error(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| e.is::<InputError>() || e.is::<xca::device::DeviceError>())
+    err.chain()
+        .any(|e| e.is::<InputError>() || e.is::<xca::device::DeviceError>())
 }
 
 pub fn main() -> ExitCode {

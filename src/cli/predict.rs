@@ -82,7 +82,10 @@ pub struct Prediction {
 
 /// Class name of a label id (`class <k>` beyond the known names).
 pub fn class_name(k: usize) -> String {
-    CLASS_NAMES.get(k).map(|s| s.to_string()).unwrap_or_else(|| format!("class {k}"))
+    CLASS_NAMES
+        .get(k)
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("class {k}"))
 }
 
 /// Ids of the filling and washout classes among [`CLASS_NAMES`].
@@ -99,7 +102,11 @@ pub fn in_video_order(k: Keyframes, frames: usize) -> (Keyframes, bool) {
     let last = frames.saturating_sub(1) as i64;
     let mut v = [k.start, k.apex, k.end].map(|f| f.clamp(0, last));
     v.sort_unstable();
-    let out = Keyframes { start: v[0], apex: v[1], end: v[2] };
+    let out = Keyframes {
+        start: v[0],
+        apex: v[1],
+        end: v[2],
+    };
     (out, out != k)
 }
 
@@ -157,11 +164,19 @@ pub fn plot_one(
         frames,
         frames_per_row: (cfg.dataset.feat_stride * cfg.dataset.downsample_rate) as f64,
         row_offset: 0.5 * cfg.dataset.num_frames as f64,
-        class_scores: scores.into_iter().enumerate().map(|(k, s)| (class_name(k), s)).collect(),
+        class_scores: scores
+            .into_iter()
+            .enumerate()
+            .map(|(k, s)| (class_name(k), s))
+            .collect(),
         detections: (0..detections.len())
             .map(|i| {
                 let s = detections.segs[i];
-                (class_name(detections.labels[i]), [s[0] as f64, s[1] as f64], detections.scores[i])
+                (
+                    class_name(detections.labels[i]),
+                    [s[0] as f64, s[1] as f64],
+                    detections.scores[i],
+                )
             })
             .collect(),
         predicted: [predicted.start, predicted.apex, predicted.end],
@@ -174,8 +189,21 @@ pub fn plot_one(
 
 /// A file name made of the safe characters of `s` (others become `_`).
 pub fn file_stem_safe(s: &str) -> String {
-    let t: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    if t.is_empty() || t.chars().all(|c| c == '.') { "video".into() } else { t }
+    let t: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if t.is_empty() || t.chars().all(|c| c == '.') {
+        "video".into()
+    } else {
+        t
+    }
 }
 
 /// The JSON object of one prediction (the documented keys).
@@ -222,7 +250,11 @@ fn render(p: &Prediction, fps: f64, top: usize) -> String {
     ));
     let conf = |c: Option<f32>| c.map(|v| format!("{v:.3}")).unwrap_or_else(|| "none".into());
     s.push_str("| keyframe | frame | time (s) |\n|---|---|---|\n");
-    for (name, f) in [("start", p.keyframes.start), ("apex", p.keyframes.apex), ("end", p.keyframes.end)] {
+    for (name, f) in [
+        ("start", p.keyframes.start),
+        ("apex", p.keyframes.apex),
+        ("end", p.keyframes.end),
+    ] {
         s.push_str(&format!("| {name} | {f} | {:.2} |\n", f as f64 / fps));
     }
     s.push_str(&format!(
@@ -300,11 +332,21 @@ pub fn run(args: Args) -> Result<()> {
         let duration = (feats.rows * cfg.dataset.feat_stride * cfg.dataset.downsample_rate) as f64 / fps;
         let frames = frame_at(fps, duration).max(0) as usize;
         let out = run_video(&model, &cfg, feats, centre, &device, &name).with_context(|| format!("running {name}"))?;
-        let cands = sorted_by_score(&detect(&cfg, &out, fps, Some(duration)).with_context(|| format!("post-processing {name}"))?);
+        let cands = sorted_by_score(
+            &detect(&cfg, &out, fps, Some(duration)).with_context(|| format!("post-processing {name}"))?,
+        );
         let (raw, fallback) = keyframes_of(&cands, fill, wash, fps, cfg.setting);
         let (keyframes, adjusted) = in_video_order(raw, frames);
         // The segments keyframes_of used are the top of their class.
-        let top_score = |class| cands.labels.iter().zip(&cands.scores).filter(|(l, _)| **l == class).map(|(_, s)| *s).reduce(f32::max);
+        let top_score = |class| {
+            cands
+                .labels
+                .iter()
+                .zip(&cands.scores)
+                .filter(|(l, _)| **l == class)
+                .map(|(_, s)| *s)
+                .reduce(f32::max)
+        };
         let p = Prediction {
             input: path.clone(),
             rows: *rows,
@@ -317,9 +359,23 @@ pub fn run(args: Args) -> Result<()> {
             detections: cands,
         };
         if let Some(dir) = &args.plot {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let png = dir.join(format!("{}.png", file_stem_safe(&stem)));
-            plot_one(&cfg, &name, fps, frames, feats, &out, &p.detections, p.keyframes, None, &png)?;
+            plot_one(
+                &cfg,
+                &name,
+                fps,
+                frames,
+                feats,
+                &out,
+                &p.detections,
+                p.keyframes,
+                None,
+                &png,
+            )?;
         }
         docs.push(prediction_json(&p, fps, &config_path, &args.checkpoint));
         tables.push(render(&p, fps, args.top));

@@ -114,7 +114,10 @@ pub fn render(r: &ScoreReport, method: &str, format: PredictionFormat) -> String
     s.push('\n');
     match &r.keyframes {
         Some(k) => {
-            s.push_str(&format!("Keyframes — {} videos, {} needed a fallback\n\n", k.n_videos, k.n_fallback));
+            s.push_str(&format!(
+                "Keyframes — {} videos, {} needed a fallback\n\n",
+                k.n_videos, k.n_fallback
+            ));
             s.push_str("| Method | P | R | F | AD | CI |\n|---|---|---|---|---|---|\n");
             s.push_str(&format!(
                 "| {method} | {:.4} | {:.4} | {:.4} | {:.2} | 0–{:.2} |\n",
@@ -128,7 +131,9 @@ pub fn render(r: &ScoreReport, method: &str, format: PredictionFormat) -> String
                 3 * k.n_videos - 1
             ));
         }
-        None => s.push_str("Keyframes — no video of the split has filling and washout annotations with fps and duration\n"),
+        None => {
+            s.push_str("Keyframes — no video of the split has filling and washout annotations with fps and duration\n")
+        }
     }
     for n in &r.notes {
         s.push_str(&format!("Note: {n}\n"));
@@ -144,8 +149,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ProtocolArg::Full => Protocol::Full,
         ProtocolArg::Paper => Protocol::Paper,
     };
-    let report = score(&gt, &args.split, &preds.detections, protocol)
-        .map_err(|e| InputError(e.to_string()))?;
+    let report = score(&gt, &args.split, &preds.detections, protocol).map_err(|e| InputError(e.to_string()))?;
     let method = args
         .pred
         .file_stem()

@@ -91,12 +91,18 @@ pub fn choose(rows: &[ValRow]) -> Option<&ValRow> {
 pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&args.config)?;
     let device = common::device(args.device)?;
-    let dir = args.ckpt_dir.clone().unwrap_or_else(|| common::run_dir(&cfg, &args.config, &args.output));
+    let dir = args
+        .ckpt_dir
+        .clone()
+        .unwrap_or_else(|| common::run_dir(&cfg, &args.config, &args.output));
     let epochs = match &args.epochs {
         Some(s) => parse_epochs(s)?,
         None => cfg.saved_epochs(),
     };
-    let ckpts: Vec<(usize, PathBuf)> = epochs.clone().filter_map(|e| find_epoch(&dir, e).map(|p| (e, p))).collect();
+    let ckpts: Vec<(usize, PathBuf)> = epochs
+        .clone()
+        .filter_map(|e| find_epoch(&dir, e).map(|p| (e, p)))
+        .collect();
     if ckpts.is_empty() {
         return Err(InputError(format!(
             "no checkpoints epoch_{:03}..epoch_{:03} in {} (train first: `xca train {}`)",
@@ -115,14 +121,33 @@ pub fn run(args: Args) -> Result<()> {
     let gt = ground_truth(&cfg).map_err(|e| InputError(e.to_string()))?;
 
     let mut rows = Vec::new();
-    println!("Validation ({val_split}, paper protocol) per checkpoint in {}:", dir.display());
+    println!(
+        "Validation ({val_split}, paper protocol) per checkpoint in {}:",
+        dir.display()
+    );
     println!("| epoch | avg mAP (%) | AD | F |\n|---|---|---|---|");
     for (epoch, path) in &ckpts {
         let model = common::load_model(&cfg, path, &device)?;
         let (s, _) = evaluate_loaded(&cfg, &model, &val, &gt, &val_split, seed, &device, true)?;
-        let (ad, f) = s.paper.keyframes.as_ref().map(|k| (k.ad, k.f1)).unwrap_or((f64::NAN, f64::NAN));
-        let row = ValRow { epoch: *epoch, average_map: s.paper.detection.average_map, ad, f };
-        println!("| {:>3} | {:.2} | {:.2} | {:.4} |", row.epoch, 100.0 * row.average_map, row.ad, row.f);
+        let (ad, f) = s
+            .paper
+            .keyframes
+            .as_ref()
+            .map(|k| (k.ad, k.f1))
+            .unwrap_or((f64::NAN, f64::NAN));
+        let row = ValRow {
+            epoch: *epoch,
+            average_map: s.paper.detection.average_map,
+            ad,
+            f,
+        };
+        println!(
+            "| {:>3} | {:.2} | {:.2} | {:.4} |",
+            row.epoch,
+            100.0 * row.average_map,
+            row.ad,
+            row.f
+        );
         rows.push(row);
     }
     let chosen = choose(&rows).map(|r| r.epoch).unwrap_or(ckpts[0].0);
@@ -161,7 +186,12 @@ mod tests {
         assert_eq!(parse_epochs("7").unwrap(), 7..=7);
         assert!(parse_epochs("9..2").is_err());
         assert!(parse_epochs("x").is_err());
-        let r = |epoch, m| ValRow { epoch, average_map: m, ad: 0.0, f: 0.0 };
+        let r = |epoch, m| ValRow {
+            epoch,
+            average_map: m,
+            ad: 0.0,
+            f: 0.0,
+        };
         let rows = [r(31, 0.5), r(32, 0.7), r(33, 0.7), r(34, 0.6)];
         assert_eq!(choose(&rows).unwrap().epoch, 32);
     }

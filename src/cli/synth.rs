@@ -58,8 +58,13 @@ fn input(e: SynthError) -> anyhow::Error {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cfg =
-        SynthConfig { train: args.train, val: args.val, test: args.test, seed: args.seed, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        train: args.train,
+        val: args.val,
+        test: args.test,
+        seed: args.seed,
+        ..SynthConfig::default()
+    };
     cfg.validate().map_err(input)?;
     if !args.force && is_nonempty_dir(&args.out) {
         return Err(InputError(format!(
@@ -75,7 +80,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         && !plan.iter().any(|p| &p.2 == id)
     {
         let example = plan.first().map(|p| p.2.clone()).unwrap_or_default();
-        return Err(input(SynthError::UnknownVideo { id: id.clone(), example }));
+        return Err(input(SynthError::UnknownVideo {
+            id: id.clone(),
+            example,
+        }));
     }
 
     let started = std::time::Instant::now();
@@ -98,7 +106,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("split       videos  rows (min–max)");
         for (subset, n) in Subset::ALL.into_iter().zip([cfg.train, cfg.val, cfg.test]) {
             let name = subset.name();
-            let rows: Vec<usize> = summary.videos.iter().filter(|v| v.subset == subset).map(|v| v.rows).collect();
+            let rows: Vec<usize> = summary
+                .videos
+                .iter()
+                .filter(|v| v.subset == subset)
+                .map(|v| v.rows)
+                .collect();
             let range = match (rows.iter().min(), rows.iter().max()) {
                 (Some(a), Some(b)) => format!("{a}–{b}"),
                 _ => "-".into(),

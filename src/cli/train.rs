@@ -113,7 +113,12 @@ pub fn curve_points(log: &[LogLine], iters_per_epoch: usize) -> Vec<CurvePoint> 
             losses.push(("con".to_string(), l.con_loss.unwrap_or(f64::NAN)));
         }
         losses.push(("total".to_string(), l.total_loss));
-        CurvePoint { step: l.step as u64, epoch, lr: l.lr, losses }
+        CurvePoint {
+            step: l.step as u64,
+            epoch,
+            lr: l.lr,
+            losses,
+        }
     };
     let steps: Vec<CurvePoint> = log
         .iter()
@@ -123,16 +128,24 @@ pub fn curve_points(log: &[LogLine], iters_per_epoch: usize) -> Vec<CurvePoint> 
     if !steps.is_empty() {
         return steps;
     }
-    log.iter().filter(|l| l.kind == "epoch").map(|l| point(l, l.epoch as f64)).collect()
+    log.iter()
+        .filter(|l| l.kind == "epoch")
+        .map(|l| point(l, l.epoch as f64))
+        .collect()
 }
 
 /// Validation points of `select.json` (`xca select --json`), when the run folder has one:
 /// `{"val": [{"epoch": n, "average_mAP": x}, …]}`. Anything else gives none.
 pub fn val_points(select_json: &serde_json::Value) -> Vec<ValPoint> {
-    let Some(rows) = select_json.get("val").and_then(|v| v.as_array()) else { return Vec::new() };
+    let Some(rows) = select_json.get("val").and_then(|v| v.as_array()) else {
+        return Vec::new();
+    };
     rows.iter()
         .filter_map(|r| {
-            Some(ValPoint { epoch: r.get("epoch")?.as_u64()? as usize, average_map: r.get("average_mAP")?.as_f64()? })
+            Some(ValPoint {
+                epoch: r.get("epoch")?.as_u64()? as usize,
+                average_map: r.get("average_mAP")?.as_f64()?,
+            })
         })
         .collect()
 }
@@ -176,17 +189,27 @@ mod tests {
 
     #[test]
     fn curve_points_use_steps_else_epochs() {
-        let log = vec![line("step", 1, 1, Some(0.5)), line("step", 1, 3, None), line("epoch", 1, 3, Some(0.5))];
+        let log = vec![
+            line("step", 1, 1, Some(0.5)),
+            line("step", 1, 3, None),
+            line("epoch", 1, 3, Some(0.5)),
+        ];
         let pts = curve_points(&log, 4);
         assert_eq!(pts.len(), 2);
         assert_eq!((pts[0].epoch, pts[1].epoch), (0.5, 1.0));
-        assert_eq!(pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cls", "reg", "con", "total"]);
+        assert_eq!(
+            pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["cls", "reg", "con", "total"]
+        );
         assert!(pts[1].losses[2].1.is_nan(), "absent con loss leaves a gap");
         assert_eq!(pts[1].losses[3], ("total".to_string(), 3.0));
         assert!((pts[1].lr - 0.3).abs() < 1e-12);
         let pts = curve_points(&[line("epoch", 1, 3, None), line("epoch", 2, 7, None)], 4);
         assert_eq!(pts.iter().map(|p| p.epoch).collect::<Vec<_>>(), [1.0, 2.0]);
-        assert_eq!(pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["cls", "reg", "total"]);
+        assert_eq!(
+            pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["cls", "reg", "total"]
+        );
     }
 
     #[test]

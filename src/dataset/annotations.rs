@@ -60,13 +60,19 @@ pub const CLASS_NAMES: [&str; 2] = ["filling", "washout"];
 impl Annotations {
     /// Read and check the structure of an annotation file.
     pub fn load(path: &Path) -> Result<Self, DatasetError> {
-        let bytes = std::fs::read(path).map_err(|source| DatasetError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| DatasetError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_slice(&bytes, path)
     }
 
     /// Parse annotation JSON; `path` is used in messages.
     pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, DatasetError> {
-        let fmt = |message: String| DatasetError::Format { path: path.to_path_buf(), message };
+        let fmt = |message: String| DatasetError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
         let root: Value = serde_json::from_slice(bytes).map_err(|e| fmt(format!("not valid JSON: {e}")))?;
         let db = root
             .get("database")
@@ -74,12 +80,17 @@ impl Annotations {
             .ok_or_else(|| fmt("has no \"database\" mapping of videos (ActivityNet layout, SPEC §2.1)".into()))?;
         let mut videos = Vec::with_capacity(db.len());
         for (id, raw) in db {
-            let entry = |message: String| DatasetError::Entry { path: path.to_path_buf(), video: id.clone(), message };
+            let entry = |message: String| DatasetError::Entry {
+                path: path.to_path_buf(),
+                video: id.clone(),
+                message,
+            };
             let rv: RawVideo = serde_json::from_value(raw.clone()).map_err(|e| entry(e.to_string()))?;
             if let Some(d) = rv.duration
-                && !(d.is_finite() && d > 0.0) {
-                    return Err(entry(format!("duration must be positive, got {d}")));
-                }
+                && !(d.is_finite() && d > 0.0)
+            {
+                return Err(entry(format!("duration must be positive, got {d}")));
+            }
             let mut segments = Vec::with_capacity(rv.annotations.len());
             for (i, a) in rv.annotations.into_iter().enumerate() {
                 let [start, end] = a.segment;
@@ -87,7 +98,9 @@ impl Annotations {
                     return Err(entry(format!("annotation {i}: segment [{start}, {end}] is not finite")));
                 }
                 if end < start {
-                    return Err(entry(format!("annotation {i}: segment [{start}, {end}] ends before it starts")));
+                    return Err(entry(format!(
+                        "annotation {i}: segment [{start}, {end}] ends before it starts"
+                    )));
                 }
                 let label_id = match (a.label_id, a.label.as_deref()) {
                     (Some(id), _) if id >= 0 => id as usize,
@@ -95,15 +108,38 @@ impl Annotations {
                     (None, Some(name)) => CLASS_NAMES
                         .iter()
                         .position(|n| n.eq_ignore_ascii_case(name))
-                        .ok_or_else(|| entry(format!("annotation {i}: label '{name}' has no label_id and is not one of {CLASS_NAMES:?}")))?,
+                        .ok_or_else(|| {
+                            entry(format!(
+                                "annotation {i}: label '{name}' has no label_id and is not one of {CLASS_NAMES:?}"
+                            ))
+                        })?,
                     (None, None) => return Err(entry(format!("annotation {i}: needs a label or a label_id"))),
                 };
-                let label = a.label.unwrap_or_else(|| CLASS_NAMES.get(label_id).map(|s| s.to_string()).unwrap_or_else(|| label_id.to_string()));
-                segments.push(Segment { start, end, label, label_id });
+                let label = a.label.unwrap_or_else(|| {
+                    CLASS_NAMES
+                        .get(label_id)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| label_id.to_string())
+                });
+                segments.push(Segment {
+                    start,
+                    end,
+                    label,
+                    label_id,
+                });
             }
-            videos.push(Video { id: id.clone(), subset: rv.subset, duration: rv.duration, fps: rv.fps, segments });
+            videos.push(Video {
+                id: id.clone(),
+                subset: rv.subset,
+                duration: rv.duration,
+                fps: rv.fps,
+                segments,
+            });
         }
-        Ok(Self { path: path.to_path_buf(), videos })
+        Ok(Self {
+            path: path.to_path_buf(),
+            videos,
+        })
     }
 
     /// Videos whose subset matches one of `names`, case-insensitively, in file order.
@@ -136,14 +172,24 @@ mod tests {
 
     #[test]
     fn reads_the_spec_example_and_selects_splits_case_insensitively() {
-        let a = parse(r#"{"database": {
+        let a = parse(
+            r#"{"database": {
             "train12": {"subset": "train", "duration": 6.4, "fps": 15.0,
                "annotations": [{"label": "filling", "label_id": 0, "segment": [0.8, 2.6]},
                                {"label": "washout", "label_id": 1, "segment": [2.6, 5.9]}]},
-            "val1": {"subset": "Validation", "fps": 15, "annotations": [{"label": "washout", "segment": [1, 2]}]}}}"#)
+            "val1": {"subset": "Validation", "fps": 15, "annotations": [{"label": "washout", "segment": [1, 2]}]}}}"#,
+        )
         .unwrap();
         assert_eq!(a.videos.len(), 2);
-        assert_eq!(a.videos[0].segments[1], Segment { start: 2.6, end: 5.9, label: "washout".into(), label_id: 1 });
+        assert_eq!(
+            a.videos[0].segments[1],
+            Segment {
+                start: 2.6,
+                end: 5.9,
+                label: "washout".into(),
+                label_id: 1
+            }
+        );
         assert_eq!(a.split(&["validation".into()]).len(), 1);
         assert_eq!(a.split(&["VALIDATION".into()])[0].segments[0].label_id, 1);
         assert_eq!(a.videos[1].duration, None);
@@ -152,19 +198,27 @@ mod tests {
 
     #[test]
     fn bad_entries_name_file_and_video() {
-        let e = parse(r#"{"database": {"v1": {"subset": "train", "annotations": [{"label_id": 0, "segment": [3, 1]}]}}}"#)
+        let e =
+            parse(r#"{"database": {"v1": {"subset": "train", "annotations": [{"label_id": 0, "segment": [3, 1]}]}}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("vessel.json") && e.contains("'v1'") && e.contains("ends before"),
+            "{e}"
+        );
+        let e = parse(r#"{"database": {"v2": {"annotations": []}}}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("vessel.json") && e.contains("'v1'") && e.contains("ends before"), "{e}");
-        let e = parse(r#"{"database": {"v2": {"annotations": []}}}"#).unwrap_err().to_string();
         assert!(e.contains("'v2'") && e.contains("subset"), "{e}");
         let e = parse(r#"{"videos": {}}"#).unwrap_err().to_string();
         assert!(e.contains("database"), "{e}");
         let e = parse("{").unwrap_err().to_string();
         assert!(e.contains("not valid JSON"), "{e}");
-        let e = parse(r#"{"database": {"v3": {"subset": "test", "annotations": [{"label": "other", "segment": [0, 1]}]}}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            r#"{"database": {"v3": {"subset": "test", "annotations": [{"label": "other", "segment": [0, 1]}]}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("'other'"), "{e}");
     }
 }

@@ -37,7 +37,12 @@ fn py_round(x: f64) -> i64 {
 
 /// Choose a crop window for a video of `rows` grid steps (SPEC §2.3).
 pub fn crop(rows: usize, segments: &[[f64; 2]], labels: &[usize], p: &CropParams, rng: &mut impl Rng) -> Crop {
-    let whole = || Crop { start: 0, len: rows, segments: segments.to_vec(), labels: labels.to_vec() };
+    let whole = || Crop {
+        start: 0,
+        len: rows,
+        segments: segments.to_vec(),
+        labels: labels.to_vec(),
+    };
     let len = if rows <= p.max_seq_len {
         let Some([lo, hi]) = p.crop_ratio else { return whole() };
         let a = py_round(lo * rows as f64).max(1);
@@ -50,7 +55,12 @@ pub fn crop(rows: usize, segments: &[[f64; 2]], labels: &[usize], p: &CropParams
     } else {
         p.max_seq_len
     };
-    let mut chosen = Crop { start: 0, len, segments: Vec::new(), labels: Vec::new() };
+    let mut chosen = Crop {
+        start: 0,
+        len,
+        segments: Vec::new(),
+        labels: Vec::new(),
+    };
     for _ in 0..MAX_TRIALS {
         let st = rng.random_range(0..=rows - len);
         let (lo, hi) = (st as f64 - p.offset, (st + len) as f64 + p.offset);
@@ -68,7 +78,12 @@ pub fn crop(rows: usize, segments: &[[f64; 2]], labels: &[usize], p: &CropParams
                 kept_labels.push(label);
             }
         }
-        chosen = Crop { start: st, len, segments: kept, labels: kept_labels };
+        chosen = Crop {
+            start: st,
+            len,
+            segments: kept,
+            labels: kept_labels,
+        };
         if !chosen.segments.is_empty() {
             break;
         }
@@ -84,15 +99,31 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn params(max: usize) -> CropParams {
-        CropParams { max_seq_len: max, trunc_thresh: 0.5, offset: 0.5, crop_ratio: Some([0.9, 1.0]) }
+        CropParams {
+            max_seq_len: max,
+            trunc_thresh: 0.5,
+            offset: 0.5,
+            crop_ratio: Some([0.9, 1.0]),
+        }
     }
 
     #[test]
     fn no_ratio_and_short_video_is_unchanged() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let p = CropParams { crop_ratio: None, ..params(128) };
+        let p = CropParams {
+            crop_ratio: None,
+            ..params(128)
+        };
         let c = crop(50, &[[3.0, 9.0]], &[0], &p, &mut rng);
-        assert_eq!(c, Crop { start: 0, len: 50, segments: vec![[3.0, 9.0]], labels: vec![0] });
+        assert_eq!(
+            c,
+            Crop {
+                start: 0,
+                len: 50,
+                segments: vec![[3.0, 9.0]],
+                labels: vec![0]
+            }
+        );
     }
 
     #[test]

@@ -20,13 +20,19 @@ pub struct Features {
 impl Features {
     /// Read a feature file whose rows must hold `dim` values (`[T, dim]` or `[T, s, s]`).
     pub fn load(path: &Path, dim: usize) -> Result<Self, DatasetError> {
-        let bytes = std::fs::read(path).map_err(|source| DatasetError::Read { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| DatasetError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_npy_bytes(&bytes, path, dim)
     }
 
     /// Parse `.npy` bytes; `path` is used in messages.
     pub fn from_npy_bytes(bytes: &[u8], path: &Path, dim: usize) -> Result<Self, DatasetError> {
-        let fmt = |message: String| DatasetError::Format { path: path.to_path_buf(), message };
+        let fmt = |message: String| DatasetError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
         if !shape_fits(bytes) {
             return Err(fmt("has a header whose shape does not fit in memory".into()));
         }
@@ -36,11 +42,18 @@ impl Features {
         let shape: Vec<u64> = header.shape().to_vec();
         let (kind, width) = match header.dtype() {
             DType::Plain(ts) => (ts.type_char(), ts.num_bytes().unwrap_or(0)),
-            other => return Err(fmt(format!("has dtype {} but features must be float32 or float64", other.descr()))),
+            other => {
+                return Err(fmt(format!(
+                    "has dtype {} but features must be float32 or float64",
+                    other.descr()
+                )));
+            }
         };
         let dtype_name = header.dtype().descr();
         if kind != TypeChar::Float || !(width == 4 || width == 8) {
-            return Err(fmt(format!("has dtype {dtype_name} but features must be float32 or float64")));
+            return Err(fmt(format!(
+                "has dtype {dtype_name} but features must be float32 or float64"
+            )));
         }
         let side = (dim as f64).sqrt().round() as u64;
         let rows = match shape.as_slice() {
@@ -99,7 +112,11 @@ impl Features {
         for r in (0..self.rows).step_by(d) {
             data.extend_from_slice(&self.data[r * self.dim..(r + 1) * self.dim]);
         }
-        Self { rows, dim: self.dim, data }
+        Self {
+            rows,
+            dim: self.dim,
+            data,
+        }
     }
 
     /// Index of the first NaN/Inf value, if any.
@@ -122,12 +139,18 @@ fn shape_fits(bytes: &[u8]) -> bool {
     let text = String::from_utf8_lossy(head);
     let Some(at) = text.find("'shape'") else { return true };
     let rest = &text[at..];
-    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return true };
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else {
+        return true;
+    };
     if close < open {
         return true;
     }
     let mut product: u64 = 1;
-    for part in rest[open + 1..close].split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in rest[open + 1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         match part.parse::<u64>().ok().and_then(|d| product.checked_mul(d)) {
             Some(p) => product = p,
             None => return part.parse::<u64>().is_err() && !part.chars().all(|c| c.is_ascii_digit()),
@@ -177,7 +200,12 @@ mod tests {
     fn accepts_3d_f64_and_fortran() {
         let mut out = Vec::new();
         {
-            let mut w = npyz::WriteOptions::new().default_dtype().shape(&[2, 2, 2]).writer(&mut out).begin_nd().unwrap();
+            let mut w = npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&[2, 2, 2])
+                .writer(&mut out)
+                .begin_nd()
+                .unwrap();
             w.extend([0.5f64, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5]).unwrap();
             w.finish().unwrap();
         }
@@ -207,22 +235,34 @@ mod tests {
     fn refuses_wrong_shape_dtype_truncation_and_garbage() {
         let bytes = to_npy_bytes(3, 5, &[0.0; 15]).unwrap();
         let e = Features::from_npy_bytes(&bytes, p(), 4).unwrap_err().to_string();
-        assert!(e.contains("v.npy") && e.contains("[3, 5]") && e.contains("[T, 4]"), "{e}");
+        assert!(
+            e.contains("v.npy") && e.contains("[3, 5]") && e.contains("[T, 4]"),
+            "{e}"
+        );
 
         let good = to_npy_bytes(3, 4, &[1.0; 12]).unwrap();
-        let e = Features::from_npy_bytes(&good[..good.len() - 5], p(), 4).unwrap_err().to_string();
+        let e = Features::from_npy_bytes(&good[..good.len() - 5], p(), 4)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("truncated"), "{e}");
 
         let mut ints = Vec::new();
         {
-            let mut w = npyz::WriteOptions::new().default_dtype().shape(&[1, 4]).writer(&mut ints).begin_nd().unwrap();
+            let mut w = npyz::WriteOptions::new()
+                .default_dtype()
+                .shape(&[1, 4])
+                .writer(&mut ints)
+                .begin_nd()
+                .unwrap();
             w.extend([1i32, 2, 3, 4]).unwrap();
             w.finish().unwrap();
         }
         let e = Features::from_npy_bytes(&ints, p(), 4).unwrap_err().to_string();
         assert!(e.contains("dtype") && e.contains("float32"), "{e}");
 
-        let e = Features::from_npy_bytes(b"hello world", p(), 4).unwrap_err().to_string();
+        let e = Features::from_npy_bytes(b"hello world", p(), 4)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a valid .npy"), "{e}");
     }
 
@@ -242,12 +282,21 @@ mod tests {
 
     #[test]
     fn huge_header_is_refused_before_allocating() {
-        let ok = raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }", &[0u8; 16]);
+        let ok = raw_npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }",
+            &[0u8; 16],
+        );
         assert_eq!(Features::from_npy_bytes(&ok, p(), 4).unwrap().rows, 1);
-        let huge = raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 4096), }", &[0u8; 16]);
+        let huge = raw_npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 4096), }",
+            &[0u8; 16],
+        );
         let e = Features::from_npy_bytes(&huge, p(), 4096).unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("1000000000000"), "{e}");
-        let overflow = raw_npy("{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615, 4096), }", &[]);
+        let overflow = raw_npy(
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (18446744073709551615, 4096), }",
+            &[],
+        );
         assert!(Features::from_npy_bytes(&overflow, p(), 4096).is_err());
     }
 }

@@ -17,7 +17,10 @@ pub struct Grid {
 
 impl Grid {
     pub fn from_config(cfg: &Config) -> Self {
-        Self { stride: cfg.grid_stride(), num_frames: cfg.dataset.num_frames as f64 }
+        Self {
+            stride: cfg.grid_stride(),
+            num_frames: cfg.dataset.num_frames as f64,
+        }
     }
 
     /// Offset of a clip's centre in grid units: `0.5·n / stride`.
@@ -43,7 +46,10 @@ mod tests {
 
     #[test]
     fn paper_grid_values() {
-        let g = Grid { stride: 4.0, num_frames: 4.0 };
+        let g = Grid {
+            stride: 4.0,
+            num_frames: 4.0,
+        };
         assert_eq!(g.offset(), 0.5);
         // 2.6 s at 15 fps = frame 39 = grid 9.75 - 0.5
         assert!((g.to_grid(2.6, 15.0) - 9.25).abs() < 1e-12);

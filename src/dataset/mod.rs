@@ -27,9 +27,17 @@ pub enum DatasetError {
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     #[error("{}: video '{video}': {message}", path.display())]
-    Entry { path: PathBuf, video: String, message: String },
+    Entry {
+        path: PathBuf,
+        video: String,
+        message: String,
+    },
     #[error("split {splits:?} of {} has no videos (subsets present: {present:?})", path.display())]
-    EmptySplit { path: PathBuf, splits: Vec<String>, present: Vec<String> },
+    EmptySplit {
+        path: PathBuf,
+        splits: Vec<String>,
+        present: Vec<String>,
+    },
 }
 
 /// One video ready for training or inference: features in grid units plus its ground truth.
@@ -105,10 +113,12 @@ pub fn load_split(
     for v in selected {
         let fps = video_fps(cfg, v, &ann.path)?;
         let path = feature_path(cfg, &v.id);
-        let feats = Features::load(&path, cfg.dataset.input_dim)?
-            .downsample(cfg.dataset.downsample_rate);
+        let feats = Features::load(&path, cfg.dataset.input_dim)?.downsample(cfg.dataset.downsample_rate);
         if feats.rows == 0 {
-            return Err(DatasetError::Format { path, message: "has no rows".into() });
+            return Err(DatasetError::Format {
+                path,
+                message: "has no rows".into(),
+            });
         }
         if let Some(bad) = feats.first_non_finite() {
             return Err(DatasetError::Format {
@@ -137,8 +147,19 @@ pub fn load_split(
             segments.push([grid.to_grid(s.start, fps), grid.to_grid(s.end, fps)]);
             labels.push(s.label_id);
         }
-        videos.push(VideoData { id: v.id.clone(), feats, fps, duration, segments_s, segments, labels });
+        videos.push(VideoData {
+            id: v.id.clone(),
+            feats,
+            fps,
+            duration,
+            segments_s,
+            segments,
+            labels,
+        });
         on_video(&v.id);
     }
-    Ok(SplitData { splits: splits.to_vec(), videos })
+    Ok(SplitData {
+        splits: splits.to_vec(),
+        videos,
+    })
 }

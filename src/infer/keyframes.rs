@@ -68,9 +68,7 @@ impl TryFrom<i64> for DecodeSetting {
             0 => Ok(Self::ApexMidpoint),
             1 => Ok(Self::StartMidpoint),
             2 => Ok(Self::EndMidpoint),
-            other => Err(InferError::Config(format!(
-                "setting {other} is not 0, 1 or 2"
-            ))),
+            other => Err(InferError::Config(format!("setting {other} is not 0, 1 or 2"))),
         }
     }
 }
@@ -309,10 +307,7 @@ mod tests {
             )
         );
         assert!(DecodeSetting::try_from(3).is_err());
-        assert_eq!(
-            DecodeSetting::try_from(2).unwrap(),
-            DecodeSetting::EndMidpoint
-        );
+        assert_eq!(DecodeSetting::try_from(2).unwrap(), DecodeSetting::EndMidpoint);
     }
 
     #[test]

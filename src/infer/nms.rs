@@ -146,12 +146,7 @@ pub fn argsort_desc(scores: &[f32]) -> Vec<usize> {
 /// The original's greedy NMS (`nms_1d_cpu` behind `NMSop`): with `min_score > 0` keep only
 /// scores strictly above it; visit by descending score and drop every later segment whose
 /// NMS-IoU with a kept one is ≥ `iou_threshold`. Returns kept input indices, by score.
-pub fn hard_nms(
-    segs: &[[f32; 2]],
-    scores: &[f32],
-    iou_threshold: f32,
-    min_score: f32,
-) -> Vec<usize> {
+pub fn hard_nms(segs: &[[f32; 2]], scores: &[f32], iou_threshold: f32, min_score: f32) -> Vec<usize> {
     let order: Vec<usize> = argsort_desc(scores)
         .into_iter()
         .filter(|&i| min_score <= 0.0 || scores[i] > min_score)
@@ -179,12 +174,7 @@ pub fn hard_nms(
 /// epsilon; the original STA-IPCon code weights by IoU too, unlike ActionFormer's). A kept
 /// segment with no neighbour of positive weight is returned unchanged (the original would
 /// produce NaN there; it cannot happen for decoded segments, which have positive length).
-pub fn vote(
-    kept: &[[f32; 2]],
-    all_segs: &[[f32; 2]],
-    all_scores: &[f32],
-    thresh: f32,
-) -> Vec<[f32; 2]> {
+pub fn vote(kept: &[[f32; 2]], all_segs: &[[f32; 2]], all_scores: &[f32], thresh: f32) -> Vec<[f32; 2]> {
     kept.iter()
         .map(|&k| {
             let (mut w_sum, mut s0, mut s1) = (0.0f64, 0.0f64, 0.0f64);
@@ -232,10 +222,7 @@ fn nms_once(c: &Candidates, cfg: &NmsConfig) -> Candidates {
                 labels: picked.iter().map(|&(i, _)| c.labels[i]).collect(),
             }
         }
-        NmsMethod::Hard => subset(
-            c,
-            &hard_nms(&c.segs, &c.scores, cfg.iou_threshold, cfg.min_score),
-        ),
+        NmsMethod::Hard => subset(c, &hard_nms(&c.segs, &c.scores, cfg.iou_threshold, cfg.min_score)),
         NmsMethod::None => c.clone(),
     };
     if cfg.max_seg_num > 0 && out.len() > cfg.max_seg_num {
@@ -310,13 +297,7 @@ mod tests {
         //          C: IoU 0 → unchanged 0.7.
         // Next pick: C (0.7 > 0.8·0.8007 = 0.6405). B vs C: IoU 0 → unchanged. Then B.
         let segs = [[0.0f32, 10.0], [5.0, 15.0], [20.0, 30.0]];
-        let out = soft_nms(
-            &segs,
-            &[0.9, 0.8, 0.7],
-            0.1,
-            0.001,
-            Decay::Gaussian { sigma: 0.5 },
-        );
+        let out = soft_nms(&segs, &[0.9, 0.8, 0.7], 0.1, 0.001, Decay::Gaussian { sigma: 0.5 });
         let idx: Vec<usize> = out.iter().map(|p| p.0).collect();
         assert_eq!(idx, vec![0, 2, 1]);
         let b = 0.8f64 * (-(1.0f64 / 9.0) / 0.5).exp();
@@ -330,13 +311,7 @@ mod tests {
         // Identical segments: the second decays to 0.5·e^{-2} ≈ 0.068 and the third
         // (score 0.0005 < min_score) is dropped on the first pass even without overlap.
         let segs = [[0.0f32, 1.0], [0.0, 1.0], [5.0, 6.0]];
-        let out = soft_nms(
-            &segs,
-            &[0.9, 0.5, 0.0005],
-            0.1,
-            0.001,
-            Decay::Gaussian { sigma: 0.5 },
-        );
+        let out = soft_nms(&segs, &[0.9, 0.5, 0.0005], 0.1, 0.001, Decay::Gaussian { sigma: 0.5 });
         assert_eq!(out.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 1]);
         assert!((out[1].1 as f64 - 0.5 * (-2.0f64).exp()).abs() < 1e-6);
     }
@@ -378,11 +353,7 @@ mod tests {
 
     #[test]
     fn multiclass_runs_per_class_then_sorts() {
-        let c = cands(
-            &[[0.0, 10.0], [0.0, 10.0], [0.5, 10.0]],
-            &[0.5, 0.9, 0.4],
-            &[1, 0, 1],
-        );
+        let c = cands(&[[0.0, 10.0], [0.0, 10.0], [0.5, 10.0]], &[0.5, 0.9, 0.4], &[1, 0, 1]);
         let mut k = cfg(NmsMethod::Hard);
         k.multiclass = true;
         let out = batched_nms(&c, &k);
@@ -393,9 +364,7 @@ mod tests {
 
     #[test]
     fn max_seg_num_caps_output() {
-        let segs: Vec<[f32; 2]> = (0..10)
-            .map(|i| [i as f32 * 10.0, i as f32 * 10.0 + 5.0])
-            .collect();
+        let segs: Vec<[f32; 2]> = (0..10).map(|i| [i as f32 * 10.0, i as f32 * 10.0 + 5.0]).collect();
         let scores: Vec<f32> = (0..10).map(|i| 0.1 + i as f32 * 0.05).collect();
         let c = cands(&segs, &scores, &[0; 10]);
         let mut k = cfg(NmsMethod::Soft);

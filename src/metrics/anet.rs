@@ -87,9 +87,9 @@ pub fn remove_duplicate_annotations(anns: &[([f64; 2], usize)]) -> Vec<([f64; 2]
     let mut kept: Vec<([f64; 2], usize)> = Vec::new();
     for &(s, l) in anns {
         let long_enough = s[1] - s[0] >= GT_TOLERANCE;
-        let duplicate = kept.iter().any(|&(p, pl)| {
-            (s[0] - p[0]).abs() <= GT_TOLERANCE && (s[1] - p[1]).abs() <= GT_TOLERANCE && l == pl
-        });
+        let duplicate = kept
+            .iter()
+            .any(|&(p, pl)| (s[0] - p[0]).abs() <= GT_TOLERANCE && (s[1] - p[1]).abs() <= GT_TOLERANCE && l == pl);
         if long_enough && !duplicate {
             kept.push((s, l));
         }
@@ -166,10 +166,7 @@ fn class_ap(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64]) -> Vec<f64> {
             }
             continue;
         };
-        let ious: Vec<f64> = cands
-            .iter()
-            .map(|&j| tiou(d.segment, gt[j].segment))
-            .collect();
+        let ious: Vec<f64> = cands.iter().map(|&j| tiou(d.segment, gt[j].segment)).collect();
         let mut order: Vec<usize> = (0..cands.len()).collect();
         order.sort_by(|&a, &b| ious[b].total_cmp(&ious[a]));
         for (t, &thr) in tious.iter().enumerate() {
@@ -216,12 +213,7 @@ fn class_ap(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64]) -> Vec<f64> {
 /// any of the top k·(#GT of the class in that video) detections of the class there.
 /// Returns `recall[t][k]` = hits summed over videos / #GT of the class — ActivityNet's
 /// (and ActionFormer's) aggregation: pooled over the class's videos, not averaged per video.
-fn class_recall(
-    gt: &[&GtSegment],
-    dets: &[&Detection],
-    tious: &[f64],
-    top_k: &[usize],
-) -> Vec<Vec<f64>> {
+fn class_recall(gt: &[&GtSegment], dets: &[&Detection], tious: &[f64], top_k: &[usize]) -> Vec<Vec<f64>> {
     let mut gt_by_video: HashMap<&str, Vec<usize>> = HashMap::new();
     for (j, g) in gt.iter().enumerate() {
         gt_by_video.entry(g.video.as_str()).or_default().push(j);
@@ -241,10 +233,7 @@ fn class_recall(
                 let top = &order[..order.len().min(k * gts.len())];
                 hits[t][ki] += gts
                     .iter()
-                    .filter(|&&j| {
-                        top.iter()
-                            .any(|&i| tiou(vd[i].segment, gt[j].segment) >= thr)
-                    })
+                    .filter(|&&j| top.iter().any(|&i| tiou(vd[i].segment, gt[j].segment) >= thr))
                     .count();
             }
         }
@@ -392,9 +381,7 @@ mod tests {
         assert!(m.ap.iter().all(|r| close(r[0], 0.5)), "{:?}", m.ap);
         // Recall@1x: the top-1 is the FP → 0; Recall@5x: 1.
         assert!(
-            m.recall
-                .iter()
-                .all(|r| close(r[0], 0.0) && close(r[1], 1.0)),
+            m.recall.iter().all(|r| close(r[0], 0.0) && close(r[1], 1.0)),
             "{:?}",
             m.recall
         );
@@ -491,11 +478,7 @@ mod tests {
         // Video with 1 GT: 3 detections, the hit ranked 2nd → Recall@1x 0, Recall@5x 1.
         // Video with 2 GTs: detections hit only one of them → 1/2 at any k.
         // Pooled: @1x (0 + 1)/3, @5x (1 + 1)/3.
-        let gt = [
-            g("a", 0.0, 10.0, 0),
-            g("b", 0.0, 10.0, 0),
-            g("b", 20.0, 30.0, 0),
-        ];
+        let gt = [g("a", 0.0, 10.0, 0), g("b", 0.0, 10.0, 0), g("b", 20.0, 30.0, 0)];
         let dets = [
             d("a", 50.0, 60.0, 0, 0.9),
             d("a", 0.0, 10.0, 0, 0.8),

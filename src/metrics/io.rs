@@ -121,11 +121,7 @@ impl GroundTruth {
             })
             .collect();
         if segs.is_empty() {
-            let mut subsets: Vec<String> = self
-                .videos
-                .iter()
-                .map(|v| v.subset.to_lowercase())
-                .collect();
+            let mut subsets: Vec<String> = self.videos.iter().map(|v| v.subset.to_lowercase()).collect();
             subsets.sort();
             subsets.dedup();
             let available = if subsets.is_empty() {
@@ -149,10 +145,7 @@ impl GroundTruth {
 
     /// Label name of a class id, if the file names it.
     pub fn label_name(&self, id: usize) -> Option<&str> {
-        self.label_ids
-            .iter()
-            .find(|&(_, &v)| v == id)
-            .map(|(k, _)| k.as_str())
+        self.label_ids.iter().find(|&(_, &v)| v == id).map(|(k, _)| k.as_str())
     }
 }
 
@@ -257,9 +250,7 @@ impl Ctx<'_> {
     /// A finite number (non-finite values, read from Python's NaN/Infinity, are errors).
     fn number(&self, v: &Value, entry: &str) -> Result<f64, ReadError> {
         match v {
-            Value::Number(n) => n
-                .as_f64()
-                .ok_or_else(|| self.err(entry, "number out of range")),
+            Value::Number(n) => n.as_f64().ok_or_else(|| self.err(entry, "number out of range")),
             Value::String(s) if matches!(s.as_str(), "NaN" | "Infinity" | "-Infinity") => {
                 Err(self.err(entry, format!("non-finite value {s}")))
             }
@@ -274,10 +265,7 @@ impl Ctx<'_> {
         }
         match v.as_f64() {
             Some(f) if f >= 0.0 && f.fract() == 0.0 && f < 1e15 => Ok(f as usize),
-            _ => Err(self.err(
-                entry,
-                format!("expected a non-negative integer class id, found {v}"),
-            )),
+            _ => Err(self.err(entry, format!("expected a non-negative integer class id, found {v}"))),
         }
     }
 
@@ -285,10 +273,7 @@ impl Ctx<'_> {
     fn segment(&self, v: &Value, entry: &str) -> Result<[f64; 2], ReadError> {
         let a = self.array(v, entry)?;
         if a.len() != 2 {
-            return Err(self.err(
-                entry,
-                format!("expected [start, end], found {} values", a.len()),
-            ));
+            return Err(self.err(entry, format!("expected [start, end], found {} values", a.len())));
         }
         let s = self.number(&a[0], &format!("{entry}[0]"))?;
         let e = self.number(&a[1], &format!("{entry}[1]"))?;
@@ -358,23 +343,15 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
         if let Some(f) = fps
             && f <= 0.0
         {
-            return Err(ctx.err(
-                &format!("{entry}.fps"),
-                format!("must be positive, found {f}"),
-            ));
+            return Err(ctx.err(&format!("{entry}.fps"), format!("must be positive, found {f}")));
         }
         let mut anns = Vec::new();
         if let Some(list) = v.get("annotations").filter(|a| !a.is_null()) {
-            for (i, a) in ctx
-                .array(list, &format!("{entry}.annotations"))?
-                .iter()
-                .enumerate()
-            {
+            for (i, a) in ctx.array(list, &format!("{entry}.annotations"))?.iter().enumerate() {
                 let ae = format!("{entry}.annotations[{i}]");
                 let a = ctx.object(a, &ae)?;
                 let segment = ctx.segment(
-                    a.get("segment")
-                        .ok_or_else(|| ctx.err(&ae, "missing \"segment\""))?,
+                    a.get("segment").ok_or_else(|| ctx.err(&ae, "missing \"segment\""))?,
                     &format!("{ae}.segment"),
                 )?;
                 let name = match a.get("label") {
@@ -453,12 +430,10 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
             // Pass 1 guarantees a name wherever the id is missing.
             let label = match a.id {
                 Some(id) => id,
-                None => *label_ids
-                    .entry(a.name.unwrap_or_default())
-                    .or_insert_with(|| {
-                        next_id += 1;
-                        next_id - 1
-                    }),
+                None => *label_ids.entry(a.name.unwrap_or_default()).or_insert_with(|| {
+                    next_id += 1;
+                    next_id - 1
+                }),
             };
             video.annotations.push(GtAnnotation {
                 label,
@@ -482,11 +457,7 @@ pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, Re
     let root = read_json(path)?;
     let root = ctx.object(&root, "top level")?;
     let (format, key, body) = if let Some(r) = root.get("results") {
-        (
-            PredictionFormat::ActivityNet,
-            "results",
-            ctx.object(r, "results")?,
-        )
+        (PredictionFormat::ActivityNet, "results", ctx.object(r, "results")?)
     } else if let Some(db) = root.get("database") {
         let db = ctx.object(db, "database")?;
         if let Some((vid, v)) = db.iter().find(|(_, v)| !v.is_array()) {
@@ -518,8 +489,7 @@ pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, Re
             let de = format!("{ve}[{i}]");
             let det = ctx.object(det, &de)?;
             let segment = ctx.segment(
-                det.get("segment")
-                    .ok_or_else(|| ctx.err(&de, "missing \"segment\""))?,
+                det.get("segment").ok_or_else(|| ctx.err(&de, "missing \"segment\""))?,
                 &format!("{de}.segment"),
             )?;
             let label = match (
@@ -719,10 +689,7 @@ mod tests {
             let e = read_predictions(&write(dir.path(), "p.json", text), &gt)
                 .unwrap_err()
                 .to_string();
-            assert!(
-                e.contains("p.json: ") && e.contains(want),
-                "{e} — want {want}"
-            );
+            assert!(e.contains("p.json: ") && e.contains(want), "{e} — want {want}");
             if let Some(x) = extra {
                 assert!(e.contains(x), "{e}");
             }

@@ -9,7 +9,6 @@ pub mod score;
 pub mod stats;
 
 pub use anet::{
-    Detection, DetectionMetrics, GtSegment, TIOUS, TOP_K, detections_from, evaluate_detection,
-    top1_per_class_per_video,
+    Detection, DetectionMetrics, GtSegment, TIOUS, TOP_K, detections_from, evaluate_detection, top1_per_class_per_video,
 };
 pub use keyframe::{KeyframeMetrics, VideoKeyframes, keyframe_metrics};

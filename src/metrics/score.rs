@@ -6,9 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::anet::{self, AnetError, Detection, DetectionMetrics, GtSegment};
 use super::io::{GroundTruth, ReadError};
 use super::keyframe::{self, KeyframeError, KeyframeMetrics, VideoKeyframes};
-use crate::infer::keyframes::{
-    DecodeSetting, frame_at, ground_truth_keyframes, predicted_keyframes,
-};
+use crate::infer::keyframes::{DecodeSetting, frame_at, ground_truth_keyframes, predicted_keyframes};
 
 /// Which detections are scored (SPEC §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,10 +66,7 @@ pub struct ScoreReport {
 /// Class ids of `filling` and `washout`: by name when the ground truth names them, else
 /// the ids of SPEC §1 (0 and 1).
 pub fn filling_washout_ids(gt: &GroundTruth) -> (usize, usize) {
-    (
-        gt.label_id("filling").unwrap_or(0),
-        gt.label_id("washout").unwrap_or(1),
-    )
+    (gt.label_id("filling").unwrap_or(0), gt.label_id("washout").unwrap_or(1))
 }
 
 /// The highest-scoring detection segment of `class` in `dets` (first on equal scores).
@@ -89,12 +84,7 @@ fn top_segment<'a>(dets: impl Iterator<Item = &'a Detection>, class: usize) -> O
 /// over every detection or, with [`Protocol::Paper`], the top-1 per class per video; and
 /// the keyframe table from each split video's top filling/washout detection (setting 0,
 /// frames `⌊fps·t⌋`).
-pub fn score(
-    gt: &GroundTruth,
-    split: &str,
-    dets: &[Detection],
-    protocol: Protocol,
-) -> Result<ScoreReport, ScoreError> {
+pub fn score(gt: &GroundTruth, split: &str, dets: &[Detection], protocol: Protocol) -> Result<ScoreReport, ScoreError> {
     let gt_segments: Vec<GtSegment> = gt.split_segments(split)?;
     let videos = gt.split_videos(split);
     let mut notes = Vec::new();
@@ -113,24 +103,17 @@ pub fn score(
     };
 
     let in_split: HashSet<&str> = videos.iter().map(|v| v.id.as_str()).collect();
-    let outside: Vec<&Detection> = scored
-        .iter()
-        .filter(|d| !in_split.contains(d.video.as_str()))
-        .collect();
+    let outside: Vec<&Detection> = scored.iter().filter(|d| !in_split.contains(d.video.as_str())).collect();
     if !outside.is_empty() {
-        let n_vid = outside
-            .iter()
-            .map(|d| d.video.as_str())
-            .collect::<HashSet<_>>()
-            .len();
+        let n_vid = outside.iter().map(|d| d.video.as_str()).collect::<HashSet<_>>().len();
         notes.push(format!(
             "{} detections in {n_vid} videos that are not in split {split:?}: counted as false positives",
             outside.len()
         ));
     }
 
-    let detection = anet::evaluate_detection(&gt_segments, &scored, &anet::TIOUS, &anet::TOP_K)
-        .map_err(|e| match e {
+    let detection =
+        anet::evaluate_detection(&gt_segments, &scored, &anet::TIOUS, &anet::TOP_K).map_err(|e| match e {
             AnetError::NoGroundTruth => ScoreError::OnlyShortSegments {
                 path: gt.path.clone(),
                 split: split.to_string(),
@@ -172,10 +155,7 @@ pub fn score(
             no_meta += 1;
             continue;
         };
-        let vd = by_video
-            .get(v.id.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+        let vd = by_video.get(v.id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         let (pred, fallback) = predicted_keyframes(
             top_segment(vd.iter().copied(), fill_id),
             top_segment(vd.iter().copied(), wash_id),
@@ -195,7 +175,9 @@ pub fn score(
         ));
     }
     if no_meta > 0 {
-        notes.push(format!("{no_meta} videos without fps or duration in the ground truth: not in the keyframe table"));
+        notes.push(format!(
+            "{no_meta} videos without fps or duration in the ground truth: not in the keyframe table"
+        ));
     }
     let keyframes = if kf_videos.is_empty() {
         None
@@ -228,22 +210,13 @@ mod tests {
             duration: Some(10.0),
             fps: Some(10.0),
             annotations: vec![
-                GtAnnotation {
-                    label: 0,
-                    segment: f,
-                },
-                GtAnnotation {
-                    label: 1,
-                    segment: w,
-                },
+                GtAnnotation { label: 0, segment: f },
+                GtAnnotation { label: 1, segment: w },
             ],
         };
         GroundTruth {
             path: PathBuf::from("gt.json"),
-            videos: vec![
-                video("a", [1.0, 3.0], [3.0, 6.0]),
-                video("b", [2.0, 4.0], [4.0, 8.0]),
-            ],
+            videos: vec![video("a", [1.0, 3.0], [3.0, 6.0]), video("b", [2.0, 4.0], [4.0, 8.0])],
             label_ids: [("filling".to_string(), 0), ("washout".to_string(), 1)]
                 .into_iter()
                 .collect(),
@@ -304,9 +277,7 @@ mod tests {
                 a.segment[1] = a.segment[0] + 0.0005;
             }
         }
-        let e = score(&short, "test", &dets, Protocol::Full)
-            .unwrap_err()
-            .to_string();
+        let e = score(&short, "test", &dets, Protocol::Full).unwrap_err().to_string();
         assert_eq!(
             e,
             "gt.json: split \"test\" has no ground-truth segment of at least 0.001 s"

@@ -205,11 +205,7 @@ fn band_bias(keymask: &Tensor<2>, t: usize, half: usize) -> Tensor<4> {
     let device = keymask.device();
     let width = 2 * half + 1;
     // Key penalty, padded by `half` with anything (those slots are −inf anyway): [B, T + 2h].
-    let pen = keymask
-        .clone()
-        .neg()
-        .add_scalar(1.0)
-        .mul_scalar(PAD_KEY_PENALTY);
+    let pen = keymask.clone().neg().add_scalar(1.0).mul_scalar(PAD_KEY_PENALTY);
     let z = Tensor::<2>::zeros([b, half], &device);
     let pen = Tensor::cat(vec![z.clone(), pen, z], 1);
     let cols: Vec<Tensor<2>> = (0..width).map(|d| pen.clone().narrow(1, d, t)).collect();
@@ -218,10 +214,7 @@ fn band_bias(keymask: &Tensor<2>, t: usize, half: usize) -> Tensor<4> {
     let i = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]);
     let d = Tensor::<1, Int>::arange(0..width as i64, &device).reshape([1, width]);
     let j = i + d - half as i64; // [T, width]
-    let outside = j
-        .clone()
-        .lower_elem(0)
-        .bool_or(j.greater_equal_elem(t as i64));
+    let outside = j.clone().lower_elem(0).bool_or(j.greater_equal_elem(t as i64));
     let inf = Tensor::<2>::zeros([t, width], &device).mask_fill(outside, f32::NEG_INFINITY);
     (pen + inf.unsqueeze::<3>()).unsqueeze_dim(1)
 }
@@ -231,13 +224,7 @@ fn band_bias(keymask: &Tensor<2>, t: usize, half: usize) -> Tensor<4> {
 /// # Shapes
 /// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
 /// - output: `[B, nh, T, hs]`
-pub fn global_attention(
-    q: Tensor<4>,
-    k: Tensor<4>,
-    v: Tensor<4>,
-    mask: Tensor<2, Bool>,
-    drop: &Dropout,
-) -> Tensor<4> {
+pub fn global_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<2, Bool>, drop: &Dropout) -> Tensor<4> {
     let [b, _, t, _] = q.dims();
     let att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
     let keypad = mask.clone().bool_not().reshape([b, 1, 1, t]);
@@ -270,12 +257,7 @@ pub fn dense_attention(
         let dist = (i - j).abs();
         let outside = dist.greater_elem(half as i64).reshape([1, 1, t, t]);
         att = att.mask_fill(outside, f32::NEG_INFINITY);
-        let pen = mask
-            .clone()
-            .float()
-            .neg()
-            .add_scalar(1.0)
-            .mul_scalar(PAD_KEY_PENALTY);
+        let pen = mask.clone().float().neg().add_scalar(1.0).mul_scalar(PAD_KEY_PENALTY);
         att = att + pen.reshape([b, 1, 1, t]);
         let att = softmax(att, 3) * mask.float().reshape([b, 1, t, 1]);
         att.matmul(v)
@@ -306,10 +288,7 @@ mod tests {
     }
 
     fn mask(valid: &[usize], t: usize, dev: &Device) -> Tensor<2, Bool> {
-        let v: Vec<bool> = valid
-            .iter()
-            .flat_map(|&n| (0..t).map(move |i| i < n))
-            .collect();
+        let v: Vec<bool> = valid.iter().flat_map(|&n| (0..t).map(move |i| i < n)).collect();
         Tensor::from_data(TensorData::new(v, [valid.len(), t]), dev)
     }
 
@@ -341,10 +320,7 @@ mod tests {
         let (q, k, v) = qkv(1, t, &dev);
         let m = mask(&[16], t, &dev);
         let a = local_attention(q.clone(), k.clone(), v.clone(), m.clone(), 2, &drop);
-        let k2 = k.slice_assign(
-            s![.., .., 10..11, ..],
-            Tensor::ones([1, 2, 1, 4], &dev) * 50.0,
-        );
+        let k2 = k.slice_assign(s![.., .., 10..11, ..], Tensor::ones([1, 2, 1, 4], &dev) * 50.0);
         let b = local_attention(q, k2, v, m, 2, &drop);
         // Query 7 sees keys 5..=9: unchanged. Query 8 sees 6..=10: changed.
         let q7 = max_diff(a.clone().narrow(2, 7, 1), b.clone().narrow(2, 7, 1));

@@ -8,9 +8,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Bool, Device, Tensor};
 
 use super::ModelError;
-use super::layers::{
-    ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, maybe_norm,
-};
+use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, maybe_norm};
 use super::long_term::{LongTermAttention, LongTermAttentionConfig, LongTermOutput};
 use super::patch::random_patch;
 use super::transformer::{TransformerBlock, TransformerBlockConfig};
@@ -86,11 +84,7 @@ impl BackboneConfig {
         let mut embd = Vec::new();
         let mut embd_norm = Vec::new();
         for i in 0..self.arch[0] {
-            let cin = if i == 0 {
-                self.input_dim
-            } else {
-                self.embd_dim
-            };
+            let cin = if i == 0 { self.input_dim } else { self.embd_dim };
             embd.push(
                 MaskedConv1dConfig::new(cin, self.embd_dim, self.embd_kernel_size)
                     .with_bias(!self.with_ln)
@@ -109,9 +103,7 @@ impl BackboneConfig {
                 .init(device)
         };
         let stem = if self.self_atten {
-            (0..self.arch[1])
-                .map(|_| block(1, self.mha_win_size[0]))
-                .collect()
+            (0..self.arch[1]).map(|_| block(1, self.mha_win_size[0])).collect()
         } else {
             Vec::new()
         };

@@ -7,9 +7,7 @@ use burn::nn::Initializer;
 use burn::tensor::activation::relu;
 use burn::tensor::{Bool, Device, Tensor};
 
-use super::layers::{
-    ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, maybe_norm,
-};
+use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, maybe_norm};
 
 /// Configuration of the shared trunk of both heads.
 #[derive(Config, Debug)]
@@ -91,12 +89,8 @@ impl ClsHeadConfig {
     /// Build on `device`.
     pub fn init(&self, device: &Device) -> ClsHead {
         let (head, norm) = trunk(&self.trunk, device);
-        let mut cls_head = MaskedConv1dConfig::new(
-            self.trunk.feat_dim,
-            self.num_classes,
-            self.trunk.kernel_size,
-        )
-        .init(device);
+        let mut cls_head =
+            MaskedConv1dConfig::new(self.trunk.feat_dim, self.num_classes, self.trunk.kernel_size).init(device);
         let mut bias = vec![0f32; self.num_classes];
         if self.prior_prob > 0.0 {
             let v = -((1.0 - self.prior_prob) / self.prior_prob).ln();
@@ -112,11 +106,7 @@ impl ClsHeadConfig {
             burn::tensor::TensorData::new(bias, [self.num_classes]),
             device,
         ));
-        ClsHead {
-            head,
-            norm,
-            cls_head,
-        }
+        ClsHead { head, norm, cls_head }
     }
 }
 
@@ -174,8 +164,7 @@ impl RegHeadConfig {
                     scale: Initializer::Ones.init([1], device),
                 })
                 .collect(),
-            offset_head: MaskedConv1dConfig::new(self.trunk.feat_dim, 2, self.trunk.kernel_size)
-                .init(device),
+            offset_head: MaskedConv1dConfig::new(self.trunk.feat_dim, 2, self.trunk.kernel_size).init(device),
         }
     }
 }

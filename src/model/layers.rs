@@ -105,10 +105,7 @@ impl MaskedConv1dConfig {
         let mut conv = Conv1dConfig::new(self.channels_in, self.channels_out, self.kernel_size)
             .with_stride(self.stride)
             .with_groups(self.groups)
-            .with_padding(PaddingConfig1d::Explicit(
-                self.kernel_size / 2,
-                self.kernel_size / 2,
-            ))
+            .with_padding(PaddingConfig1d::Explicit(self.kernel_size / 2, self.kernel_size / 2))
             .with_bias(self.bias)
             .init(device);
         if self.bias {

@@ -87,12 +87,7 @@ pub fn batch_norm_2d(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let count = (n * h * w) as f64;
     let mean = x.clone().mean_dim(3).mean_dim(2).mean_dim(0); // [1, C, 1, 1]
     let centered = x - mean.clone();
-    let var = centered
-        .clone()
-        .square()
-        .mean_dim(3)
-        .mean_dim(2)
-        .mean_dim(0); // biased
+    let var = centered.clone().square().mean_dim(3).mean_dim(2).mean_dim(0); // biased
     let out = centered / var.clone().add_scalar(bn.epsilon).sqrt();
     let out = out * bn.gamma.val().reshape([1, c, 1, 1]) + bn.beta.val().reshape([1, c, 1, 1]);
 
@@ -101,17 +96,11 @@ pub fn batch_norm_2d(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let rm = bn.running_mean.value_sync().to_device(&device);
     let rv = bn.running_var.value_sync().to_device(&device);
     let mean = mean.detach().reshape([c]);
-    let unbiased = var
-        .detach()
-        .reshape([c])
-        .mul_scalar(count / (count - 1.0).max(1.0));
+    let unbiased = var.detach().reshape([c]).mul_scalar(count / (count - 1.0).max(1.0));
     bn.running_mean
         .update(rm.mul_scalar(1.0 - mom).add(mean.mul_scalar(mom)).detach());
-    bn.running_var.update(
-        rv.mul_scalar(1.0 - mom)
-            .add(unbiased.mul_scalar(mom))
-            .detach(),
-    );
+    bn.running_var
+        .update(rv.mul_scalar(1.0 - mom).add(unbiased.mul_scalar(mom)).detach());
     out
 }
 
@@ -335,18 +324,8 @@ mod tests {
                 .map(|(n, i)| xs[(n * 2 + c) * 9 + i] as f64)
                 .collect()
         };
-        let rm: Vec<f32> = bn
-            .running_mean
-            .value_sync()
-            .into_data()
-            .try_to_vec()
-            .unwrap();
-        let rv: Vec<f32> = bn
-            .running_var
-            .value_sync()
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let rm: Vec<f32> = bn.running_mean.value_sync().into_data().try_to_vec().unwrap();
+        let rv: Vec<f32> = bn.running_var.value_sync().into_data().try_to_vec().unwrap();
         for c in 0..2 {
             let v = ch(c);
             let mean = v.iter().sum::<f64>() / 36.0;
@@ -356,10 +335,7 @@ mod tests {
         }
         // Eval: the running statistics.
         let bnv = bn.valid();
-        let one = Tensor::<4>::from_data(
-            TensorData::new(vec![1.0f32; 2], [1, 2, 1, 1]),
-            &Device::flex(),
-        );
+        let one = Tensor::<4>::from_data(TensorData::new(vec![1.0f32; 2], [1, 2, 1, 1]), &Device::flex());
         let e: Vec<f32> = batch_norm_2d(&bnv, one).into_data().try_to_vec().unwrap();
         for c in 0..2 {
             let want = (1.0 - rm[c]) / (rv[c] + 1e-5).sqrt();

@@ -111,10 +111,7 @@ pub(crate) fn check_dims<const D: usize>(
     expected: [Option<usize>; D],
     names: &str,
 ) -> Result<(), ModelError> {
-    let ok = dims
-        .iter()
-        .zip(expected.iter())
-        .all(|(d, e)| e.is_none_or(|e| e == *d));
+    let ok = dims.iter().zip(expected.iter()).all(|(d, e)| e.is_none_or(|e| e == *d));
     if ok {
         Ok(())
     } else {

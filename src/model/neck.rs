@@ -52,11 +52,7 @@ impl Neck {
     /// # Shapes
     /// - feats: levels of `[B, C, T_l]`, masks `[B, T_l]`
     /// - output: levels `start_level..` of the same shapes
-    pub fn forward(
-        &self,
-        feats: &[Tensor<3>],
-        masks: &[Tensor<2, Bool>],
-    ) -> (Vec<Tensor<3>>, Vec<Tensor<2, Bool>>) {
+    pub fn forward(&self, feats: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> (Vec<Tensor<3>>, Vec<Tensor<2, Bool>>) {
         let mut out = Vec::with_capacity(self.fpn_norms.len());
         let mut out_masks = Vec::with_capacity(self.fpn_norms.len());
         for (i, norm) in self.fpn_norms.iter().enumerate() {

@@ -33,9 +33,7 @@ pub struct NetworkConfig {
     #[config(default = 2)]
     pub scale_factor: usize,
     /// Regression range `[min, max]` per output level.
-    #[config(
-        default = "vec![[0.0, 4.0], [4.0, 8.0], [8.0, 16.0], [16.0, 32.0], [32.0, 64.0], [64.0, 10000.0]]"
-    )]
+    #[config(default = "vec![[0.0, 4.0], [4.0, 8.0], [8.0, 16.0], [16.0, 32.0], [32.0, 64.0], [64.0, 10000.0]]")]
     pub regression_range: Vec<[f32; 2]>,
     /// Attention heads.
     #[config(default = 4)]
@@ -171,41 +169,27 @@ impl NetworkConfig {
     /// Check every value the network cannot be built with.
     pub fn validate(&self) -> Result<(), ModelError> {
         if self.backbone_arch.len() != 3 {
-            return Err(bad(
-                "backbone_arch",
-                "needs 3 entries (embedding convs, stem, branch)",
-            ));
+            return Err(bad("backbone_arch", "needs 3 entries (embedding convs, stem, branch)"));
         }
         if self.backbone_arch[0] == 0 {
             return Err(bad("backbone_arch", "needs at least one embedding conv"));
         }
         if self.input_dim == 0 || self.embd_dim == 0 || self.head_dim == 0 {
-            return Err(bad(
-                "embd_dim",
-                "input_dim, embd_dim and head_dim must be positive",
-            ));
+            return Err(bad("embd_dim", "input_dim, embd_dim and head_dim must be positive"));
         }
         if self.n_head == 0 || !self.embd_dim.is_multiple_of(self.n_head) {
             return Err(bad(
                 "n_head",
-                format!(
-                    "{} heads do not divide embd_dim {}",
-                    self.n_head, self.embd_dim
-                ),
+                format!("{} heads do not divide embd_dim {}", self.n_head, self.embd_dim),
             ));
         }
         if self.fpn_dim != self.embd_dim {
             return Err(bad(
                 "fpn_dim",
-                format!(
-                    "the identity neck needs fpn_dim == embd_dim ({})",
-                    self.embd_dim
-                ),
+                format!("the identity neck needs fpn_dim == embd_dim ({})", self.embd_dim),
             ));
         }
-        if self.backbone_arch[2] > 0
-            && (self.scale_factor < 2 || !self.scale_factor.is_multiple_of(2))
-        {
+        if self.backbone_arch[2] > 0 && (self.scale_factor < 2 || !self.scale_factor.is_multiple_of(2)) {
             return Err(bad("scale_factor", "must be even and at least 2"));
         }
         if self.fpn_start_level >= self.backbone_levels() {
@@ -250,10 +234,7 @@ impl NetworkConfig {
         if self.max_seq_len == 0 || !self.max_seq_len.is_multiple_of(mdf) {
             return Err(bad(
                 "max_seq_len",
-                format!(
-                    "{} is not divisible by max_div_factor {mdf}",
-                    self.max_seq_len
-                ),
+                format!("{} is not divisible by max_div_factor {mdf}", self.max_seq_len),
             ));
         }
         if self.sp_atten || self.te_atten || self.random_patch {
@@ -261,17 +242,11 @@ impl NetworkConfig {
                 None => {
                     return Err(bad(
                         "input_dim",
-                        format!(
-                            "{} is not a square (each step must be an image)",
-                            self.input_dim
-                        ),
+                        format!("{} is not a square (each step must be an image)", self.input_dim),
                     ));
                 }
                 Some(s) if self.random_patch && s < 5 => {
-                    return Err(bad(
-                        "input_dim",
-                        "random_patch needs images of at least 5×5",
-                    ));
+                    return Err(bad("input_dim", "random_patch needs images of at least 5×5"));
                 }
                 _ => {}
             }
@@ -283,10 +258,7 @@ impl NetworkConfig {
             ));
         }
         if self.te_atten && self.convlstm_hidden.last() != Some(&1) {
-            return Err(bad(
-                "convlstm_hidden",
-                "the last ConvLSTM layer must have 1 channel",
-            ));
+            return Err(bad("convlstm_hidden", "the last ConvLSTM layer must have 1 channel"));
         }
         if self.convlstm_hidden.contains(&0) {
             return Err(bad("convlstm_hidden", "hidden sizes must be positive"));
@@ -310,16 +282,11 @@ impl NetworkConfig {
     pub fn init(&self, device: &Device) -> Result<Network, ModelError> {
         self.validate()?;
         let side = self.image_side().unwrap_or(0);
-        let arch = [
-            self.backbone_arch[0],
-            self.backbone_arch[1],
-            self.backbone_arch[2],
-        ];
-        let long_term =
-            LongTermAttentionConfig::new(side, self.sp_atten, self.te_atten, self.pretrain)
-                .with_convlstm(ConvLstmConfig::new().with_hidden_dims(self.convlstm_hidden.clone()))
-                .with_proj_hidden(self.proj_hidden)
-                .with_proj_dim(self.proj_dim);
+        let arch = [self.backbone_arch[0], self.backbone_arch[1], self.backbone_arch[2]];
+        let long_term = LongTermAttentionConfig::new(side, self.sp_atten, self.te_atten, self.pretrain)
+            .with_convlstm(ConvLstmConfig::new().with_hidden_dims(self.convlstm_hidden.clone()))
+            .with_proj_hidden(self.proj_hidden)
+            .with_proj_dim(self.proj_dim);
         let backbone = BackboneConfig::new(
             self.input_dim,
             self.embd_dim,
@@ -434,8 +401,7 @@ impl Network {
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<NetworkOutput, ModelError> {
-        self.forward_debug(feats, mask, patch_centres)
-            .map(|(o, _)| o)
+        self.forward_debug(feats, mask, patch_centres).map(|(o, _)| o)
     }
 
     /// [`Network::forward`] that also returns the intermediates.
@@ -449,12 +415,7 @@ impl Network {
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<(NetworkOutput, Intermediates), ModelError> {
         let [b, _, t] = feats.dims();
-        check_dims(
-            "feats",
-            feats.dims(),
-            [None, Some(self.input_dim), None],
-            "B, C, T",
-        )?;
+        check_dims("feats", feats.dims(), [None, Some(self.input_dim), None], "B, C, T")?;
         check_dims("mask", mask.dims(), [Some(b), Some(t)], "B, T")?;
         if t == 0 || !t.is_multiple_of(self.max_div_factor) {
             return Err(ModelError::Shape {
@@ -526,13 +487,7 @@ mod tests {
             .with_proj_dim(8)
     }
 
-    fn inputs(
-        b: usize,
-        c: usize,
-        t: usize,
-        valid: usize,
-        dev: &Device,
-    ) -> (Tensor<3>, Tensor<2, Bool>) {
+    fn inputs(b: usize, c: usize, t: usize, valid: usize, dev: &Device) -> (Tensor<3>, Tensor<2, Bool>) {
         dev.seed(3);
         let x = Tensor::<3>::random([b, c, t], Distribution::Uniform(0.0, 1.0), dev);
         let m: Vec<bool> = (0..b * t).map(|i| i % t < valid).collect();
@@ -582,10 +537,7 @@ mod tests {
                 assert_eq!(out.cls_logits[l].dims(), [2, 32 / s, 2], "{name} level {l}");
                 assert_eq!(out.offsets[l].dims(), [2, 32 / s, 2], "{name} level {l}");
                 assert_eq!(out.masks[l].dims(), [2, 32 / s], "{name} level {l}");
-                assert!(
-                    all_finite(&out.cls_logits[l]) && all_finite(&out.offsets[l]),
-                    "{name}"
-                );
+                assert!(all_finite(&out.cls_logits[l]) && all_finite(&out.offsets[l]), "{name}");
             }
             assert_eq!(out.fg.is_some(), cfg.pretrain, "{name}");
             if let (Some(fg), Some(bg)) = (&out.fg, &out.bg) {
@@ -604,11 +556,7 @@ mod tests {
                 cfg.sp_atten,
                 "{name}"
             );
-            assert_eq!(
-                blocks.contains(&"stem".to_string()),
-                cfg.self_atten,
-                "{name}"
-            );
+            assert_eq!(blocks.contains(&"stem".to_string()), cfg.self_atten, "{name}");
         }
     }
 
@@ -637,10 +585,7 @@ mod tests {
         for (l, &n) in lens.iter().enumerate() {
             let va: Vec<bool> = a.masks[l].clone().into_data().try_to_vec().unwrap();
             assert_eq!(va.iter().filter(|&&v| v).count(), n);
-            for (x, y) in [
-                (&a.cls_logits[l], &b.cls_logits[l]),
-                (&a.offsets[l], &b.offsets[l]),
-            ] {
+            for (x, y) in [(&a.cls_logits[l], &b.cls_logits[l]), (&a.offsets[l], &b.offsets[l])] {
                 let d = (x.clone().narrow(1, 0, n) - y.clone().narrow(1, 0, n))
                     .abs()
                     .max()
@@ -684,14 +629,8 @@ mod tests {
             Err(ModelError::Config { field, .. }) => field,
             other => panic!("expected a config error, got {other:?}"),
         };
-        assert_eq!(
-            field(NetworkConfig::new().with_input_dim(4000)),
-            "input_dim"
-        );
-        assert_eq!(
-            field(NetworkConfig::new().with_max_seq_len(192)),
-            "max_seq_len"
-        );
+        assert_eq!(field(NetworkConfig::new().with_input_dim(4000)), "input_dim");
+        assert_eq!(field(NetworkConfig::new().with_max_seq_len(192)), "max_seq_len");
         assert_eq!(field(NetworkConfig::new().with_sp_atten(false)), "pretrain");
         assert_eq!(
             field(NetworkConfig::new().with_regression_range(vec![[0.0, 4.0]])),
@@ -733,10 +672,7 @@ mod tests {
         let a = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(5), 500, 64);
         let b = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(5), 500, 64);
         assert_eq!(a, b);
-        assert!(
-            a.iter()
-                .all(|&(r, c)| (2..=60).contains(&r) && (2..=60).contains(&c))
-        );
+        assert!(a.iter().all(|&(r, c)| (2..=60).contains(&r) && (2..=60).contains(&c)));
         // Both ends are reachable.
         assert!(a.iter().any(|&(r, _)| r == 2) && a.iter().any(|&(r, _)| r == 60));
         let c = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(6), 500, 64);
@@ -747,25 +683,16 @@ mod tests {
     fn paper_param_counts() {
         let dev = Device::flex();
         let net = NetworkConfig::new().init(&dev).expect("valid");
-        let counts: std::collections::HashMap<String, usize> =
-            param_counts(&net).into_iter().collect();
+        let counts: std::collections::HashMap<String, usize> = param_counts(&net).into_iter().collect();
         // ConvLSTM: 4·8·(1+8)·9+32, 4·8·(8+8)·9+32, 4·1·(8+1)·9+4.
         assert_eq!(counts["long_term.convlstm"], 2624 + 4640 + 328);
         // conv 1→8, bn 8, conv 8→16, bn 16, conv 16→1 (running stats are not parameters).
         assert_eq!(counts["long_term.spatial"], 80 + 16 + 1168 + 32 + 17);
-        assert_eq!(
-            counts["long_term.projection"],
-            4096 * 1024 + 1024 + 1024 * 256 + 256
-        );
-        assert_eq!(
-            counts["embedding"],
-            512 * 4096 * 3 + 512 * 512 * 3 + 4 * 512
-        );
+        assert_eq!(counts["long_term.projection"], 4096 * 1024 + 1024 + 1024 * 256 + 256);
+        assert_eq!(counts["embedding"], 512 * 4096 * 3 + 512 * 512 * 3 + 4 * 512);
         // Transformer block: 3 depthwise k3 (no bias), 5 lns, 4 1×1 convs, MLP, 2 drop-path scales.
         let c = 512;
-        let block = |k: usize| {
-            3 * c * k + 5 * 2 * c + 4 * (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c) + 2 * c
-        };
+        let block = |k: usize| 3 * c * k + 5 * 2 * c + 4 * (c * c + c) + (c * 4 * c + 4 * c) + (4 * c * c + c) + 2 * c;
         assert_eq!(counts["stem"], 2 * block(3));
         assert_eq!(counts["branch"], 5 * block(3));
         assert_eq!(counts["neck"], 6 * 2 * c);
@@ -793,12 +720,7 @@ mod tests {
         let dropped = per.iter().filter(|&&s| s == 0.0).count();
         assert!((10..=54).contains(&dropped), "{dropped} of 64 dropped");
         // Eval: only the scale.
-        let e: Vec<f32> = dp
-            .valid()
-            .forward(x.clone())
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let e: Vec<f32> = dp.valid().forward(x.clone()).into_data().try_to_vec().unwrap();
         assert!(e.iter().all(|&v| (v - 1e-4).abs() < 1e-10));
     }
 
@@ -810,11 +732,7 @@ mod tests {
             let centres = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(seed), 1, 16);
             let (x, mask) = inputs(1, 256, 32, 32, &dev);
             let o = net.forward(x, mask, Some(&centres)).expect("forward");
-            o.cls_logits[0]
-                .clone()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap()
+            o.cls_logits[0].clone().into_data().try_to_vec::<f32>().unwrap()
         };
         assert_eq!(run(1), run(1));
     }

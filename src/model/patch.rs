@@ -22,19 +22,10 @@ pub fn max_centre(side: usize) -> usize {
 }
 
 /// Draw one patch centre `(row, col)` per video, uniformly with `2 ≤ row, col ≤ side − 4`.
-pub fn draw_patch_centres<R: rand::Rng + ?Sized>(
-    rng: &mut R,
-    batch: usize,
-    side: usize,
-) -> Vec<(usize, usize)> {
+pub fn draw_patch_centres<R: rand::Rng + ?Sized>(rng: &mut R, batch: usize, side: usize) -> Vec<(usize, usize)> {
     let hi = max_centre(side).max(PATCH_HALF);
     (0..batch)
-        .map(|_| {
-            (
-                rng.random_range(PATCH_HALF..=hi),
-                rng.random_range(PATCH_HALF..=hi),
-            )
-        })
+        .map(|_| (rng.random_range(PATCH_HALF..=hi), rng.random_range(PATCH_HALF..=hi)))
         .collect()
 }
 
@@ -47,11 +38,7 @@ pub fn draw_patch_centres<R: rand::Rng + ?Sized>(
 /// - x: `[B, C, T]` with C = side², step t of video b the image `x[b, :, t]` row-major
 /// - centres: B pairs `(row, col)`
 /// - output: `[B, C, T]`
-pub fn random_patch(
-    x: Tensor<3>,
-    centres: &[(usize, usize)],
-    side: usize,
-) -> Result<Tensor<3>, ModelError> {
+pub fn random_patch(x: Tensor<3>, centres: &[(usize, usize)], side: usize) -> Result<Tensor<3>, ModelError> {
     let [b, c, t] = x.dims();
     if centres.len() != b {
         return Err(ModelError::PatchCentres {
@@ -62,12 +49,7 @@ pub fn random_patch(
     let max = max_centre(side);
     for &(row, col) in centres {
         if row < PATCH_HALF || col < PATCH_HALF || row > max || col > max {
-            return Err(ModelError::PatchCentreRange {
-                row,
-                col,
-                max,
-                side,
-            });
+            return Err(ModelError::PatchCentreRange { row, col, max, side });
         }
     }
     // Frames with videos as channels: [T, B, H, W].

@@ -82,10 +82,7 @@ pub fn torch_key(path: &str, shape: &[usize]) -> (String, Transform) {
             "beta" => "bias",
             other => other,
         };
-        return (
-            format!("backbone.embd.0.attention_op.{idx}.{leaf}"),
-            Transform::Same,
-        );
+        return (format!("backbone.embd.0.attention_op.{idx}.{leaf}"), Transform::Same);
     }
     if let Some(rest) = p.strip_prefix("backbone.long_term.projection.") {
         let (layer, leaf) = rest.split_once('.').unwrap_or((rest, ""));
@@ -97,9 +94,7 @@ pub fn torch_key(path: &str, shape: &[usize]) -> (String, Transform) {
         };
         return (format!("backbone.embd.0.conv_1.{idx}.{leaf}"), tr);
     }
-    let key = p
-        .replace(".mlp_fc1.", ".mlp.0.")
-        .replace(".mlp_fc2.", ".mlp.3.");
+    let key = p.replace(".mlp_fc1.", ".mlp.0.").replace(".mlp_fc2.", ".mlp.3.");
     (key, Transform::Same)
 }
 
@@ -128,22 +123,19 @@ impl Loader<'_> {
     /// The values for parameter `path` with xca shape `shape`, row-major.
     fn values(&mut self, path: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
         let (key, tr) = torch_key(path, shape);
-        let data = self
-            .tensors
-            .get(&key)
-            .ok_or_else(|| ModelError::MissingWeight {
-                key: key.clone(),
-                path: path.to_string(),
-            })?;
+        let data = self.tensors.get(&key).ok_or_else(|| ModelError::MissingWeight {
+            key: key.clone(),
+            path: path.to_string(),
+        })?;
         let tshape: Vec<usize> = data.shape().to_vec();
-        let vals: Vec<f32> = data
-            .clone()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| ModelError::WeightData {
-                key: key.clone(),
-                reason: format!("{e:?}"),
-            })?;
+        let vals: Vec<f32> =
+            data.clone()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| ModelError::WeightData {
+                    key: key.clone(),
+                    reason: format!("{e:?}"),
+                })?;
         let shape_err = |expected: Vec<usize>| ModelError::WeightShape {
             key: key.clone(),
             expected,
@@ -240,12 +232,7 @@ pub fn load_torch_tensors(
     let tensors = if tensors.keys().any(|k| k.starts_with("module.")) {
         stripped = tensors
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.strip_prefix("module.").unwrap_or(k).to_string(),
-                    v.clone(),
-                )
-            })
+            .map(|(k, v)| (k.strip_prefix("module.").unwrap_or(k).to_string(), v.clone()))
             .collect();
         &stripped
     } else {
@@ -263,11 +250,7 @@ pub fn load_torch_tensors(
             problems: loader.errors,
         });
     }
-    let mut unused: Vec<String> = tensors
-        .keys()
-        .filter(|k| !loader.used.contains(*k))
-        .cloned()
-        .collect();
+    let mut unused: Vec<String> = tensors.keys().filter(|k| !loader.used.contains(*k)).cloned().collect();
     unused.sort();
     Ok((
         network,
@@ -347,9 +330,7 @@ fn unused_group(key: &str) -> Option<&'static str> {
     } else if key.starts_with("backbone.embd.0.lstm_op.") {
         Some("backbone.embd.0 ConvLSTM (not used with this config's SpAtten/TeAtten)")
     } else if key.starts_with("backbone.embd.0.conv_1.") {
-        Some(
-            "backbone.embd.0 contrastive projection conv_1 (not used with this config's pretrain/SpAtten/TeAtten)",
-        )
+        Some("backbone.embd.0 contrastive projection conv_1 (not used with this config's pretrain/SpAtten/TeAtten)")
     } else if key.starts_with("backbone.stem.") {
         Some("transformer stem (SelfAtten off in this config)")
     } else {
@@ -401,12 +382,8 @@ pub struct ImportReport {
 ///
 /// Nothing in the file is executed: burn-store's PyTorch reader parses the pickle as data
 /// and only rebuilds tensors from their storages.
-pub fn read_torch_checkpoint(
-    path: &Path,
-) -> Result<(HashMap<String, TensorData>, Option<String>), ModelError> {
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+pub fn read_torch_checkpoint(path: &Path) -> Result<(HashMap<String, TensorData>, Option<String>), ModelError> {
+    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if is_safetensors {
         return Ok((read_tensor_file(path, None)?, None));
     }
@@ -415,10 +392,7 @@ pub fn read_torch_checkpoint(
     match read_pytorch(path, Some(EMA)) {
         Ok(t) => Ok((t, Some(EMA.to_string()))),
         // A bare state dict (no top-level key) is read as it is.
-        Err(PthError::KeyNotFound) => Ok((
-            read_pytorch(path, None).map_err(|e| e.into_model(path))?,
-            None,
-        )),
+        Err(PthError::KeyNotFound) => Ok((read_pytorch(path, None).map_err(|e| e.into_model(path))?, None)),
         Err(e) => Err(e.into_model(path)),
     }
 }
@@ -426,10 +400,7 @@ pub fn read_torch_checkpoint(
 /// Fill `network` from an original-format checkpoint (see [`read_torch_checkpoint`]):
 /// every tensor the network needs must be there with the right shape, and every tensor left
 /// over must be one the original's forward does not read either.
-pub fn import_torch_checkpoint(
-    network: Network,
-    path: &Path,
-) -> Result<(Network, ImportReport), WeightsError> {
+pub fn import_torch_checkpoint(network: Network, path: &Path) -> Result<(Network, ImportReport), WeightsError> {
     let (tensors, top_level_key) = read_torch_checkpoint(path)?;
     let total = tensors.len();
     let (network, report) = load_torch_tensors(network, &tensors)?;
@@ -462,10 +433,7 @@ impl PthError {
     }
 }
 
-fn read_pytorch(
-    path: &Path,
-    top_level_key: Option<&str>,
-) -> Result<HashMap<String, TensorData>, PthError> {
+fn read_pytorch(path: &Path, top_level_key: Option<&str>) -> Result<HashMap<String, TensorData>, PthError> {
     use burn::store::{PytorchStoreError, pytorch_reader::PytorchError};
     // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
     // become .2); the name map needs the original keys.
@@ -528,26 +496,18 @@ fn check_archive(path: &Path) -> Result<(), ModelError> {
 
 /// Read every tensor of a `.safetensors` file, or of a PyTorch `.pth`/`.pth.tar` archive
 /// (optionally under `top_level_key`, e.g. `state_dict_ema`), by name.
-pub fn read_tensor_file(
-    path: &Path,
-    top_level_key: Option<&str>,
-) -> Result<HashMap<String, TensorData>, ModelError> {
+pub fn read_tensor_file(path: &Path, top_level_key: Option<&str>) -> Result<HashMap<String, TensorData>, ModelError> {
     let err = |reason: String| ModelError::WeightFile {
         path: path.display().to_string(),
         reason,
     };
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     let mut out = HashMap::new();
     if is_safetensors {
         let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
         let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
         for (k, t) in all {
-            out.insert(
-                k.clone(),
-                bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?,
-            );
+            out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
         }
     } else {
         // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
@@ -558,10 +518,7 @@ pub fn read_tensor_file(
         }
         let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
         for (k, t) in all {
-            out.insert(
-                k.clone(),
-                bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?,
-            );
+            out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
         }
     }
     Ok(out)

@@ -46,10 +46,7 @@ impl AffineDropPathConfig {
     /// Build on `device`.
     pub fn init(&self, device: &Device) -> AffineDropPath {
         AffineDropPath {
-            scale: Initializer::Constant {
-                value: self.init_scale,
-            }
-            .init([self.num_channels], device),
+            scale: Initializer::Constant { value: self.init_scale }.init([self.num_channels], device),
             drop_prob: self.drop_prob,
             training: Param::from_bool(true),
         }
@@ -121,10 +118,7 @@ impl TransformerBlockConfig {
     /// Build on `device`.
     pub fn init(&self, device: &Device) -> TransformerBlock {
         let c = self.n_embd;
-        let dp = || {
-            (self.path_pdrop > 0.0)
-                .then(|| AffineDropPathConfig::new(c, self.path_pdrop).init(device))
-        };
+        let dp = || (self.path_pdrop > 0.0).then(|| AffineDropPathConfig::new(c, self.path_pdrop).init(device));
         TransformerBlock {
             ln1: ChannelLayerNormConfig::new(c).init(device),
             ln2: ChannelLayerNormConfig::new(c).init(device),

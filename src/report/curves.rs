@@ -6,9 +6,7 @@ use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{
-    Area, DrawResult, PlotError, class_color, finite_range, finite_runs, render_png, text, tick,
-};
+use super::{Area, DrawResult, PlotError, class_color, finite_range, finite_runs, render_png, text, tick};
 
 /// Size of [`plot_curves`]'s picture in pixels (width, height).
 pub const CURVES_SIZE: (u32, u32) = (1200, 800);
@@ -48,10 +46,7 @@ pub fn plot_curves(train: &[CurvePoint], val: &[ValPoint], path: &Path) -> Resul
 
 /// The epoch range shown by every panel, so they line up.
 fn epoch_range(train: &[CurvePoint], val: &[ValPoint]) -> (f64, f64) {
-    let e = train
-        .iter()
-        .map(|p| p.epoch)
-        .chain(val.iter().map(|v| v.epoch as f64));
+    let e = train.iter().map(|p| p.epoch).chain(val.iter().map(|v| v.epoch as f64));
     let (lo, hi) = finite_range(e).unwrap_or((0.0, 1.0));
     let lo = lo.min(0.0);
     (lo, if hi > lo { hi } else { lo + 1.0 })
@@ -71,9 +66,9 @@ fn components(train: &[CurvePoint]) -> Vec<&str> {
 fn draw(train: &[CurvePoint], val: &[ValPoint], root: &Area) -> DrawResult {
     let root = root.margin(8, 8, 12, 12);
     let (head, body) = root.split_vertically(34);
-    let last = train.last().map_or(String::new(), |p| {
-        format!(" · step {} · epoch {:.2}", p.step, p.epoch)
-    });
+    let last = train
+        .last()
+        .map_or(String::new(), |p| format!(" · step {} · epoch {:.2}", p.step, p.epoch));
     head.draw_text(&format!("Training curves{last}"), &text(22.0), (0, 2))?;
     let (_, h) = body.dim_in_pixel();
     let (top, bottom) = body.split_vertically(h * 11 / 20);
@@ -86,14 +81,9 @@ fn draw(train: &[CurvePoint], val: &[ValPoint], root: &Area) -> DrawResult {
     let caption = "Training losses by component";
     match finite_range(values) {
         // Log scale only when it helps: all positive, spanning over a decade.
-        Some((lo, hi)) if lo > 0.0 && hi / lo > 10.0 => draw_losses(
-            &top,
-            caption,
-            train,
-            &names,
-            xr,
-            (lo / 1.3..hi * 1.3).log_scale(),
-        ),
+        Some((lo, hi)) if lo > 0.0 && hi / lo > 10.0 => {
+            draw_losses(&top, caption, train, &names, xr, (lo / 1.3..hi * 1.3).log_scale())
+        }
         Some((lo, hi)) => {
             let pad = ((hi - lo) * 0.08).max(1e-6 * hi.abs().max(1.0));
             let lo = if lo >= 0.0 { 0.0 } else { lo - pad };
@@ -148,31 +138,22 @@ where
         return Ok(());
     }
     for (i, name) in names.iter().enumerate() {
-        let pts = train.iter().filter_map(|p| {
-            p.losses
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| (p.epoch, *v))
-        });
+        let pts = train
+            .iter()
+            .filter_map(|p| p.losses.iter().find(|(n, _)| n == name).map(|(_, v)| (p.epoch, *v)));
         let color = class_color(i);
         let mut first = true;
         for run in finite_runs(pts) {
             // Per-step losses are noisy: the raw values faint, their moving average bold.
             let smooth = moving_average(&run, SMOOTH_WINDOW);
             if smooth.is_some() {
-                chart.draw_series(LineSeries::new(
-                    run.iter().copied(),
-                    color.mix(0.25).stroke_width(1),
-                ))?;
+                chart.draw_series(LineSeries::new(run.iter().copied(), color.mix(0.25).stroke_width(1)))?;
             }
-            let series = chart.draw_series(LineSeries::new(
-                smooth.unwrap_or(run),
-                color.stroke_width(2),
-            ))?;
+            let series = chart.draw_series(LineSeries::new(smooth.unwrap_or(run), color.stroke_width(2)))?;
             if first {
-                series.label(name.to_string()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                series
+                    .label(name.to_string())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
                 first = false;
             }
         }
@@ -225,11 +206,7 @@ fn draw_lr(area: &Area, train: &[CurvePoint], (x0, x1): (f64, f64)) -> DrawResul
         .x_labels(8)
         .y_labels(6)
         .y_label_formatter(&|v| {
-            if *v == 0.0 {
-                "0".into()
-            } else {
-                format!("{v:.1e}")
-            }
+            if *v == 0.0 { "0".into() } else { format!("{v:.1e}") }
         })
         .x_desc("epoch")
         .x_label_formatter(&tick)
@@ -262,10 +239,7 @@ fn draw_val(area: &Area, val: &[ValPoint], (x0, x1): (f64, f64)) -> DrawResult {
         .collect();
     let best = pts.iter().copied().max_by(|a, b| a.1.total_cmp(&b.1));
     // Drawn within 0–100 % (an out-of-range value is a bug upstream; the caption shows it).
-    let pts: Vec<(f64, f64)> = pts
-        .into_iter()
-        .map(|(e, m)| (e, m.clamp(0.0, 100.0)))
-        .collect();
+    let pts: Vec<(f64, f64)> = pts.into_iter().map(|(e, m)| (e, m.clamp(0.0, 100.0))).collect();
     let top = pts.iter().map(|p| p.1).fold(0f64, f64::max);
     let y1 = ((top * 1.15 / 10.0).ceil() * 10.0).clamp(10.0, 110.0);
     let caption = match best {
@@ -331,9 +305,7 @@ mod tests {
                     0.5e-4 * (1.0 + (std::f64::consts::PI * t).cos())
                 };
                 // A hash of the step, uniform in [-0.5, 0.5).
-                let noise = (s.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64
-                    / (1u64 << 24) as f64
-                    - 0.5;
+                let noise = (s.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64 - 0.5;
                 let cls = 0.9 * (-e / 8.0).exp() + 0.05 + 0.04 * noise;
                 let reg = 0.6 * (-e / 12.0).exp() + 0.08 + 0.03 * noise;
                 let con = 2.2 * (-e / 4.0).exp() + 0.01 + 0.005 * noise;
@@ -374,9 +346,7 @@ mod tests {
         // Refreshing overwrites in place.
         plot_curves(&train[..10], &[], &path).unwrap();
         assert_eq!(decode(&path).0, CURVES_SIZE.0);
-        write_doc_example("example_curves.png", CURVES_SIZE, |doc| {
-            plot_curves(&train, &val, doc)
-        });
+        write_doc_example("example_curves.png", CURVES_SIZE, |doc| plot_curves(&train, &val, doc));
     }
 
     #[test]
@@ -423,10 +393,7 @@ mod tests {
     #[test]
     fn components_and_range() {
         let (train, val) = example();
-        assert_eq!(
-            components(&train),
-            vec!["cls", "reg", "contrastive", "final"]
-        );
+        assert_eq!(components(&train), vec!["cls", "reg", "contrastive", "final"]);
         let (lo, hi) = epoch_range(&train, &val);
         assert_eq!(lo, 0.0);
         assert_eq!(hi, 35.0); // the last validation epoch

@@ -6,8 +6,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{
-    Area, DrawResult, KEYFRAME_COLORS, KEYFRAMES, PlotError, class_color, input_error, render_png,
-    text, tick,
+    Area, DrawResult, KEYFRAME_COLORS, KEYFRAMES, PlotError, class_color, input_error, render_png, text, tick,
 };
 
 /// Size of [`plot_summary`]'s picture in pixels (width, height).
@@ -46,11 +45,7 @@ pub fn plot_summary(p: &SummaryPlot, path: &Path) -> Result<(), PlotError> {
         if !m.is_empty() && m.len() != p.tious.len() {
             return Err(input_error(
                 path,
-                format!(
-                    "{name} has {} values for {} tIoU thresholds",
-                    m.len(),
-                    p.tious.len()
-                ),
+                format!("{name} has {} values for {} tIoU thresholds", m.len(), p.tious.len()),
             ));
         }
     }
@@ -92,11 +87,7 @@ struct Histogram {
 }
 
 fn histogram(dev: &[[f64; 3]]) -> Histogram {
-    let finite = |k: usize| {
-        dev.iter()
-            .map(move |d| d[k].abs())
-            .filter(|v| v.is_finite())
-    };
+    let finite = |k: usize| dev.iter().map(move |d| d[k].abs()).filter(|v| v.is_finite());
     let max = (0..3).flat_map(finite).fold(0f64, f64::max);
     // Whole-frame bins: deviations are integers in practice.
     let width = ((max + 1.0) / MAX_BINS as f64).ceil().max(1.0);
@@ -126,18 +117,10 @@ fn histogram(dev: &[[f64; 3]]) -> Histogram {
 fn draw_histogram(area: &Area, dev: &[[f64; 3]]) -> DrawResult {
     let hist = histogram(dev);
     let caption = match hist.ad {
-        Some(ad) => format!(
-            "Keyframe deviation: AD = {ad:.2} frames ({} videos)",
-            hist.n_videos
-        ),
+        Some(ad) => format!("Keyframe deviation: AD = {ad:.2} frames ({} videos)", hist.n_videos),
         None => "Keyframe deviation".to_string(),
     };
-    let top = hist
-        .counts
-        .iter()
-        .map(|c| c.iter().sum::<usize>())
-        .max()
-        .unwrap_or(0);
+    let top = hist.counts.iter().map(|c| c.iter().sum::<usize>()).max().unwrap_or(0);
     let x1 = hist.counts.len() as f64 * hist.width;
     let y1 = (top as f64 * 1.15).max(1.0);
     let mut chart = ChartBuilder::on(area)
@@ -176,26 +159,22 @@ fn draw_histogram(area: &Area, dev: &[[f64; 3]]) -> DrawResult {
     let gap = hist.width * 0.08;
     for k in 0..3 {
         let color = KEYFRAME_COLORS[k];
-        let bars = hist
-            .counts
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c[k] > 0)
-            .map(|(b, c)| {
-                let base = c[..k].iter().sum::<usize>() as f64;
-                let x = b as f64 * hist.width;
-                Rectangle::new(
-                    [(x + gap, base), (x + hist.width - gap, base + c[k] as f64)],
-                    color.mix(0.8).filled(),
-                )
-            });
+        let bars = hist.counts.iter().enumerate().filter(|(_, c)| c[k] > 0).map(|(b, c)| {
+            let base = c[..k].iter().sum::<usize>() as f64;
+            let x = b as f64 * hist.width;
+            Rectangle::new(
+                [(x + gap, base), (x + hist.width - gap, base + c[k] as f64)],
+                color.mix(0.8).filled(),
+            )
+        });
         let label = match hist.means[k] {
             Some(m) => format!("{} (mean {m:.2})", KEYFRAMES[k]),
             None => KEYFRAMES[k].to_string(),
         };
-        chart.draw_series(bars)?.label(label).legend(move |(x, y)| {
-            Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.mix(0.8).filled())
-        });
+        chart
+            .draw_series(bars)?
+            .label(label)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.mix(0.8).filled()));
     }
     chart
         .configure_series_labels()
@@ -208,36 +187,22 @@ fn draw_histogram(area: &Area, dev: &[[f64; 3]]) -> DrawResult {
 }
 
 fn draw_bars(area: &Area, p: &SummaryPlot) -> DrawResult {
-    let protocols: Vec<(&str, &[f64])> = [
-        ("paper protocol", &p.map_paper),
-        ("full protocol", &p.map_full),
-    ]
-    .into_iter()
-    .filter(|(_, m)| !m.is_empty())
-    .map(|(n, m)| (n, m.as_slice()))
-    .collect();
+    let protocols: Vec<(&str, &[f64])> = [("paper protocol", &p.map_paper), ("full protocol", &p.map_full)]
+        .into_iter()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(n, m)| (n, m.as_slice()))
+        .collect();
     // One group per threshold, then the average over thresholds.
-    let groups = if protocols.is_empty() {
-        0
-    } else {
-        p.tious.len() + 1
-    };
+    let groups = if protocols.is_empty() { 0 } else { p.tious.len() + 1 };
     let values: Vec<Vec<Option<f64>>> = protocols
         .iter()
         .map(|(_, m)| {
-            let mut v: Vec<Option<f64>> = m
-                .iter()
-                .map(|x| x.is_finite().then_some(100.0 * x))
-                .collect();
+            let mut v: Vec<Option<f64>> = m.iter().map(|x| x.is_finite().then_some(100.0 * x)).collect();
             v.push(mean(m.iter().copied()).map(|x| 100.0 * x));
             v
         })
         .collect();
-    let top = values
-        .iter()
-        .flatten()
-        .flatten()
-        .fold(0f64, |a, &b| a.max(b));
+    let top = values.iter().flatten().flatten().fold(0f64, |a, &b| a.max(b));
     let y1 = ((top * 1.15 / 10.0).ceil() * 10.0).clamp(10.0, 110.0);
     let x0 = -0.6;
     let x1 = groups.max(1) as f64 - 0.4;
@@ -290,10 +255,7 @@ fn draw_bars(area: &Area, p: &SummaryPlot) -> DrawResult {
         let bars = vals.iter().enumerate().filter_map(|(i, v)| {
             v.map(|v| {
                 Rectangle::new(
-                    [
-                        (left(i) + 0.02, 0.0),
-                        (left(i) + bar - 0.02, v.clamp(0.0, 100.0)),
-                    ],
+                    [(left(i) + 0.02, 0.0), (left(i) + bar - 0.02, v.clamp(0.0, 100.0))],
                     color.filled(),
                 )
             })
@@ -359,10 +321,7 @@ mod tests {
         let h = histogram(&[[0.0, 1.0, 2.0], [3.0, f64::NAN, 1.0], [-1.0, 1.0, 4.0]]);
         // max 4 → 1-frame bins 0..=4.
         assert_eq!(h.width, 1.0);
-        assert_eq!(
-            h.counts,
-            vec![[1, 0, 0], [1, 2, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1]]
-        );
+        assert_eq!(h.counts, vec![[1, 0, 0], [1, 2, 1], [0, 0, 1], [1, 0, 0], [0, 0, 1]]);
         // Complete videos: (0+1+2)/3 = 1 and (1+1+4)/3 = 2.
         assert_eq!(h.ad, Some(1.5));
         assert_eq!(h.n_videos, 2);
@@ -384,9 +343,7 @@ mod tests {
         let (w, h, colors) = decode(&path);
         assert_eq!((w, h), SUMMARY_SIZE);
         assert!(colors > 10, "only {colors} colours");
-        write_doc_example("example_summary.png", SUMMARY_SIZE, |doc| {
-            plot_summary(&p, doc)
-        });
+        write_doc_example("example_summary.png", SUMMARY_SIZE, |doc| plot_summary(&p, doc));
     }
 
     #[test]

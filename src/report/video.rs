@@ -6,8 +6,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::{
-    Area, DrawResult, KEYFRAME_COLORS, KEYFRAMES, PlotError, class_color, finite_runs, input_error,
-    render_png, text, tick,
+    Area, DrawResult, KEYFRAME_COLORS, KEYFRAMES, PlotError, class_color, finite_runs, input_error, render_png, text,
+    tick,
 };
 
 /// Size of [`plot_video`]'s picture in pixels (width, height).
@@ -65,10 +65,7 @@ struct Cell {
 /// buffer whose length is not `rows·side²`), a drawing failure, or a failed write.
 pub fn plot_video(p: &VideoPlot, path: &Path) -> Result<(), PlotError> {
     if !(p.fps.is_finite() && p.fps > 0.0) {
-        return Err(input_error(
-            path,
-            format!("fps must be positive, got {}", p.fps),
-        ));
+        return Err(input_error(path, format!("fps must be positive, got {}", p.fps)));
     }
     if !(p.frames_per_row.is_finite() && p.frames_per_row > 0.0) {
         return Err(input_error(
@@ -84,8 +81,7 @@ pub fn plot_video(p: &VideoPlot, path: &Path) -> Result<(), PlotError> {
     }
     if let Some((data, rows, side)) = p.images
         && rows > 0
-        && (side == 0
-            || rows.checked_mul(side).and_then(|n| n.checked_mul(side)) != Some(data.len()))
+        && (side == 0 || rows.checked_mul(side).and_then(|n| n.checked_mul(side)) != Some(data.len()))
     {
         return Err(input_error(
             path,
@@ -125,19 +121,10 @@ fn draw(p: &VideoPlot, root: &Area) -> DrawResult {
         p.frames_per_row
     );
     if let Some(t) = p.truth {
-        let d: Vec<String> = (0..3)
-            .map(|k| p.predicted[k].abs_diff(t[k]).to_string())
-            .collect();
-        info.push_str(&format!(
-            " · |pred − GT| start/apex/end: {} frames",
-            d.join(" / ")
-        ));
+        let d: Vec<String> = (0..3).map(|k| p.predicted[k].abs_diff(t[k]).to_string()).collect();
+        info.push_str(&format!(" · |pred − GT| start/apex/end: {} frames", d.join(" / ")));
     }
-    head.draw_text(
-        &info,
-        &text(14.0).pos(Pos::new(HPos::Right, VPos::Top)),
-        (w as i32, 8),
-    )?;
+    head.draw_text(&info, &text(14.0).pos(Pos::new(HPos::Right, VPos::Top)), (w as i32, 8))?;
 
     let strip_rows = p.images.map_or(0, |(_, rows, _)| rows);
     let strip_h = if strip_rows > 0 { 190 } else { 0 };
@@ -174,11 +161,7 @@ fn draw(p: &VideoPlot, root: &Area) -> DrawResult {
         .unwrap_or(0);
     let mut x0 = 0f64;
     let mut x1 = (p.frames as f64).max(1.0);
-    let keyframes = p
-        .predicted
-        .iter()
-        .chain(p.truth.iter().flatten())
-        .map(|&f| f as f64);
+    let keyframes = p.predicted.iter().chain(p.truth.iter().flatten()).map(|&f| f as f64);
     let extra = dets.iter().flat_map(|d| [d.1, d.2]).chain(keyframes);
     // Absurd values (a billion frames) would squash the video into a pixel: leave them out.
     let last = (last_row > 0).then(|| row_frame(p, last_row - 1));
@@ -220,10 +203,7 @@ fn draw(p: &VideoPlot, root: &Area) -> DrawResult {
         .draw()?;
     draw_keyframes(&mut chart, p, y1, cx)?;
     for (i, (_, scores)) in p.class_scores.iter().enumerate() {
-        let pts = scores
-            .iter()
-            .enumerate()
-            .map(|(r, &s)| (cx(row_frame(p, r)), s as f64));
+        let pts = scores.iter().enumerate().map(|(r, &s)| (cx(row_frame(p, r)), s as f64));
         for run in finite_runs(pts) {
             chart.draw_series(LineSeries::new(run, class_color(i).stroke_width(2)))?;
         }
@@ -326,13 +306,7 @@ fn draw_legend(area: &Area, p: &VideoPlot, classes: &[&str]) -> DrawResult {
     let x = 14;
     let mut y = 50;
     let line = |y: i32| vec![(x, y), (x + 30, y)];
-    let label = |s: String, y: i32| {
-        Text::new(
-            s,
-            (x + 40, y),
-            text(13.0).pos(Pos::new(HPos::Left, VPos::Center)),
-        )
-    };
+    let label = |s: String, y: i32| Text::new(s, (x + 40, y), text(13.0).pos(Pos::new(HPos::Left, VPos::Center)));
     area.draw(&Text::new("legend", (x, y - 30), text(15.0)))?;
     for (i, name) in classes.iter().enumerate() {
         area.draw(&PathElement::new(line(y), class_color(i).stroke_width(2)))?;
@@ -353,14 +327,8 @@ fn draw_legend(area: &Area, p: &VideoPlot, classes: &[&str]) -> DrawResult {
     }
     y += 6;
     for k in 0..3 {
-        area.draw(&PathElement::new(
-            line(y),
-            KEYFRAME_COLORS[k].stroke_width(2),
-        ))?;
-        area.draw(&label(
-            format!("pred {} (f {})", KEYFRAMES[k], p.predicted[k]),
-            y,
-        ))?;
+        area.draw(&PathElement::new(line(y), KEYFRAME_COLORS[k].stroke_width(2)))?;
+        area.draw(&label(format!("pred {} (f {})", KEYFRAMES[k], p.predicted[k]), y))?;
         y += 22;
     }
     if let Some(t) = p.truth {
@@ -418,9 +386,7 @@ fn draw_strip(area: &Area, p: &VideoPlot) -> DrawResult {
 
     let (w, h) = area.dim_in_pixel();
     area.draw(&Text::new(
-        format!(
-            "frames at the keyframes (nearest feature row, {side}×{side}; gray = {lo:.2} … {hi:.2})"
-        ),
+        format!("frames at the keyframes (nearest feature row, {side}×{side}; gray = {lo:.2} … {hi:.2})"),
         (0, 4),
         text(14.0),
     ))?;
@@ -435,11 +401,7 @@ fn draw_strip(area: &Area, p: &VideoPlot) -> DrawResult {
     for (i, c) in cells.iter().enumerate() {
         let x = i as i32 * cell_w + 4;
         let y = 24;
-        area.draw(&Text::new(
-            c.label.clone(),
-            (x, y),
-            text(13.0).color(&c.color),
-        ))?;
+        area.draw(&Text::new(c.label.clone(), (x, y), text(13.0).color(&c.color)))?;
         area.draw(&Text::new(c.sub.clone(), (x, y + 16), text(11.0)))?;
         let iy = y + 34;
         let src = pixels(c.row);
@@ -457,12 +419,8 @@ fn draw_strip(area: &Area, p: &VideoPlot) -> DrawResult {
                 rgb.extend_from_slice(&[g, g, g]);
             }
         }
-        let img = BitMapElement::<(i32, i32)>::with_owned_buffer(
-            (x + 2, iy + 2),
-            (size as u32, size as u32),
-            rgb,
-        )
-        .ok_or("strip image buffer has the wrong size")?;
+        let img = BitMapElement::<(i32, i32)>::with_owned_buffer((x + 2, iy + 2), (size as u32, size as u32), rgb)
+            .ok_or("strip image buffer has the wrong size")?;
         area.draw(&img)?;
         let s = size as i32;
         let border = if c.truth {
@@ -492,14 +450,11 @@ mod tests {
                     let (fx, fy) = (x as f32 / side as f32, y as f32 / side as f32);
                     // A trunk and two branches, fading out with distance.
                     let trunk = (-((fx - 0.3 - 0.2 * fy) * 18.0).powi(2)).exp();
-                    let b1 = (-((fy - 0.4 - 0.5 * (fx - 0.4)) * 20.0).powi(2)).exp()
-                        * (fx > 0.35) as u8 as f32;
-                    let b2 = (-((fy - 0.75 + 0.3 * (fx - 0.5)) * 22.0).powi(2)).exp()
-                        * (fx > 0.45) as u8 as f32;
+                    let b1 = (-((fy - 0.4 - 0.5 * (fx - 0.4)) * 20.0).powi(2)).exp() * (fx > 0.35) as u8 as f32;
+                    let b2 = (-((fy - 0.75 + 0.3 * (fx - 0.5)) * 22.0).powi(2)).exp() * (fx > 0.45) as u8 as f32;
                     let reach = ((a * 1.4 - fx).clamp(0.0, 0.3)) / 0.3;
                     let noise = ((x * 31 + y * 17 + r * 7) % 13) as f32 / 130.0;
-                    v[(r * side + y) * side + x] =
-                        (trunk.max(b1).max(b2) * reach * a + noise).min(1.0);
+                    v[(r * side + y) * side + x] = (trunk.max(b1).max(b2) * reach * a + noise).min(1.0);
                 }
             }
         }
@@ -509,9 +464,7 @@ mod tests {
     fn example<'a>(images: Option<(&'a [f32], usize, usize)>) -> VideoPlot<'a> {
         let rows = 30;
         let fill: Vec<f32> = (0..rows)
-            .map(|r| {
-                1.0 / (1.0 + (-(r as f32 - 6.0) * 0.9).exp()) * (r < 15) as u8 as f32 * 0.95 + 0.02
-            })
+            .map(|r| 1.0 / (1.0 + (-(r as f32 - 6.0) * 0.9).exp()) * (r < 15) as u8 as f32 * 0.95 + 0.02)
             .collect();
         let wash: Vec<f32> = (0..rows)
             .map(|r| {
@@ -620,12 +573,7 @@ mod tests {
         );
         let mut p = example(None);
         p.fps = 0.0;
-        assert!(
-            plot_video(&p, &path)
-                .unwrap_err()
-                .to_string()
-                .contains("fps")
-        );
+        assert!(plot_video(&p, &path).unwrap_err().to_string().contains("fps"));
         assert!(!path.exists());
     }
 

@@ -25,14 +25,22 @@ pub struct Keyframes {
 pub(crate) fn draw_keyframes<R: Rng>(rng: &mut R, min_frames: usize, max_frames: usize) -> Keyframes {
     let frames = rng.random_range(min_frames..=max_frames);
     let f = frames as f32;
-    let start_frac =
-        if rng.random_bool(0.25) { rng.random_range(0.02f32..0.08) } else { rng.random_range(0.05f32..0.25) };
+    let start_frac = if rng.random_bool(0.25) {
+        rng.random_range(0.02f32..0.08)
+    } else {
+        rng.random_range(0.05f32..0.25)
+    };
     let apex_frac = rng.random_range(0.35f32..0.60);
     let end_frac = rng.random_range(0.70f32..0.95);
     let start = (start_frac * f).round() as usize;
     let apex = ((apex_frac * f).round() as usize).max(start + 6);
     let end = ((end_frac * f).round() as usize).max(apex + 6).min(frames - 1);
-    Keyframes { frames, start, apex, end }
+    Keyframes {
+        frames,
+        start,
+        apex,
+        end,
+    }
 }
 
 /// Per-video parameters of the contrast response.
@@ -59,7 +67,12 @@ pub(crate) enum Phase {
     /// No agent: only the faint pre-contrast response.
     Before { floor: f32 },
     /// Front at path distance `front`, peak response `amp`.
-    Filling { floor: f32, front: f32, soft: f32, amp: f32 },
+    Filling {
+        floor: f32,
+        front: f32,
+        soft: f32,
+        amp: f32,
+    },
     /// Global concentration `conc` in (0, 1].
     Washout { floor: f32, conc: f32, amp: f32 },
 }
@@ -97,13 +110,26 @@ impl Flow {
             let u = (t - s) / (a - s);
             let ease = 1.0 - (1.0 - u).powf(self.fill_pow);
             let front = (self.path_max + 4.0 * self.front_soft) * ease;
-            Phase::Filling { floor: self.pre, front, soft: self.front_soft, amp: 0.75 + 0.25 * u }
+            Phase::Filling {
+                floor: self.pre,
+                front,
+                soft: self.front_soft,
+                amp: 0.75 + 0.25 * u,
+            }
         } else if t <= e {
             let u = (t - a) / (e - a);
             let conc = 1.0 - u.powf(self.wash_pow);
-            Phase::Washout { floor: self.residual, conc, amp: 0.45 + 0.55 * conc }
+            Phase::Washout {
+                floor: self.residual,
+                conc,
+                amp: 0.45 + 0.55 * conc,
+            }
         } else {
-            Phase::Washout { floor: self.residual, conc: 0.0, amp: 0.45 }
+            Phase::Washout {
+                floor: self.residual,
+                conc: 0.0,
+                amp: 0.45,
+            }
         }
     }
 }
@@ -115,7 +141,12 @@ impl Phase {
     pub(crate) fn response(&self, path: f32, rank: f32) -> f32 {
         match *self {
             Phase::Before { floor } => floor,
-            Phase::Filling { floor, front, soft, amp } => floor.max(amp * sigmoid((front - path) / soft)),
+            Phase::Filling {
+                floor,
+                front,
+                soft,
+                amp,
+            } => floor.max(amp * sigmoid((front - path) / soft)),
             Phase::Washout { floor, conc, amp } => {
                 floor.max(amp * sigmoid((conc - (WASH_T0 + WASH_T1 * rank)) / WASH_TAU))
             }
@@ -130,8 +161,21 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn flow() -> Flow {
-        let key = Keyframes { frames: 120, start: 12, apex: 50, end: 100 };
-        Flow { key, path_max: 60.0, front_soft: 2.0, fill_pow: 1.5, wash_pow: 1.0, pre: 0.05, residual: 0.06 }
+        let key = Keyframes {
+            frames: 120,
+            start: 12,
+            apex: 50,
+            end: 100,
+        };
+        Flow {
+            key,
+            path_max: 60.0,
+            front_soft: 2.0,
+            fill_pow: 1.5,
+            wash_pow: 1.0,
+            pre: 0.05,
+            residual: 0.06,
+        }
     }
 
     #[test]

@@ -326,7 +326,10 @@ impl SynthConfig {
         let (subset, index, id) = plan
             .into_iter()
             .find(|p| p.2 == id)
-            .ok_or_else(|| SynthError::UnknownVideo { id: id.to_string(), example })?;
+            .ok_or_else(|| SynthError::UnknownVideo {
+                id: id.to_string(),
+                example,
+            })?;
         Ok(self.video(subset, index, &id))
     }
 }

@@ -62,8 +62,9 @@ pub(crate) const CONF_N: usize = 7;
 impl Confounders {
     pub(crate) fn draw<R: Rng>(rng: &mut R, rows: usize) -> Self {
         let n_flicker = rng.random_range(0..=4usize).min(rows / 6);
-        let mut flicker: Vec<(usize, f32)> =
-            (0..n_flicker).map(|_| (rng.random_range(0..rows), rng.random_range(0.35f32..0.75))).collect();
+        let mut flicker: Vec<(usize, f32)> = (0..n_flicker)
+            .map(|_| (rng.random_range(0..rows), rng.random_range(0.35f32..0.75)))
+            .collect();
         flicker.sort_by_key(|f| f.0);
         flicker.dedup_by_key(|f| f.0);
         let conf = (0..CONF_N * CONF_N).map(|_| rng.random_range(0.75f32..1.0)).collect();

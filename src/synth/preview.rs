@@ -43,8 +43,9 @@ fn row_of(v: &SynthVideo, frame: usize) -> usize {
 /// Up to `PANELS` rows spread over the run, always including the keyframe rows.
 fn pick_rows(v: &SynthVideo) -> Vec<usize> {
     let n = PANELS.min(v.rows);
-    let mut rows: Vec<usize> =
-        (0..n).map(|k| ((k as f64) * (v.rows - 1) as f64 / (n - 1).max(1) as f64).round() as usize).collect();
+    let mut rows: Vec<usize> = (0..n)
+        .map(|k| ((k as f64) * (v.rows - 1) as f64 / (n - 1).max(1) as f64).round() as usize)
+        .collect();
     let keys = [row_of(v, v.key.start), row_of(v, v.key.apex), row_of(v, v.key.end)];
     let mut taken = vec![false; n];
     for &kr in &keys {
@@ -65,7 +66,10 @@ fn pick_rows(v: &SynthVideo) -> Vec<usize> {
 
 /// Draw the preview of `v` to `path` (PNG), atomically.
 pub fn write_preview(v: &SynthVideo, path: &Path) -> Result<(), SynthError> {
-    let perr = |msg: String| SynthError::Preview { path: path.to_path_buf(), msg };
+    let perr = |msg: String| SynthError::Preview {
+        path: path.to_path_buf(),
+        msg,
+    };
     if v.rows == 0 {
         return Err(perr("the video has no rows".into()));
     }
@@ -74,9 +78,18 @@ pub fn write_preview(v: &SynthVideo, path: &Path) -> Result<(), SynthError> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let werr = |source| SynthError::Write(crate::fsio::WriteError { path: path.to_path_buf(), source });
+    let werr = |source| {
+        SynthError::Write(crate::fsio::WriteError {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     std::fs::create_dir_all(dir).map_err(werr)?;
-    let tmp = tempfile::Builder::new().prefix(".xca-tmp-").suffix(".png").tempfile_in(dir).map_err(werr)?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".xca-tmp-")
+        .suffix(".png")
+        .tempfile_in(dir)
+        .map_err(werr)?;
     draw(v, tmp.path()).map_err(perr)?;
     // A picture to share: readable by others, unlike the temporary file's 0600.
     #[cfg(unix)]
@@ -111,13 +124,18 @@ fn draw(v: &SynthVideo, file: &Path) -> Result<(), String> {
         k.apex,
         k.end
     );
-    root.draw_text(&title, &("sans-serif", 20).into_font().color(&BLACK), (GAP as i32, 10)).map_err(e)?;
+    root.draw_text(&title, &("sans-serif", 20).into_font().color(&BLACK), (GAP as i32, 10))
+        .map_err(e)?;
 
     let key_of = |row: usize| {
-        [(k.start, "START", START_C), (k.apex, "APEX", APEX_C), (k.end, "END", END_C)]
-            .into_iter()
-            .filter(|&(f, _, _)| row_of(v, f) == row)
-            .collect::<Vec<_>>()
+        [
+            (k.start, "START", START_C),
+            (k.apex, "APEX", APEX_C),
+            (k.end, "END", END_C),
+        ]
+        .into_iter()
+        .filter(|&(f, _, _)| row_of(v, f) == row)
+        .collect::<Vec<_>>()
     };
     for (slot, &row) in pick_rows(v).iter().enumerate() {
         let (col, line) = (slot % COLS, slot / COLS);
@@ -140,16 +158,29 @@ fn draw(v: &SynthVideo, file: &Path) -> Result<(), String> {
         let f1 = f0 + v.num_frames - 1;
         let keys = key_of(row);
         let label_style = ("sans-serif", 15).into_font().color(&BLACK);
-        root.draw_text(&format!("row {row} · f{f0}–{f1}"), &label_style, (x0, y0 - LABEL_H as i32 + 2)).map_err(e)?;
+        root.draw_text(
+            &format!("row {row} · f{f0}–{f1}"),
+            &label_style,
+            (x0, y0 - LABEL_H as i32 + 2),
+        )
+        .map_err(e)?;
         if !keys.is_empty() {
             let color = keys[0].2;
             for w in 1..=3 {
-                root.draw(&Rectangle::new([(x0 - w, y0 - w), (x0 + p as i32 + w - 1, y0 + p as i32 + w - 1)], color))
-                    .map_err(e)?;
+                root.draw(&Rectangle::new(
+                    [(x0 - w, y0 - w), (x0 + p as i32 + w - 1, y0 + p as i32 + w - 1)],
+                    color,
+                ))
+                .map_err(e)?;
             }
-            let text = keys.iter().map(|&(f, name, _)| format!("{name} f{f}")).collect::<Vec<_>>().join(" ");
+            let text = keys
+                .iter()
+                .map(|&(f, name, _)| format!("{name} f{f}"))
+                .collect::<Vec<_>>()
+                .join(" ");
             let style = ("sans-serif", 15).into_font().color(&color);
-            root.draw_text(&text, &style, (x0, y0 - LABEL_H as i32 / 2 + 1)).map_err(e)?;
+            root.draw_text(&text, &style, (x0, y0 - LABEL_H as i32 / 2 + 1))
+                .map_err(e)?;
         }
     }
 
@@ -180,10 +211,20 @@ fn draw(v: &SynthVideo, file: &Path) -> Result<(), String> {
         .map_err(e)?;
     let shade =
         |a: usize, b: usize, c: RGBColor| Rectangle::new([(a as f64, 0.0), (b as f64, y_max)], c.mix(0.12).filled());
-    chart.draw_series([shade(k.start, k.apex, START_C), shade(k.apex, k.end, END_C)]).map_err(e)?;
-    chart.draw_series(LineSeries::new(means.iter().copied(), BLACK.stroke_width(2))).map_err(e)?;
-    for (f, name, c) in [(k.start, "start", START_C), (k.apex, "apex", APEX_C), (k.end, "end", END_C)] {
-        chart.draw_series(LineSeries::new([(f as f64, 0.0), (f as f64, y_max)], c.stroke_width(2))).map_err(e)?;
+    chart
+        .draw_series([shade(k.start, k.apex, START_C), shade(k.apex, k.end, END_C)])
+        .map_err(e)?;
+    chart
+        .draw_series(LineSeries::new(means.iter().copied(), BLACK.stroke_width(2)))
+        .map_err(e)?;
+    for (f, name, c) in [
+        (k.start, "start", START_C),
+        (k.apex, "apex", APEX_C),
+        (k.end, "end", END_C),
+    ] {
+        chart
+            .draw_series(LineSeries::new([(f as f64, 0.0), (f as f64, y_max)], c.stroke_width(2)))
+            .map_err(e)?;
         chart
             .draw_series([Text::new(
                 format!("{name} f{f}"),
@@ -217,7 +258,15 @@ mod tests {
 
     #[test]
     fn picked_rows_include_the_keyframe_rows() {
-        let v = video(40, Keyframes { frames: 160, start: 5, apex: 70, end: 141 });
+        let v = video(
+            40,
+            Keyframes {
+                frames: 160,
+                start: 5,
+                apex: 70,
+                end: 141,
+            },
+        );
         let rows = pick_rows(&v);
         assert_eq!(rows.len(), 12);
         for kr in [1, 17, 35] {
@@ -225,7 +274,15 @@ mod tests {
         }
         assert!(rows.windows(2).all(|w| w[0] < w[1]));
         // Short videos: every row once.
-        let v = video(5, Keyframes { frames: 20, start: 1, apex: 9, end: 17 });
+        let v = video(
+            5,
+            Keyframes {
+                frames: 20,
+                start: 1,
+                apex: 9,
+                end: 17,
+            },
+        );
         assert_eq!(pick_rows(&v), vec![0, 1, 2, 3, 4]);
     }
 
@@ -233,7 +290,15 @@ mod tests {
     fn preview_is_a_png_of_the_planned_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.png");
-        let v = video(40, Keyframes { frames: 160, start: 5, apex: 70, end: 141 });
+        let v = video(
+            40,
+            Keyframes {
+                frames: 160,
+                start: 5,
+                apex: 70,
+                end: 141,
+            },
+        );
         write_preview(&v, &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");

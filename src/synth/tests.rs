@@ -8,7 +8,15 @@ use super::*;
 
 /// Small videos so that the tests stay fast.
 fn tiny(seed: u64) -> SynthConfig {
-    SynthConfig { train: 2, val: 1, test: 1, seed, min_frames: 60, max_frames: 90, ..SynthConfig::default() }
+    SynthConfig {
+        train: 2,
+        val: 1,
+        test: 1,
+        seed,
+        min_frames: 60,
+        max_frames: 90,
+        ..SynthConfig::default()
+    }
 }
 
 fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -16,7 +24,10 @@ fn read_tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     for sub in ["annotations", "image"] {
         for e in fs::read_dir(root.join(sub)).unwrap() {
             let p = e.unwrap().path();
-            out.insert(format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()), fs::read(&p).unwrap());
+            out.insert(
+                format!("{sub}/{}", p.file_name().unwrap().to_string_lossy()),
+                fs::read(&p).unwrap(),
+            );
         }
     }
     out
@@ -33,7 +44,13 @@ fn same_seed_gives_byte_identical_files_and_another_seed_different_ones() {
     let names: Vec<&str> = ta.keys().map(|s| s.as_str()).collect();
     assert_eq!(
         names,
-        ["annotations/vessel.json", "image/test01.npy", "image/train01.npy", "image/train02.npy", "image/val01.npy"]
+        [
+            "annotations/vessel.json",
+            "image/test01.npy",
+            "image/train01.npy",
+            "image/train02.npy",
+            "image/val01.npy"
+        ]
     );
     assert_eq!(ta, tb);
     for (name, bytes) in &ta {
@@ -46,12 +63,23 @@ fn same_seed_gives_byte_identical_files_and_another_seed_different_ones() {
 #[test]
 fn adding_videos_leaves_earlier_videos_unchanged() {
     let small = tiny(9);
-    let more = SynthConfig { train: 3, test: 2, ..small.clone() };
+    let more = SynthConfig {
+        train: 3,
+        test: 2,
+        ..small.clone()
+    };
     for (subset, i, id) in small.plan() {
-        assert_eq!(small.video(subset, i, &id).data, more.video(subset, i, &id).data, "{id}");
+        assert_eq!(
+            small.video(subset, i, &id).data,
+            more.video(subset, i, &id).data,
+            "{id}"
+        );
     }
     // Videos of different splits with the same index differ.
-    assert_ne!(small.video(Subset::Train, 0, "a").data, small.video(Subset::Test, 0, "a").data);
+    assert_ne!(
+        small.video(Subset::Train, 0, "a").data,
+        small.video(Subset::Test, 0, "a").data
+    );
 }
 
 #[test]
@@ -92,7 +120,10 @@ fn annotations_follow_the_spec_layout_and_invariants() {
         };
         let ((start, apex), (apex2, end)) = (seg(0), seg(1));
         assert_eq!(apex, apex2);
-        assert!(0.0 <= start && start < apex && apex < end && end <= duration, "{id}: {start} {apex} {end} {duration}");
+        assert!(
+            0.0 <= start && start < apex && apex < end && end <= duration,
+            "{id}: {start} {apex} {end} {duration}"
+        );
 
         // The .npy: float32, C order, [T, 4096] with T = ⌊F/4⌋, values in [0, 1].
         let bytes = fs::read(out.join("image").join(format!("{id}.npy"))).unwrap();
@@ -103,14 +134,21 @@ fn annotations_follow_the_spec_layout_and_invariants() {
         let frames = (duration * 15.0).floor() as u64;
         assert_eq!(shape, vec![frames / 4, 4096], "{id}");
         let rows = shape[0] as f64;
-        assert!((duration * 15.0 / 4.0 - rows).abs() < 1.0, "{id}: duration·fps/stride vs T");
+        assert!(
+            (duration * 15.0 / 4.0 - rows).abs() < 1.0,
+            "{id}: duration·fps/stride vs T"
+        );
         let data: Vec<f32> = npy.into_vec().unwrap();
         assert!(data.iter().all(|x| (0.0..=1.0).contains(x)), "{id}");
         let s = summary.videos.iter().find(|s| s.id == *id).unwrap();
         assert_eq!((s.frames as u64, s.rows as u64), (frames, shape[0]));
         // Keyframes come back exactly as ⌊fps·seconds⌋ (SPEC §7.2).
         assert_eq!(
-            ((start * 15.0).floor() as usize, (apex * 15.0).floor() as usize, (end * 15.0).floor() as usize),
+            (
+                (start * 15.0).floor() as usize,
+                (apex * 15.0).floor() as usize,
+                (end * 15.0).floor() as usize
+            ),
             (s.start, s.apex, s.end)
         );
     }
@@ -137,7 +175,11 @@ fn seconds_round_trip_to_frames() {
 #[test]
 fn rows_match_duration_for_other_strides() {
     for (stride, clip) in [(4, 4), (1, 1), (2, 4), (8, 16)] {
-        let cfg = SynthConfig { feat_stride: stride, num_frames: clip, ..SynthConfig::default() };
+        let cfg = SynthConfig {
+            feat_stride: stride,
+            num_frames: clip,
+            ..SynthConfig::default()
+        };
         for frames in 60..=240 {
             let t = cfg.rows_for(frames);
             // The last clip fits in the run, and one more would not.
@@ -154,7 +196,10 @@ fn mass(v: &SynthVideo, row: usize) -> f64 {
 
 #[test]
 fn vessels_fill_between_start_and_apex_and_wash_out_towards_end() {
-    let cfg = SynthConfig { seed: 3, ..SynthConfig::default() };
+    let cfg = SynthConfig {
+        seed: 3,
+        ..SynthConfig::default()
+    };
     let (mut rise, mut fall, mut n) = (0.0, 0.0, 0);
     let mut rising_videos = 0;
     let mut falling_videos = 0;
@@ -194,7 +239,10 @@ fn vessels_fill_between_start_and_apex_and_wash_out_towards_end() {
     // end, in nearly every video — but not infinitely more (catheter, noise, pre-contrast).
     assert!(rise > 0.45 && rise < 0.95, "mean relative rise {rise}");
     assert!(fall > 0.4 && fall < 0.95, "mean relative fall {fall}");
-    assert!(rising_videos >= 15 && falling_videos >= 15, "{rising_videos} {falling_videos}");
+    assert!(
+        rising_videos >= 15 && falling_videos >= 15,
+        "{rising_videos} {falling_videos}"
+    );
     // A flicker row may interrupt it, but the front visibly grows in nearly every video.
     assert!(front_mid >= 14 && front_apex >= 14, "{front_mid} {front_apex}");
 }
@@ -202,11 +250,29 @@ fn vessels_fill_between_start_and_apex_and_wash_out_towards_end() {
 #[test]
 fn bad_settings_are_refused() {
     let cases = [
-        SynthConfig { train: 0, val: 0, test: 0, ..SynthConfig::default() },
-        SynthConfig { fps: 0.0, ..SynthConfig::default() },
-        SynthConfig { feat_stride: 0, ..SynthConfig::default() },
-        SynthConfig { min_frames: 100, max_frames: 90, ..SynthConfig::default() },
-        SynthConfig { side: 2, ..SynthConfig::default() },
+        SynthConfig {
+            train: 0,
+            val: 0,
+            test: 0,
+            ..SynthConfig::default()
+        },
+        SynthConfig {
+            fps: 0.0,
+            ..SynthConfig::default()
+        },
+        SynthConfig {
+            feat_stride: 0,
+            ..SynthConfig::default()
+        },
+        SynthConfig {
+            min_frames: 100,
+            max_frames: 90,
+            ..SynthConfig::default()
+        },
+        SynthConfig {
+            side: 2,
+            ..SynthConfig::default()
+        },
     ];
     for cfg in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -215,9 +281,11 @@ fn bad_settings_are_refused() {
         assert!(!dir.path().join("x").exists());
     }
     let err = tiny(1).video_by_id("train09").unwrap_err();
-    assert_eq!(err.to_string(), "no video 'train09' in this dataset (ids look like train01)");
+    assert_eq!(
+        err.to_string(),
+        "no video 'train09' in this dataset (ids look like train01)"
+    );
 }
-
 
 #[test]
 fn invariants_hold_across_seeds() {
@@ -225,7 +293,10 @@ fn invariants_hold_across_seeds() {
         let cfg = SynthConfig { seed, ..tiny(seed) };
         let v = cfg.video(Subset::Validation, seed as usize % 3, "v");
         let k = v.key;
-        assert!(k.start < k.apex && k.apex < k.end && k.end < k.frames, "seed {seed}: {k:?}");
+        assert!(
+            k.start < k.apex && k.apex < k.end && k.end < k.frames,
+            "seed {seed}: {k:?}"
+        );
         assert!((60..=90).contains(&k.frames), "seed {seed}");
         assert_eq!(v.rows, k.frames / 4, "seed {seed}");
         assert_eq!(v.data.len(), v.rows * 4096);
@@ -237,6 +308,10 @@ fn invariants_hold_across_seeds() {
         // The first row is never empty: the catheter (≥ ~40 px long) is always there, if
         // faint in a dim video, and the empty tree responds faintly.
         let on = |t: f32| v.row(0).iter().filter(|&&x| x > t).count();
-        assert!(on(0.1) > 40, "seed {seed}: only {} pixels above 0.1 in the first row", on(0.1));
+        assert!(
+            on(0.1) > 40,
+            "seed {seed}: only {} pixels above 0.1 in the first row",
+            on(0.1)
+        );
     }
 }

@@ -88,7 +88,14 @@ impl<R: Rng> Grower<'_, R> {
             let frac = walked / length;
             // Vessels stay thick for a while and thin out towards the tip.
             let radius = r1 + (r0 - r1) * (1.0 - frac).powf(0.7);
-            self.points.push(VesselPoint { x, y, radius, path: path0 + walked, rank: 0.0, generation });
+            self.points.push(VesselPoint {
+                x,
+                y,
+                radius,
+                path: path0 + walked,
+                rank: 0.0,
+                generation,
+            });
             self.jitter.push(branch_jitter);
             // Curvature is a damped random walk, so headings turn smoothly; bigger vessels
             // are straighter.
@@ -132,7 +139,12 @@ pub(crate) fn draw_tree<R: Rng>(rng: &mut R) -> Tree {
     let lcx_heading = lad_heading + mirror * rng.random_range(0.9f32..1.4);
     let lm_heading = 0.5 * (lad_heading + lcx_heading) + rng.random_range(-0.2f32..0.2);
     let max_generation = rng.random_range(2u32..=4);
-    let mut g = Grower { rng, points: Vec::new(), max_generation, jitter: Vec::new() };
+    let mut g = Grower {
+        rng,
+        points: Vec::new(),
+        max_generation,
+        jitter: Vec::new(),
+    };
 
     let lm_r = g.rng.random_range(1.15f32..1.4);
     let lm_len = g.rng.random_range(3.0f32..7.0);
@@ -140,7 +152,14 @@ pub(crate) fn draw_tree<R: Rng>(rng: &mut R) -> Tree {
     let n_lm = (lm_len / STEP).ceil() as usize;
     let (mut x, mut y) = ostium;
     for i in 0..n_lm {
-        g.points.push(VesselPoint { x, y, radius: lm_r, path: i as f32 * STEP, rank: 0.0, generation: 0 });
+        g.points.push(VesselPoint {
+            x,
+            y,
+            radius: lm_r,
+            path: i as f32 * STEP,
+            rank: 0.0,
+            generation: 0,
+        });
         g.jitter.push(0.0);
         x += lm_heading.cos() * STEP;
         y += lm_heading.sin() * STEP;
@@ -169,7 +188,12 @@ pub(crate) fn draw_tree<R: Rng>(rng: &mut R) -> Tree {
     // The heart's centre: inside the arc the LAD and LCX wrap around.
     let (mx, my) = points.iter().fold((0.0, 0.0), |(a, b), p| (a + p.x, b + p.y));
     let n = points.len() as f32;
-    Tree { points, ostium, path_max, centre: (mx / n, my / n) }
+    Tree {
+        points,
+        ostium,
+        path_max,
+        centre: (mx / n, my / n),
+    }
 }
 
 /// Draw the catheter: a cubic Bézier from the lower image edge that hooks into the ostium
@@ -177,7 +201,10 @@ pub(crate) fn draw_tree<R: Rng>(rng: &mut R) -> Tree {
 pub(crate) fn draw_catheter<R: Rng>(rng: &mut R, tree: &Tree) -> Catheter {
     let (ox, oy) = tree.ostium;
     let entry = (rng.random_range(4.0f32..60.0), CANVAS + 6.0);
-    let c1 = (entry.0 + rng.random_range(-10.0f32..10.0), entry.1 - rng.random_range(18.0f32..34.0));
+    let c1 = (
+        entry.0 + rng.random_range(-10.0f32..10.0),
+        entry.1 - rng.random_range(18.0f32..34.0),
+    );
     // Tip tangent: away from the tree's centre, turned a little.
     let (dx, dy) = (ox - tree.centre.0, oy - tree.centre.1);
     let a = dy.atan2(dx) + rng.random_range(-0.6f32..0.6);
@@ -186,12 +213,19 @@ pub(crate) fn draw_catheter<R: Rng>(rng: &mut R, tree: &Tree) -> Catheter {
     let bez = |t: f32| {
         let u = 1.0 - t;
         let b = [u * u * u, 3.0 * u * u * t, 3.0 * u * t * t, t * t * t];
-        (b[0] * entry.0 + b[1] * c1.0 + b[2] * c2.0 + b[3] * ox, b[0] * entry.1 + b[1] * c1.1 + b[2] * c2.1 + b[3] * oy)
+        (
+            b[0] * entry.0 + b[1] * c1.0 + b[2] * c2.0 + b[3] * ox,
+            b[0] * entry.1 + b[1] * c1.1 + b[2] * c2.1 + b[3] * oy,
+        )
     };
     // Sample densely enough for a spacing below STEP on any reasonable curve.
     let n = 400;
     let points = (0..=n).map(|i| bez(i as f32 / n as f32)).collect();
-    Catheter { points, radius: rng.random_range(0.5f32..0.7), intensity: rng.random_range(0.4f32..0.7) }
+    Catheter {
+        points,
+        radius: rng.random_range(0.5f32..0.7),
+        intensity: rng.random_range(0.4f32..0.7),
+    }
 }
 
 /// Static maps of the tree and catheter in canvas coordinates, sampled on a grid finer
@@ -276,7 +310,11 @@ impl RefMaps {
         let (ix, iy) = (fx as i64, fy as i64);
         let n = self.n as i64;
         let cell = |cx: i64, cy: i64, w: f32| {
-            if cx >= 0 && cy >= 0 && cx < n && cy < n { ((cy * n + cx) as usize, w) } else { (0, 0.0) }
+            if cx >= 0 && cy >= 0 && cx < n && cy < n {
+                ((cy * n + cx) as usize, w)
+            } else {
+                (0, 0.0)
+            }
         };
         [
             cell(ix, iy, (1.0 - tx) * (1.0 - ty)),
@@ -298,7 +336,11 @@ mod tests {
         for seed in 0..30 {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let t = draw_tree(&mut rng);
-            assert!(t.points.len() > 150 && t.points.len() < MAX_POINTS, "seed {seed}: {}", t.points.len());
+            assert!(
+                t.points.len() > 150 && t.points.len() < MAX_POINTS,
+                "seed {seed}: {}",
+                t.points.len()
+            );
             assert_eq!((t.points[0].x, t.points[0].y), t.ostium);
             assert_eq!(t.points[0].path, 0.0);
             let gens = t.points.iter().map(|p| p.generation).max().unwrap();
@@ -311,10 +353,18 @@ mod tests {
             }
             // The tree reaches a good part of the canvas.
             assert!(t.path_max > 35.0, "seed {seed}: {}", t.path_max);
-            let inside = t.points.iter().filter(|p| (0.0..64.0).contains(&p.x) && (0.0..64.0).contains(&p.y)).count();
+            let inside = t
+                .points
+                .iter()
+                .filter(|p| (0.0..64.0).contains(&p.x) && (0.0..64.0).contains(&p.y))
+                .count();
             // Long branches may leave the field of view, as in real runs, but most of the
             // tree is inside.
-            assert!(inside * 10 > t.points.len() * 6, "seed {seed}: {inside} of {} inside", t.points.len());
+            assert!(
+                inside * 10 > t.points.len() * 6,
+                "seed {seed}: {inside} of {} inside",
+                t.points.len()
+            );
         }
     }
 

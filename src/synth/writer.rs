@@ -23,7 +23,10 @@ pub(crate) fn npy_bytes(v: &SynthVideo) -> std::io::Result<Vec<u8>> {
 }
 
 pub(crate) fn write_npy(path: &Path, v: &SynthVideo) -> Result<(), WriteError> {
-    let bytes = npy_bytes(v).map_err(|source| WriteError { path: path.to_path_buf(), source })?;
+    let bytes = npy_bytes(v).map_err(|source| WriteError {
+        path: path.to_path_buf(),
+        source,
+    })?;
     write_atomic(path, &bytes)
 }
 

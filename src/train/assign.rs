@@ -92,26 +92,15 @@ pub fn assign_targets(
     if let Some(&label) = labels.iter().find(|&&l| l >= num_classes) {
         return Err(AssignError::LabelOutOfRange { label, num_classes });
     }
-    if let Some((index, p)) = points
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p[3].is_nan() || p[3] <= 0.0)
-    {
-        return Err(AssignError::BadStride {
-            index,
-            stride: p[3],
-        });
+    if let Some((index, p)) = points.iter().enumerate().find(|(_, p)| p[3].is_nan() || p[3] <= 0.0) {
+        return Err(AssignError::BadStride { index, stride: p[3] });
     }
 
     let n = points.len();
     let mut cls = vec![0.0f32; n * num_classes];
     let mut reg = vec![0.0f32; n * 2];
     if segments.is_empty() {
-        return Ok(Targets {
-            cls,
-            reg,
-            num_classes,
-        });
+        return Ok(Targets { cls, reg, num_classes });
     }
 
     let mut lens = vec![0.0f32; segments.len()];
@@ -134,11 +123,7 @@ pub fn assign_targets(
             };
             let max_dist = left.max(right);
             let in_range = max_dist >= reg_min && max_dist <= reg_max;
-            lens[j] = if inside && in_range {
-                b - a
-            } else {
-                f32::INFINITY
-            };
+            lens[j] = if inside && in_range { b - a } else { f32::INFINITY };
         }
 
         // First index of the minimum, as torch.min(dim) returns; 0 for an all-inf row.
@@ -161,20 +146,12 @@ pub fn assign_targets(
         reg[2 * i] = (t - a) / stride;
         reg[2 * i + 1] = (b - t) / stride;
     }
-    Ok(Targets {
-        cls,
-        reg,
-        num_classes,
-    })
+    Ok(Targets { cls, reg, num_classes })
 }
 
 /// Points of a pyramid (SPEC §3.7) for tests and tools: level `l` has `lengths[l]` points at
 /// `i · strides[l]`, each carrying `regression_ranges[l]` and its stride.
-pub fn pyramid_points(
-    lengths: &[usize],
-    strides: &[f32],
-    regression_ranges: &[[f32; 2]],
-) -> Vec<[f32; 4]> {
+pub fn pyramid_points(lengths: &[usize], strides: &[f32], regression_ranges: &[[f32; 2]]) -> Vec<[f32; 4]> {
     lengths
         .iter()
         .zip(strides)
@@ -252,14 +229,7 @@ mod tests {
         let expect_left = 10.0f32 - 8.0005;
         assert_eq!(&t.reg[20..22], &[expect_left, 2.0]);
         // Same label twice is clamped to 1.
-        let t2 = assign_targets(
-            &pts,
-            &[[8.0, 12.0], [8.0, 12.0]],
-            &[0, 0],
-            2,
-            CenterSample::None,
-        )
-        .unwrap();
+        let t2 = assign_targets(&pts, &[[8.0, 12.0], [8.0, 12.0]], &[0, 0], 2, CenterSample::None).unwrap();
         assert_eq!(&t2.cls[20..22], &[1.0, 0.0]);
     }
 
@@ -299,10 +269,7 @@ mod tests {
         let pts = paper_points(8);
         assert_eq!(
             assign_targets(&pts, &[[1.0, 2.0]], &[], 2, CenterSample::None),
-            Err(AssignError::LengthMismatch {
-                segments: 1,
-                labels: 0
-            })
+            Err(AssignError::LengthMismatch { segments: 1, labels: 0 })
         );
         assert_eq!(
             assign_targets(&pts, &[[1.0, 2.0]], &[2], 2, CenterSample::None),
@@ -312,17 +279,8 @@ mod tests {
             })
         );
         assert_eq!(
-            assign_targets(
-                &[[0.0, 0.0, 4.0, 0.0]],
-                &[[1.0, 2.0]],
-                &[0],
-                2,
-                CenterSample::None
-            ),
-            Err(AssignError::BadStride {
-                index: 0,
-                stride: 0.0
-            })
+            assign_targets(&[[0.0, 0.0, 4.0, 0.0]], &[[1.0, 2.0]], &[0], 2, CenterSample::None),
+            Err(AssignError::BadStride { index: 0, stride: 0.0 })
         );
     }
 }

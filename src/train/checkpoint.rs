@@ -58,8 +58,14 @@ pub fn epoch_file(dir: &Path, epoch: usize) -> PathBuf {
 /// The weights of `model` as safetensors bytes.
 pub fn weights_bytes(model: &Network, path: &Path) -> Result<Vec<u8>, CheckpointError> {
     let mut store = SafetensorsStore::from_bytes(None).metadata("format", "xca");
-    model.save_into(&mut store).map_err(|e| CheckpointError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
-    store.get_bytes().map_err(|e| CheckpointError::Read { path: path.to_path_buf(), reason: e.to_string() })
+    model.save_into(&mut store).map_err(|e| CheckpointError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    store.get_bytes().map_err(|e| CheckpointError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// Write `model`'s weights and the sidecar JSON, atomically.
@@ -73,33 +79,55 @@ pub fn save(model: &Network, path: &Path, meta: &CheckpointMeta) -> Result<(), C
 /// Load weights into `model` (built from the matching config). Every tensor must be present
 /// with the right shape; anything else is an error naming the tensors.
 pub fn load(model: Network, path: &Path) -> Result<Network, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     load_bytes(model, bytes, path)
 }
 
 /// [`load`] from bytes already in memory.
 pub fn load_bytes(mut model: Network, bytes: Vec<u8>, path: &Path) -> Result<Network, CheckpointError> {
-    let mut store = SafetensorsStore::from_bytes(Some(bytes)).allow_partial(true).validate(false);
-    let result = model
-        .load_from(&mut store)
-        .map_err(|e| CheckpointError::Read { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .allow_partial(true)
+        .validate(false);
+    let result = model.load_from(&mut store).map_err(|e| CheckpointError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let mut problems = Vec::new();
     if !result.missing.is_empty() {
         let names: Vec<&str> = result.missing.iter().map(|(p, _)| p.as_str()).take(8).collect();
-        problems.push(format!("{} tensors missing ({}{})", result.missing.len(), names.join(", "), if result.missing.len() > 8 { ", …" } else { "" }));
+        problems.push(format!(
+            "{} tensors missing ({}{})",
+            result.missing.len(),
+            names.join(", "),
+            if result.missing.len() > 8 { ", …" } else { "" }
+        ));
     }
     if !result.errors.is_empty() {
         let errs: Vec<String> = result.errors.iter().take(4).map(|e| e.to_string()).collect();
-        problems.push(format!("{} tensors do not fit: {}", result.errors.len(), errs.join("; ")));
+        problems.push(format!(
+            "{} tensors do not fit: {}",
+            result.errors.len(),
+            errs.join("; ")
+        ));
     }
     if !result.unused.is_empty() {
         let names: Vec<&str> = result.unused.iter().map(String::as_str).take(8).collect();
-        problems.push(format!("{} tensors the model does not have ({})", result.unused.len(), names.join(", ")));
+        problems.push(format!(
+            "{} tensors the model does not have ({})",
+            result.unused.len(),
+            names.join(", ")
+        ));
     }
     if problems.is_empty() {
         Ok(model)
     } else {
-        Err(CheckpointError::Mismatch { path: path.to_path_buf(), reason: problems.join("; ") })
+        Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason: problems.join("; "),
+        })
     }
 }
 

@@ -53,11 +53,7 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Optio
         return None;
     }
     let device = collector.sq_norms[0].device();
-    let sq: Vec<Tensor<1>> = collector
-        .sq_norms
-        .into_iter()
-        .map(|t| t.to_device(&device))
-        .collect();
+    let sq: Vec<Tensor<1>> = collector.sq_norms.into_iter().map(|t| t.to_device(&device)).collect();
     Some(Tensor::cat(sq, 0).sum().sqrt())
 }
 
@@ -65,11 +61,7 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Optio
 /// `clip_grad_norm_`, including its `1e-6` guard). Returns the norm before clipping as a
 /// `[1]` tensor (for logging), or `None` when no parameter has a gradient.
 /// A `max_norm <= 0` disables clipping, as `clip_grad_l2norm = -1` does in the original.
-pub fn clip_grad_global_norm<M: Module>(
-    module: &M,
-    grads: &mut GradientsParams,
-    max_norm: f32,
-) -> Option<Tensor<1>> {
+pub fn clip_grad_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) -> Option<Tensor<1>> {
     let total = global_grad_norm(module, grads)?;
     if max_norm <= 0.0 {
         return Some(total);
@@ -103,10 +95,7 @@ mod tests {
                 TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
                 &dev,
             )),
-            b: Param::from_tensor(Tensor::from_data(
-                TensorData::new(vec![1.0f32, -1.0], [2]),
-                &dev,
-            )),
+            b: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, -1.0], [2]), &dev)),
         };
         // loss = scale · (Σ a·k + Σ b·m): grads are scale·k and scale·m.
         let k = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 0.0, 0.0, 4.0], [2, 2]), &dev);
@@ -144,9 +133,6 @@ mod tests {
         let (tiny, mut grads) = setup(0.01); // total 0.13
         clip_grad_global_norm(&tiny, &mut grads, 1.0).unwrap();
         let ga = read(grads.get::<2>(tiny.a.id).unwrap());
-        assert!(
-            (ga[0] - 0.03).abs() < 1e-7 && (ga[3] - 0.04).abs() < 1e-7,
-            "{ga:?}"
-        );
+        assert!((ga[0] - 0.03).abs() < 1e-7 && (ga[3] - 0.04).abs() < 1e-7, "{ga:?}");
     }
 }

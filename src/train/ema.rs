@@ -144,8 +144,7 @@ mod tests {
 
         // A training forward moves the BatchNorm running mean (momentum 0.1) from 0 to
         // 0.1·batch mean; the batch below has channel means 2 and -4.
-        let x =
-            Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -3.0, 3.0, -5.0], [2, 2]), &dev);
+        let x = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, -3.0, 3.0, -5.0], [2, 2]), &dev);
         let _ = model.bn.forward(x);
         // Change the weights as an optimiser step would.
         let model = Net {
@@ -163,16 +162,10 @@ mod tests {
         }
         // running mean: 0.9·0 + 0.1·(0.1·[2, -4]) = [0.02, -0.04]
         let rm = read(ema.bn.running_mean.value());
-        assert!(
-            (rm[0] - 0.02).abs() < 1e-6 && (rm[1] + 0.04).abs() < 1e-6,
-            "{rm:?}"
-        );
+        assert!((rm[0] - 0.02).abs() < 1e-6 && (rm[1] + 0.04).abs() < 1e-6, "{rm:?}");
         // The live model keeps its own running mean (0.2, -0.4): the EMA does not alias it.
         let live = read(model.bn.running_mean.value_sync());
-        assert!(
-            (live[0] - 0.2).abs() < 1e-6 && (live[1] + 0.4).abs() < 1e-6,
-            "{live:?}"
-        );
+        assert!((live[0] - 0.2).abs() < 1e-6 && (live[1] + 0.4).abs() < 1e-6, "{live:?}");
         // The EMA is off the autodiff device.
         assert!(!ema.lin.weight.val().is_autodiff());
     }
@@ -182,10 +175,7 @@ mod tests {
         let dev = Device::flex();
         let a = LinearConfig::new(2, 2).init(&dev);
         let b = LinearConfig::new(2, 3).init(&dev);
-        assert!(matches!(
-            ema_update(a, &b, 0.9),
-            Err(EmaError::Shape { .. })
-        ));
+        assert!(matches!(ema_update(a, &b, 0.9), Err(EmaError::Shape { .. })));
         let c = LinearConfig::new(2, 2).with_bias(false).init(&dev);
         let d = LinearConfig::new(2, 2).init(&dev);
         assert_eq!(

@@ -38,12 +38,7 @@ pub fn bce_with_logits<const D: usize>(logits: Tensor<D>, targets: Tensor<D>) ->
 /// Sigmoid focal loss, element-wise (no reduction), as torchvision / ActionFormer:
 /// `ce · (1 − p_t)^γ · α_t` with `p_t = p·t + (1−p)(1−t)`, `α_t = α·t + (1−α)(1−t)`.
 /// A negative `alpha` turns the α weighting off, as in the original.
-pub fn sigmoid_focal_loss<const D: usize>(
-    logits: Tensor<D>,
-    targets: Tensor<D>,
-    alpha: f32,
-    gamma: f32,
-) -> Tensor<D> {
+pub fn sigmoid_focal_loss<const D: usize>(logits: Tensor<D>, targets: Tensor<D>, alpha: f32, gamma: f32) -> Tensor<D> {
     let p = burn::tensor::activation::sigmoid(logits.clone());
     let ce = bce_with_logits(logits, targets.clone());
     let one_minus_t = targets.clone().neg().add_scalar(1.0);
@@ -244,9 +239,7 @@ pub fn detection_losses(
     let mut gt_target = gt_cls.clone();
     if cfg.label_smoothing != 0.0 {
         let eps = cfg.label_smoothing;
-        gt_target = gt_target
-            .mul_scalar(1.0 - eps)
-            .add_scalar(eps / (c as f32 + 1.0));
+        gt_target = gt_target.mul_scalar(1.0 - eps).add_scalar(eps / (c as f32 + 1.0));
     }
     let invalid = valid_mask.clone().bool_not();
     let focal = sigmoid_focal_loss(cls_logits, gt_target, FOCAL_ALPHA, FOCAL_GAMMA);
@@ -254,11 +247,7 @@ pub fn detection_losses(
     let cls = focal.sum().div_scalar(normalizer);
 
     // 2. DIoU over positives (any class target > 0, and valid)
-    let positive = gt_cls
-        .sum_dim(2)
-        .reshape([b, n])
-        .greater_elem(0.0)
-        .bool_and(valid_mask);
+    let positive = gt_cls.sum_dim(2).reshape([b, n]).greater_elem(0.0).bool_and(valid_mask);
     let diou = diou_loss_1d(offsets.reshape([b * n, 2]), gt_off.reshape([b * n, 2]));
     let diou = diou.mask_fill(positive.bool_not().reshape([b * n]), 0.0);
     let reg = diou.sum().div_scalar(normalizer);
@@ -374,26 +363,16 @@ pub fn gather_anchor_features(
 ) -> Result<(Tensor<2>, Tensor<2>), LossError> {
     let [b, c, t] = fg.dims();
     if bg.dims() != [b, c, t] {
-        return Err(LossError::Shape(format!(
-            "fg {:?}, bg {:?}",
-            [b, c, t],
-            bg.dims()
-        )));
+        return Err(LossError::Shape(format!("fg {:?}, bg {:?}", [b, c, t], bg.dims())));
     }
-    if let Some(a) = anchors
-        .iter()
-        .find(|a| a.video >= b || a.t_fg >= t || a.t_bg >= t)
-    {
+    if let Some(a) = anchors.iter().find(|a| a.video >= b || a.t_fg >= t || a.t_bg >= t) {
         return Err(LossError::Shape(format!(
             "anchor {a:?} outside features [{b}, {c}, {t}]"
         )));
     }
     let device = fg.device();
     let index = |f: fn(&Anchor) -> usize| {
-        let idx: Vec<i64> = anchors
-            .iter()
-            .map(|a| (a.video * t + f(a)) as i64)
-            .collect();
+        let idx: Vec<i64> = anchors.iter().map(|a| (a.video * t + f(a)) as i64).collect();
         Tensor::<1, Int>::from_data(TensorData::new(idx, [anchors.len()]), &device)
     };
     let rows = |x: Tensor<3>| x.swap_dims(1, 2).reshape([b * t, c]);
@@ -466,14 +445,8 @@ mod tests {
 
     #[test]
     fn diou_matches_hand_computed_values() {
-        let pred = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, 1.0, 2.0, 1.0, 0.0, 0.0], [3, 2]),
-            &dev(),
-        );
-        let gt = Tensor::<2>::from_data(
-            TensorData::new(vec![1.0f32, 1.0, 1.0, 3.0, 1.0, 1.0], [3, 2]),
-            &dev(),
-        );
+        let pred = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0, 2.0, 1.0, 0.0, 0.0], [3, 2]), &dev());
+        let gt = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 1.0, 1.0, 3.0, 1.0, 1.0], [3, 2]), &dev());
         let got = read(diou_loss_1d(pred, gt));
         // Identical: loss 0.
         assert!(got[0].abs() < 1e-7);
@@ -496,30 +469,18 @@ mod tests {
 
     #[test]
     fn contrastive_schedule() {
-        let active: Vec<usize> = (0..14)
-            .filter(|&e| contrastive_active(e, true, false))
-            .collect();
+        let active: Vec<usize> = (0..14).filter(|&e| contrastive_active(e, true, false)).collect();
         assert_eq!(active, vec![0, 2, 4, 6, 8, 10, 12]);
-        let active: Vec<usize> = (0..14)
-            .filter(|&e| contrastive_active(e, true, true))
-            .collect();
+        let active: Vec<usize> = (0..14).filter(|&e| contrastive_active(e, true, true)).collect();
         assert_eq!(active, vec![0, 2, 4, 6, 8]);
-        assert!(
-            (0..14).all(
-                |e| !contrastive_active(e, false, true) && !contrastive_active(e, false, false)
-            )
-        );
+        assert!((0..14).all(|e| !contrastive_active(e, false, true) && !contrastive_active(e, false, false)));
     }
 
     #[test]
     fn contrastive_loss_hand_case_and_skip() {
         // u0 = (1,0), u1 = (0,1), d0 = (1,0), d1 = (-1,0) (scaled, to check normalisation).
-        let fg =
-            Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0, 0.0, 3.0], [2, 2]), &dev());
-        let bg = Tensor::<2>::from_data(
-            TensorData::new(vec![5.0f32, 0.0, -1.0, 0.0], [2, 2]),
-            &dev(),
-        );
+        let fg = Tensor::<2>::from_data(TensorData::new(vec![2.0f32, 0.0, 0.0, 3.0], [2, 2]), &dev());
+        let bg = Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 0.0, -1.0, 0.0], [2, 2]), &dev());
         let got = read(contrastive_loss(fg, bg).unwrap());
         let e = std::f64::consts::E;
         // i=0: a = e^0 = 1, b = e^1 + e^-1. i=1: a = 1, b = e^0 + e^0 = 2.
@@ -628,28 +589,12 @@ mod tests {
             &ad,
         )
         .require_grad();
-        let offs = Tensor::<3>::from_data(
-            TensorData::new(vec![2.0f32, 1.0, 0.0, 0.0, 1.0, 1.0], [1, 3, 2]),
-            &ad,
-        )
-        .require_grad();
-        let valid =
-            Tensor::<2, Bool>::from_data(TensorData::new(vec![true, true, false], [1, 3]), &ad);
+        let offs = Tensor::<3>::from_data(TensorData::new(vec![2.0f32, 1.0, 0.0, 0.0, 1.0, 1.0], [1, 3, 2]), &ad)
+            .require_grad();
+        let valid = Tensor::<2, Bool>::from_data(TensorData::new(vec![true, true, false], [1, 3]), &ad);
         let n = 2.0;
-        let out = detection_losses(
-            logits.clone(),
-            offs.clone(),
-            valid,
-            &targets,
-            n,
-            &LossConfig::default(),
-        )
-        .unwrap();
-        let cls_want = (focal_ref(0.5, 1.0)
-            + focal_ref(-1.0, 0.0)
-            + focal_ref(-2.0, 0.0)
-            + focal_ref(0.3, 0.0))
-            / n;
+        let out = detection_losses(logits.clone(), offs.clone(), valid, &targets, n, &LossConfig::default()).unwrap();
+        let cls_want = (focal_ref(0.5, 1.0) + focal_ref(-1.0, 0.0) + focal_ref(-2.0, 0.0) + focal_ref(0.3, 0.0)) / n;
         // Only point 0 is a (valid) positive: pred (2,1) gt (1,1): inter 2, union 3, iou 2/3,
         // rho = .5(1-2-1+1) = -.5, len_c = 3.
         let reg_want = (1.0 - 2.0 / 3.0 + (0.5f64 / 3.0).powi(2)) / n;
@@ -666,10 +611,7 @@ mod tests {
         // Invalid point: no gradient; non-positive point: no offset gradient.
         assert_eq!(&g_logits[4..6], &[0.0, 0.0]);
         assert_eq!(&g_offs[2..6], &[0.0, 0.0, 0.0, 0.0]);
-        assert!(
-            g_offs[0] != 0.0 && g_logits[0] < 0.0,
-            "{g_offs:?} {g_logits:?}"
-        );
+        assert!(g_offs[0] != 0.0 && g_logits[0] < 0.0, "{g_offs:?} {g_logits:?}");
     }
 
     #[test]
@@ -682,9 +624,7 @@ mod tests {
         let logits = Tensor::<3>::zeros([1, 3, 2], &dev());
         let offs = Tensor::<3>::zeros([1, 3, 2], &dev());
         let valid = Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 3], [1, 3]), &dev());
-        assert!(
-            detection_losses(logits, offs, valid, &targets, 1.0, &LossConfig::default()).is_err()
-        );
+        assert!(detection_losses(logits, offs, valid, &targets, 1.0, &LossConfig::default()).is_err());
     }
 
     #[test]
@@ -696,9 +636,6 @@ mod tests {
         };
         let both = [t.clone(), t];
         assert_eq!(count_positives(&both, None), 4);
-        assert_eq!(
-            count_positives(&both, Some(&[true, true, false, true, true, true])),
-            3
-        );
+        assert_eq!(count_positives(&both, Some(&[true, true, false, true, true, true])), 3);
     }
 }

@@ -51,10 +51,7 @@ impl AdamWSettings {
 ///
 /// The state is keyed by [`ParamId`], so the model must keep its ids across save and load
 /// for a resumed optimiser to find its moments.
-pub fn adamw_with_decay_group(
-    decay_ids: Vec<ParamId>,
-    settings: &AdamWSettings,
-) -> ModuleOptimizer {
+pub fn adamw_with_decay_group(decay_ids: Vec<ParamId>, settings: &AdamWSettings) -> ModuleOptimizer {
     settings.config(0.0).init().with_group(
         ParamGroup::from_ids(decay_ids),
         settings.config(settings.weight_decay).build(),
@@ -158,8 +155,7 @@ impl LrSchedule {
             return self.base_lr;
         }
         let progress = (step - self.warmup_steps) as f64 / span as f64;
-        self.eta_min
-            + 0.5 * (self.base_lr - self.eta_min) * (1.0 + (std::f64::consts::PI * progress).cos())
+        self.eta_min + 0.5 * (self.base_lr - self.eta_min) * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
 
@@ -229,14 +225,8 @@ mod tests {
         assert!((s.lr(2499) - 7.977e-6).abs() < 1e-9, "{}", s.lr(2499));
         assert!((s.lr(3000) - ETA_MIN).abs() < 1e-18);
         // Without pretrain/random_patch there is no +10.
-        assert_eq!(
-            LrSchedule::warmup_cosine(1e-4, 45, 5, 50, false, false).max_steps,
-            2500
-        );
-        assert_eq!(
-            LrSchedule::warmup_cosine(1e-4, 45, 5, 50, false, true).max_steps,
-            3000
-        );
+        assert_eq!(LrSchedule::warmup_cosine(1e-4, 45, 5, 50, false, false).max_steps, 2500);
+        assert_eq!(LrSchedule::warmup_cosine(1e-4, 45, 5, 50, false, true).max_steps, 3000);
     }
 
     #[test]
@@ -254,15 +244,7 @@ mod tests {
     }
 
     /// PyTorch `torch.optim.AdamW` single-tensor algorithm in f64, for reference.
-    fn torch_adamw(
-        p: &mut [f64],
-        m: &mut [f64],
-        v: &mut [f64],
-        g: &[f64],
-        step: i32,
-        lr: f64,
-        wd: f64,
-    ) {
+    fn torch_adamw(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], step: i32, lr: f64, wd: f64) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         for i in 0..p.len() {
             p[i] *= 1.0 - lr * wd;
@@ -279,14 +261,8 @@ mod tests {
     fn adamw_groups_match_pytorch_for_three_steps() {
         let dev = Device::flex().autodiff();
         let mut model = Two {
-            w: Param::from_tensor(Tensor::from_data(
-                TensorData::new(vec![1.0f32, -2.0, 0.5], [3]),
-                &dev,
-            )),
-            b: Param::from_tensor(Tensor::from_data(
-                TensorData::new(vec![0.3f32, -0.7], [2]),
-                &dev,
-            )),
+            w: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, -2.0, 0.5], [3]), &dev)),
+            b: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.3f32, -0.7], [2]), &dev)),
         };
         let mut optim = adamw_with_decay_group(
             vec![model.w.id],
@@ -305,15 +281,7 @@ mod tests {
             model = optim.step(lr, model, grads);
             let gw: Vec<f64> = pw.iter().map(|x| 2.0 * x).collect();
             torch_adamw(&mut pw, &mut mw, &mut vw, &gw, step as i32 + 1, lr, 0.5);
-            torch_adamw(
-                &mut pb,
-                &mut mb,
-                &mut vb,
-                &[3.0, 3.0],
-                step as i32 + 1,
-                lr,
-                0.0,
-            );
+            torch_adamw(&mut pb, &mut mb, &mut vb, &[3.0, 3.0], step as i32 + 1, lr, 0.0);
             let got_w = model.w.val().into_data().try_into_vec::<f32>().unwrap();
             let got_b = model.b.val().into_data().try_into_vec::<f32>().unwrap();
             for (g, w) in got_w.iter().zip(&pw).chain(got_b.iter().zip(&pb)) {
@@ -333,10 +301,7 @@ mod tests {
     fn optimizer_state_with_groups_survives_a_byte_round_trip() {
         let dev = Device::flex().autodiff();
         let mut model = Two {
-            w: Param::from_tensor(Tensor::from_data(
-                TensorData::new(vec![1.0f32, -2.0], [2]),
-                &dev,
-            )),
+            w: Param::from_tensor(Tensor::from_data(TensorData::new(vec![1.0f32, -2.0], [2]), &dev)),
             b: Param::from_tensor(Tensor::from_data(TensorData::new(vec![0.5f32], [1]), &dev)),
         };
         let settings = AdamWSettings {
@@ -366,11 +331,7 @@ mod tests {
             v
         };
         assert_eq!(v(&a), v(&b));
-        assert_ne!(
-            v(&a),
-            v(&c),
-            "a fresh optimiser has no moments: the state mattered"
-        );
+        assert_ne!(v(&a), v(&c), "a fresh optimiser has no moments: the state mattered");
     }
 
     #[derive(Module, Debug)]

@@ -24,8 +24,8 @@ use super::checkpoint::{self, CheckpointError, CheckpointMeta, config_hash};
 use super::clip::clip_grad_global_norm;
 use super::ema::{EmaError, ema_init, ema_update};
 use super::loss::{
-    AnchorDraw, LossError, LossNormalizer, contrastive_active, contrastive_loss, count_positives,
-    detection_losses, gather_anchor_features, sample_anchors,
+    AnchorDraw, LossError, LossNormalizer, contrastive_active, contrastive_loss, count_positives, detection_losses,
+    gather_anchor_features, sample_anchors,
 };
 use super::optim::{adamw_with_decay_group, param_ids_where};
 use crate::config::Config;
@@ -61,7 +61,14 @@ pub enum TrainError {
         "non-finite loss at epoch {epoch}, step {step} (cls {cls}, reg {reg}, contrastive {con:?}); videos of the batch: {videos:?}. \
          The last good checkpoint is kept."
     )]
-    NonFinite { epoch: usize, step: usize, cls: f64, reg: f64, con: Option<f64>, videos: Vec<String> },
+    NonFinite {
+        epoch: usize,
+        step: usize,
+        cls: f64,
+        reg: f64,
+        con: Option<f64>,
+        videos: Vec<String>,
+    },
     #[error("cannot resume from {}: {reason}", path.display())]
     Resume { path: PathBuf, reason: String },
 }
@@ -190,8 +197,10 @@ pub fn train(
     let t_len = cfg.dataset.max_seq_len;
     let clip = cfg.train_cfg.clip_grad_l2norm.unwrap_or(0.0) as f32;
 
-    std::fs::create_dir_all(&opts.run_dir)
-        .map_err(|e| TrainError::Io { path: opts.run_dir.clone(), reason: e.to_string() })?;
+    std::fs::create_dir_all(&opts.run_dir).map_err(|e| TrainError::Io {
+        path: opts.run_dir.clone(),
+        reason: e.to_string(),
+    })?;
     write_atomic(&opts.run_dir.join("config.yaml"), cfg.to_yaml().as_bytes())?;
 
     let device = opts.device.clone().autodiff();
@@ -207,7 +216,10 @@ pub fn train(
     let sdir = state_dir(&opts.run_dir);
     let log_path = opts.run_dir.join("log.jsonl");
     if opts.resume && sdir.join("state.json").exists() {
-        let bad = |reason: String| TrainError::Resume { path: sdir.clone(), reason };
+        let bad = |reason: String| TrainError::Resume {
+            path: sdir.clone(),
+            reason,
+        };
         let text = std::fs::read_to_string(sdir.join("state.json")).map_err(|e| bad(e.to_string()))?;
         let st: ResumeState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         if st.config_hash != hash {
@@ -216,15 +228,22 @@ pub fn train(
                 st.config_hash
             )));
         }
-        model = model.try_load_file(sdir.join("model.bpk")).map_err(|e| bad(format!("model: {e}")))?;
-        ema = ema.try_load_file(sdir.join("ema.bpk")).map_err(|e| bad(format!("ema: {e}")))?;
+        model = model
+            .try_load_file(sdir.join("model.bpk"))
+            .map_err(|e| bad(format!("model: {e}")))?;
+        ema = ema
+            .try_load_file(sdir.join("ema.bpk"))
+            .map_err(|e| bad(format!("ema: {e}")))?;
         optim_bytes = Some(std::fs::read(sdir.join("optim.bin")).map_err(|e| bad(format!("optim.bin: {e}")))?);
         normalizer = st.normalizer;
         start_epoch = st.epochs_done;
         step = st.step;
     } else if log_path.exists() {
         // A fresh run replaces an old log.
-        std::fs::remove_file(&log_path).map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })?;
+        std::fs::remove_file(&log_path).map_err(|e| TrainError::Io {
+            path: log_path.clone(),
+            reason: e.to_string(),
+        })?;
     }
     // The decay group is keyed by parameter id, so it is built after a resumed model has
     // its persisted ids back; otherwise the group would name ids nobody has.
@@ -233,17 +252,26 @@ pub fn train(
     if let Some(bytes) = optim_bytes {
         optim = optim
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| TrainError::Resume { path: sdir.clone(), reason: format!("optimiser: {e}") })?;
+            .map_err(|e| TrainError::Resume {
+                path: sdir.clone(),
+                reason: format!("optimiser: {e}"),
+            })?;
     }
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
-        .map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })?;
+        .map_err(|e| TrainError::Io {
+            path: log_path.clone(),
+            reason: e.to_string(),
+        })?;
     let mut write_log = |line: &LogLine| -> Result<(), TrainError> {
         let mut s = serde_json::to_string(line).unwrap_or_default();
         s.push('\n');
-        log.write_all(s.as_bytes()).map_err(|e| TrainError::Io { path: log_path.clone(), reason: e.to_string() })
+        log.write_all(s.as_bytes()).map_err(|e| TrainError::Io {
+            path: log_path.clone(),
+            reason: e.to_string(),
+        })
     };
 
     let points = model.points(t_len).rows();
@@ -260,15 +288,22 @@ pub fn train(
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
         let use_con = contrastive_active(epoch, cfg.model.pretrain, cfg.model.random_patch);
-        let bar = if opts.quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(iters as u64) };
+        let bar = if opts.quiet {
+            indicatif::ProgressBar::hidden()
+        } else {
+            indicatif::ProgressBar::new(iters as u64)
+        };
         bar.set_style(
             indicatif::ProgressStyle::with_template(
                 "epoch {prefix:>3}/{len_total} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .with_key("len_total", move |_s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{total_epochs}");
-            }),
+            .with_key(
+                "len_total",
+                move |_s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{total_epochs}");
+                },
+            ),
         );
         bar.set_prefix(format!("{}", epoch + 1));
         let started = Instant::now();
@@ -287,18 +322,33 @@ pub fn train(
             let windows: Vec<Window<'_>> = vids
                 .iter()
                 .zip(&crops)
-                .map(|(v, c)| Window { feats: &v.feats, start: c.start, len: c.len })
+                .map(|(v, c)| Window {
+                    feats: &v.feats,
+                    start: c.start,
+                    len: c.len,
+                })
                 .collect();
             let b = collate(&windows, t_len, &device)?;
-            let centres = cfg.model.random_patch.then(|| draw_patch_centres(&mut rng, batch, side));
+            let centres = cfg
+                .model
+                .random_patch
+                .then(|| draw_patch_centres(&mut rng, batch, side));
             let out = model.forward(b.feats, b.mask, centres.as_deref())?;
 
-            let segs_f32: Vec<Vec<[f32; 2]>> =
-                crops.iter().map(|c| c.segments.iter().map(|s| [s[0] as f32, s[1] as f32]).collect()).collect();
+            let segs_f32: Vec<Vec<[f32; 2]>> = crops
+                .iter()
+                .map(|c| c.segments.iter().map(|s| [s[0] as f32, s[1] as f32]).collect())
+                .collect();
             let mut targets: Vec<Targets> = Vec::with_capacity(batch);
             let mut valid = Vec::with_capacity(batch * points.len());
             for (c, segs) in crops.iter().zip(&segs_f32) {
-                targets.push(assign_targets(&points, segs, &c.labels, cfg.dataset.num_classes, center)?);
+                targets.push(assign_targets(
+                    &points,
+                    segs,
+                    &c.labels,
+                    cfg.dataset.num_classes,
+                    center,
+                )?);
                 valid.extend(valid_points(&points, c.len));
             }
             let norm = normalizer.update(count_positives(&targets, Some(&valid)));
@@ -308,8 +358,11 @@ pub fn train(
             let losses = detection_losses(cls_logits, offsets, masks, &targets, norm, &loss_cfg)?;
             let con = match (use_con, out.fg, out.bg) {
                 (true, Some(fg), Some(bg)) => {
-                    let per_video: Vec<(&[[f32; 2]], &[usize])> =
-                        segs_f32.iter().zip(&crops).map(|(s, c)| (s.as_slice(), c.labels.as_slice())).collect();
+                    let per_video: Vec<(&[[f32; 2]], &[usize])> = segs_f32
+                        .iter()
+                        .zip(&crops)
+                        .map(|(s, c)| (s.as_slice(), c.labels.as_slice()))
+                        .collect();
                     let anchors = sample_anchors(&per_video, t_len, AnchorDraw::Shared, &mut rng);
                     let (u, d) = gather_anchor_features(fg, bg, &anchors)?;
                     contrastive_loss(u, d)
@@ -358,7 +411,10 @@ pub fn train(
                     total_loss: cls + loss_cfg.loss_weight.max(0.0) as f64 * reg + conv.unwrap_or(0.0),
                     sec_per_iter: started.elapsed().as_secs_f64() / (it + 1) as f64,
                 };
-                bar.set_message(format!("loss {:.4} (cls {:.4} reg {:.4}) lr {:.2e}", line.total_loss, cls, reg, lr));
+                bar.set_message(format!(
+                    "loss {:.4} (cls {:.4} reg {:.4}) lr {:.2e}",
+                    line.total_loss, cls, reg, lr
+                ));
                 write_log(&line)?;
             }
             step += 1;
@@ -370,7 +426,14 @@ pub fn train(
         let reg = avg(sum_reg, iters).unwrap_or(f64::NAN);
         let conv = avg(sum_con, n_con);
         if !(cls.is_finite() && reg.is_finite() && conv.is_none_or(f64::is_finite)) {
-            return Err(TrainError::NonFinite { epoch: epoch + 1, step, cls, reg, con: conv, videos: Vec::new() });
+            return Err(TrainError::NonFinite {
+                epoch: epoch + 1,
+                step,
+                cls,
+                reg,
+                con: conv,
+                videos: Vec::new(),
+            });
         }
         let line = LogLine {
             kind: "epoch".into(),
@@ -397,17 +460,28 @@ pub fn train(
             checkpoint::save(&ema, &path, &meta)?;
             checkpoints.push(path);
         }
-        save_state(&opts.run_dir, &model, &ema, &optim, ResumeState {
-            epochs_done: epoch1,
-            step,
-            normalizer,
-            config_hash: hash.clone(),
-            seed: opts.seed,
-        })?;
+        save_state(
+            &opts.run_dir,
+            &model,
+            &ema,
+            &optim,
+            ResumeState {
+                epochs_done: epoch1,
+                step,
+                normalizer,
+                config_hash: hash.clone(),
+                seed: opts.seed,
+            },
+        )?;
         on_epoch(&line);
         last_epoch = Some(line);
     }
-    Ok(TrainSummary { run_dir: opts.run_dir.clone(), epochs_done: end_epoch, checkpoints, last_epoch })
+    Ok(TrainSummary {
+        run_dir: opts.run_dir.clone(),
+        epochs_done: end_epoch,
+        checkpoints,
+        last_epoch,
+    })
 }
 
 fn save_state<O: serde::Serialize>(
@@ -419,9 +493,16 @@ fn save_state<O: serde::Serialize>(
 ) -> Result<(), TrainError> {
     let dir = state_dir(run_dir);
     build_dir_atomic(&dir, |tmp: &Path| -> Result<(), TrainError> {
-        let io = |p: &Path, e: String| TrainError::Io { path: p.to_path_buf(), reason: e };
+        let io = |p: &Path, e: String| TrainError::Io {
+            path: p.to_path_buf(),
+            reason: e,
+        };
         let mp = tmp.join("model.bpk");
-        model.clone().valid().save_file(&mp).map_err(|e| io(&mp, e.to_string()))?;
+        model
+            .clone()
+            .valid()
+            .save_file(&mp)
+            .map_err(|e| io(&mp, e.to_string()))?;
         let ep = tmp.join("ema.bpk");
         ema.clone().save_file(&ep).map_err(|e| io(&ep, e.to_string()))?;
         let op = tmp.join("optim.bin");
@@ -456,4 +537,3 @@ mod tests {
         assert!(!decays("backbone.stem.0.drop_path_attn.scale"));
     }
 }
-
