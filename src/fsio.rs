@@ -136,3 +136,114 @@ mod tests {
         assert_eq!(n, 1);
     }
 }
+
+/// Another live process holds a run folder.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("{} is in use by another xca process (pid {pid}); wait for it to finish, or remove the lock file if that process is gone", path.display())]
+    Busy { path: PathBuf, pid: u32 },
+    #[error("cannot lock {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An exclusive lock on a run folder: the file `lock` holding the owner's pid, removed when
+/// the lock is dropped. A lock left by a process that no longer exists (killed, crashed) is
+/// taken over.
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+}
+
+/// Whether a process with this pid is alive. Where that cannot be known (no `/proc`), assume
+/// it is, so a lock is never stolen from a live run.
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    if !proc.exists() {
+        return true;
+    }
+    proc.join(pid.to_string()).exists()
+}
+
+impl RunLock {
+    /// Lock `dir` (created if needed) for this process.
+    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        let path = dir.join("lock");
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        for _ in 0..3 {
+            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    f.write_all(std::process::id().to_string().as_bytes()).map_err(io)?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    match owner {
+                        Some(pid) if process_alive(pid) => return Err(LockError::Busy { path, pid }),
+                        // Stale (dead owner) or unreadable: take it over.
+                        _ => match fs::remove_file(&path) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                            Err(e) => return Err(io(e)),
+                        },
+                    }
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(io(std::io::Error::other("the lock file keeps reappearing")))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_and_a_dead_owner_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        let lock = RunLock::acquire(&run).unwrap();
+        assert_eq!(
+            fs::read_to_string(run.join("lock")).unwrap(),
+            std::process::id().to_string()
+        );
+        let err = RunLock::acquire(&run).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())) && err.contains("run"),
+            "{err}"
+        );
+        drop(lock);
+        assert!(!run.join("lock").exists());
+
+        // A lock written by a process that has exited is stale.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        fs::write(run.join("lock"), dead.to_string()).unwrap();
+        let taken = RunLock::acquire(&run).unwrap();
+        assert_eq!(
+            fs::read_to_string(run.join("lock")).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(taken);
+        // Garbage in the lock file is treated as stale too.
+        fs::write(run.join("lock"), "not a pid").unwrap();
+        assert!(RunLock::acquire(&run).is_ok());
+    }
+}

@@ -217,3 +217,26 @@ fn train_select_eval_from_the_command_line() {
     let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(err.contains("epoch_") && err.contains("does not fit"), "{err}");
 }
+
+#[test]
+fn a_live_lock_refuses_a_second_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), 2);
+    let run = dir.path().join("ckpt/tiny_busy");
+    std::fs::create_dir_all(&run).unwrap();
+    // This test process is alive: its pid in the lock means "in use".
+    std::fs::write(run.join("lock"), std::process::id().to_string()).unwrap();
+    let out = xca()
+        .args(["train", config.to_str().unwrap(), "--output", "busy", "--quiet"])
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(
+        err.contains("in use by another xca process") && err.contains(&std::process::id().to_string()),
+        "{err}"
+    );
+    assert!(
+        !run.join("log.jsonl").exists(),
+        "nothing may be written into a locked run folder"
+    );
+}

@@ -53,6 +53,9 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
+    // One trainer per run folder: a second `xca train` into it is refused while the first
+    // lives; a lock left by a killed run is taken over.
+    let _lock = xca::fsio::RunLock::acquire(&run_dir).map_err(|e| InputError(e.to_string()))?;
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
         device,
