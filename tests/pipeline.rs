@@ -62,6 +62,11 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
     // Interrupted after one epoch, then resumed: same log and same final weights.
     let c_dir = dir.path().join("c");
     run(&cfg, &c_dir, false, Some(1));
+    // As if killed during epoch 2: a step of the unfinished epoch is already in the log.
+    let mut log = std::fs::read_to_string(c_dir.join("log.jsonl")).unwrap();
+    log.push_str(&serde_json::to_string(&a.iter().find(|l| l.epoch == 2).unwrap()).unwrap());
+    log.push('\n');
+    std::fs::write(c_dir.join("log.jsonl"), log).unwrap();
     assert!(!c_dir.join("epoch_003.safetensors").exists());
     let c = run(&cfg, &c_dir, true, None);
     assert_eq!(losses(&c), la, "a resumed run must continue exactly where it stopped");

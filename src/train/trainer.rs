@@ -238,6 +238,16 @@ pub fn train(
         normalizer = st.normalizer;
         start_epoch = st.epochs_done;
         step = st.step;
+        // A run killed mid-epoch logged steps that the resumed run will redo: keep only the
+        // lines of completed epochs so the log has each step once.
+        if let Ok(text) = std::fs::read_to_string(&log_path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|line| line.epoch <= st.epochs_done))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            write_atomic(&log_path, kept.as_bytes())?;
+        }
     } else if log_path.exists() {
         // A fresh run replaces an old log.
         std::fs::remove_file(&log_path).map_err(|e| TrainError::Io {
