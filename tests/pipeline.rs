@@ -3,11 +3,10 @@
 //! and `xca train` → `xca select` → `xca eval` work as the paper's README describes.
 
 mod common;
-use common::setup;
+use common::{setup, xca};
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use xca::config::Config;
 use xca::dataset::{Annotations, load_split};
 use xca::device::DeviceChoice;
@@ -112,10 +111,6 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_ne!(losses(&d)[0], la[0]);
-}
-
-fn xca() -> Command {
-    Command::cargo_bin("xca").unwrap()
 }
 
 #[test]

@@ -2,19 +2,14 @@
 //! (16×16 images, width 16, max_seq_len 32, as in tests/pipeline.rs).
 
 mod common;
-use common::setup;
+use common::{setup, xca};
 
 use std::path::Path;
 
-use assert_cmd::Command;
 use npyz::WriterBuilder;
 use xca::dataset::Features;
 use xca::dataset::features::to_npy_bytes;
 use xca::report::{CURVES_SIZE, SUMMARY_SIZE, VIDEO_SIZE};
-
-fn xca() -> Command {
-    Command::cargo_bin("xca").unwrap()
-}
 
 /// A `.npy` of float32 `shape` holding `data`.
 fn write_npy(path: &Path, shape: &[u64], data: &[f32]) {

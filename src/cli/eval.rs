@@ -91,10 +91,20 @@ pub fn evaluate(
     device: &burn::tensor::Device,
     quiet: bool,
 ) -> Result<(SplitScores, Vec<(String, Candidates)>)> {
+    let (data, gt) = load_eval_data(cfg, split, quiet)?;
+    evaluate_loaded(cfg, model, &data, &gt, split, seed, device, quiet)
+}
+
+/// The videos of `split` and the ground truth to score them against.
+fn load_eval_data(
+    cfg: &Config,
+    split: &str,
+    quiet: bool,
+) -> Result<(xca::dataset::SplitData, xca::metrics::io::GroundTruth)> {
     let ann = common::annotations(cfg)?;
     let data = common::load_data(cfg, &ann, &[split.to_string()], quiet)?;
     let gt = ground_truth(cfg).map_err(|e| InputError(e.to_string()))?;
-    evaluate_loaded(cfg, model, &data, &gt, split, seed, device, quiet)
+    Ok((data, gt))
 }
 
 /// [`evaluate`] with the data already in memory (`select` loads it once).
@@ -169,9 +179,7 @@ pub fn evaluate_with_plots(
     use xca::infer::keyframes::{frame_at, ground_truth_keyframes, keyframes_of};
     use xca::metrics::VideoKeyframes;
 
-    let ann = common::annotations(cfg)?;
-    let data = common::load_data(cfg, &ann, &[split.to_string()], quiet)?;
-    let gt = ground_truth(cfg).map_err(|e| InputError(e.to_string()))?;
+    let (data, gt) = load_eval_data(cfg, split, quiet)?;
     let (fill, wash) = xca::metrics::score::filling_washout_ids(&gt);
     let centres = patch_centres(cfg, seed, data.videos.len(), model.image_side());
     let b = common::bar(data.videos.len(), &format!("eval+plots {split}"), quiet);

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use assert_cmd::Command;
 use xca::synth::{SynthConfig, generate};
 
 /// Write the dataset under `dir/data` and `dir/tiny.yaml` for `epochs` epochs in all (one of
@@ -32,4 +33,9 @@ pub fn setup(dir: &Path, epochs: usize) -> PathBuf {
     let path = dir.join("tiny.yaml");
     std::fs::write(&path, yaml).unwrap();
     path
+}
+
+/// The `xca` binary under test.
+pub fn xca() -> Command {
+    Command::cargo_bin("xca").unwrap()
 }
