@@ -7,4 +7,5 @@ pub mod clip;
 pub mod ema;
 pub mod loss;
 pub mod optim;
+pub mod step;
 pub mod trainer;

@@ -12,28 +12,24 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::assign::{AssignError, Targets, assign_targets};
+use super::assign::AssignError;
 use super::checkpoint::{self, CheckpointError, CheckpointMeta, config_hash};
-use super::clip::clip_grad_global_norm;
-use super::ema::{EmaError, ema_init, ema_update};
-use super::loss::{
-    AnchorDraw, LossError, LossNormalizer, contrastive_active, contrastive_loss, count_positives, detection_losses,
-    gather_anchor_features, sample_anchors,
-};
+use super::ema::{EmaError, ema_init};
+use super::loss::{LossError, LossNormalizer, contrastive_active};
 use super::optim::{adamw_with_decay_group, param_ids_where};
+use super::step::{Learner, StepSetup};
 use crate::config::Config;
 use crate::dataset::batch::{BatchError, Window, collate};
 use crate::dataset::crop::{CropParams, crop};
 use crate::dataset::{Grid, SplitData};
 use crate::fsio::{WriteError, build_dir_atomic, write_atomic, write_json_atomic};
-use crate::model::{ModelError, Network, draw_patch_centres};
+use crate::model::{ModelError, Network};
 use crate::runtime;
 
 /// Anything that stops training.
@@ -162,12 +158,6 @@ fn scalar(t: &Tensor<1>) -> f64 {
     t.clone().into_data().iter::<f64>().next().unwrap_or(f64::NAN)
 }
 
-/// Valid points of every level, concatenated, for a video of `len` steps (nearest-neighbour
-/// mask downsampling keeps index i of a level with stride s when i·s < len).
-fn valid_points(points: &[[f32; 4]], len: usize) -> Vec<bool> {
-    points.iter().map(|p| (p[0] as usize) < len).collect()
-}
-
 /// Train `model` on `data` as `cfg` says. Writes checkpoints, `log.jsonl` and the
 /// resumable state into `opts.run_dir`.
 pub fn train(
@@ -185,7 +175,6 @@ pub fn train(
     let total_epochs = cfg.total_epochs();
     let schedule = runtime::lr_schedule(cfg, iters);
     let loss_cfg = runtime::loss_config(cfg);
-    let center = runtime::center_sample(cfg);
     let grid = Grid::from_config(cfg);
     let crop_params = CropParams {
         max_seq_len: cfg.dataset.max_seq_len,
@@ -195,7 +184,6 @@ pub fn train(
     };
     let hash = config_hash(cfg);
     let t_len = cfg.dataset.max_seq_len;
-    let clip = cfg.train_cfg.clip_grad_l2norm.unwrap_or(0.0) as f32;
 
     std::fs::create_dir_all(&opts.run_dir).map_err(|e| TrainError::Io {
         path: opts.run_dir.clone(),
@@ -284,8 +272,13 @@ pub fn train(
         })
     };
 
-    let points = model.points(t_len).rows();
-    let side = model.image_side();
+    let setup = StepSetup::new(cfg, &model);
+    let mut learner = Learner {
+        model,
+        ema,
+        optim,
+        normalizer,
+    };
     let mut checkpoints = Vec::new();
     let mut last_epoch = None;
     let end_epoch = match opts.max_epochs_this_run {
@@ -339,62 +332,16 @@ pub fn train(
                 })
                 .collect();
             let b = collate(&windows, t_len, &device)?;
-            let centres = cfg
-                .model
-                .random_patch
-                .then(|| draw_patch_centres(&mut rng, batch, side));
-            let out = model.forward(b.feats, b.mask, centres.as_deref())?;
-
-            let segs_f32: Vec<Vec<[f32; 2]>> = crops
-                .iter()
-                .map(|c| c.segments.iter().map(|s| [s[0] as f32, s[1] as f32]).collect())
-                .collect();
-            let mut targets: Vec<Targets> = Vec::with_capacity(batch);
-            let mut valid = Vec::with_capacity(batch * points.len());
-            for (c, segs) in crops.iter().zip(&segs_f32) {
-                targets.push(assign_targets(
-                    &points,
-                    segs,
-                    &c.labels,
-                    cfg.dataset.num_classes,
-                    center,
-                )?);
-                valid.extend(valid_points(&points, c.len));
-            }
-            let norm = normalizer.update(count_positives(&targets, Some(&valid)));
-            let cls_logits = Tensor::cat(out.cls_logits, 1);
-            let offsets = Tensor::cat(out.offsets, 1);
-            let masks: Tensor<2, Bool> = Tensor::cat(out.masks, 1);
-            let losses = detection_losses(cls_logits, offsets, masks, &targets, norm, &loss_cfg)?;
-            let con = match (use_con, out.fg, out.bg) {
-                (true, Some(fg), Some(bg)) => {
-                    let per_video: Vec<(&[[f32; 2]], &[usize])> = segs_f32
-                        .iter()
-                        .zip(&crops)
-                        .map(|(s, c)| (s.as_slice(), c.labels.as_slice()))
-                        .collect();
-                    let anchors = sample_anchors(&per_video, t_len, AnchorDraw::Shared, &mut rng);
-                    let (u, d) = gather_anchor_features(fg, bg, &anchors)?;
-                    contrastive_loss(u, d)
-                }
-                _ => None,
-            };
-            let total = losses.total_with(con.clone());
-            let grads = total.backward();
-            let mut grads = GradientsParams::from_grads(grads, &model);
-            if clip > 0.0 {
-                clip_grad_global_norm(&model, &mut grads, clip);
-            }
             lr = schedule.lr(step);
-            model = optim.step(lr, model, grads);
-            ema = ema_update(ema, &model, cfg.xca.ema_decay)?;
-
-            let (c, r) = (losses.cls.detach(), losses.reg.detach());
+            let (next, losses) = learner.step(&setup, b, &crops, use_con, lr, &mut rng)?;
+            learner = next;
+            let con = losses.con;
+            let (c, r) = (losses.cls, losses.reg);
             sum_cls = Some(sum_cls.map_or(c.clone(), |s| s + c.clone()));
             sum_reg = Some(sum_reg.map_or(r.clone(), |s| s + r.clone()));
             if let Some(cv) = &con {
                 n_con += 1;
-                let cv = cv.clone().detach();
+                let cv = cv.clone();
                 sum_con = Some(sum_con.map_or(cv.clone(), |s| s + cv));
             }
             if (step + 1).is_multiple_of(opts.log_every.max(1)) {
@@ -467,18 +414,18 @@ pub fn train(
                 xca_version: env!("CARGO_PKG_VERSION").into(),
                 weights: "ema".into(),
             };
-            checkpoint::save(&ema, &path, &meta)?;
+            checkpoint::save(&learner.ema, &path, &meta)?;
             checkpoints.push(path);
         }
         save_state(
             &opts.run_dir,
-            &model,
-            &ema,
-            &optim,
+            &learner.model,
+            &learner.ema,
+            &learner.optim,
             ResumeState {
                 epochs_done: epoch1,
                 step,
-                normalizer,
+                normalizer: learner.normalizer,
                 config_hash: hash.clone(),
                 seed: opts.seed,
             },
