@@ -5,6 +5,7 @@
 //! Data flows one way: `config` → `dataset` → `model` → (`train`) / (`infer` → `metrics`).
 //! The network returns tensors; everything after it is plain Rust on the host.
 
+pub mod bench;
 pub mod config;
 pub mod dataset;
 pub mod device;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod check;
 pub mod common;
 pub mod config;
@@ -51,6 +52,8 @@ pub enum Command {
     Score(score::Args),
     /// Write a synthetic XCA dataset (vessel maps + keyframe annotations) in the paper's layout.
     Synth(synth::Args),
+    /// Time a training step, inference (T = 128, 512) and the ConvLSTM; peak memory.
+    Bench(bench::Args),
     /// Convert the authors' PyTorch checkpoint (epoch_NNN.pth.tar) into an xca checkpoint.
     Import(import::Args),
 }
@@ -86,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Synth(args) => synth::run(args),
         Command::Import(a) => import::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,363 @@
+//! The pieces `xca bench` and the criterion benchmarks time: one full training iteration,
+//! inference of one video including post-processing, and the ConvLSTM alone.
+//!
+//! Inputs are synthetic but shaped as the config says (batch size, `max_seq_len`, image
+//! side), and seeded, so two runs time the same work. Each piece's `run` ends with one read
+//! back to the host, so asynchronous devices (wgpu) are timed to completion.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::SeedableRng;
+use rand::distr::{Distribution as _, Uniform};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::dataset::Features;
+use crate::dataset::batch::{Window, collate};
+use crate::dataset::crop::Crop;
+use crate::evaluate::{EvalError, detect, run_video};
+use crate::model::convlstm::{ConvLstm, ConvLstmConfig};
+use crate::model::{ModelError, Network};
+use crate::runtime;
+use crate::train::ema::ema_init;
+use crate::train::loss::{LossNormalizer, contrastive_active};
+use crate::train::optim::{adamw_with_decay_group, param_ids_where};
+use crate::train::step::{Learner, StepSetup};
+use crate::train::trainer::{TrainError, decays};
+
+/// Anything that stops a benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    #[error("{0}")]
+    Batch(#[from] crate::dataset::batch::BatchError),
+    #[error("this config has no ConvLSTM (model.TeAtten is off)")]
+    NoConvLstm,
+    #[error("reading a result back from the device: {0}")]
+    Readback(String),
+}
+
+/// Seeded synthetic features: `rows` images of `dim` pixels in [0, 1), like vessel maps.
+pub fn synthetic_features(rows: usize, dim: usize, seed: u64) -> Features {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let dist = Uniform::new(0.0f32, 1.0).unwrap_or_else(|_| unreachable!("0 < 1"));
+    Features {
+        rows,
+        dim,
+        data: (0..rows * dim).map(|_| dist.sample(&mut rng)).collect(),
+    }
+}
+
+fn read_scalar(t: Tensor<1>) -> Result<f64, BenchError> {
+    t.into_data()
+        .iter::<f64>()
+        .next()
+        .ok_or_else(|| BenchError::Readback("an empty loss".into()))
+}
+
+/// One full training iteration of the config (forward, losses, backward, clip, AdamW,
+/// EMA) on a fixed synthetic batch of `batch_size` videos of `max_seq_len` steps, each with
+/// one foreground segment per class, with the contrastive term on when the config uses it.
+pub struct TrainStepBench {
+    setup: StepSetup,
+    learner: Option<Learner>,
+    feats: Vec<Features>,
+    crops: Vec<Crop>,
+    use_con: bool,
+    device: Device,
+    rng: ChaCha8Rng,
+}
+
+impl TrainStepBench {
+    /// Build the model and the batch on `device` (autodiff is added here).
+    pub fn new(cfg: &Config, device: &Device, seed: u64) -> Result<Self, BenchError> {
+        let device = device.clone().autodiff();
+        device.seed(seed);
+        let model: Network = runtime::network_config(cfg).init(&device)?;
+        let ema = ema_init(&model);
+        let optim = adamw_with_decay_group(param_ids_where(&model, decays), &runtime::adamw_settings(cfg));
+        let setup = StepSetup::new(cfg, &model);
+        let t = cfg.dataset.max_seq_len;
+        let b = cfg.loader.batch_size;
+        let classes = cfg.dataset.num_classes;
+        let feats = (0..b)
+            .map(|i| synthetic_features(t, cfg.dataset.input_dim, seed + 1 + i as u64))
+            .collect();
+        // One segment per class over the middle of the window, as in an angiogram.
+        let crops = (0..b)
+            .map(|i| Crop {
+                start: 0,
+                len: t,
+                segments: (0..classes)
+                    .map(|c| {
+                        let lo = (0.15 + 0.1 * (c + i) as f64) * t as f64;
+                        [lo, lo + 0.35 * t as f64]
+                    })
+                    .collect(),
+                labels: (0..classes).collect(),
+            })
+            .collect();
+        // The heaviest epochs: the contrastive term is on from its first active epoch.
+        let use_con =
+            (0..cfg.total_epochs().max(1)).any(|e| contrastive_active(e, cfg.model.pretrain, cfg.model.random_patch));
+        Ok(Self {
+            setup,
+            learner: Some(Learner {
+                model,
+                ema,
+                optim,
+                normalizer: LossNormalizer::new(cfg.train_cfg.init_loss_norm),
+            }),
+            feats,
+            crops,
+            use_con,
+            device,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })
+    }
+
+    /// One iteration; returns the classification loss (the one host read).
+    pub fn run(&mut self) -> Result<f64, BenchError> {
+        let windows: Vec<Window<'_>> = self.feats.iter().map(Window::whole).collect();
+        let batch = collate(&windows, self.setup.t_len, &self.device)?;
+        let learner = self
+            .learner
+            .take()
+            .ok_or_else(|| BenchError::Readback("a previous step failed".into()))?;
+        // A small fixed rate: the numbers must stay finite over many timed steps.
+        let (learner, losses) = learner.step(&self.setup, batch, &self.crops, self.use_con, 1e-5, &mut self.rng)?;
+        self.learner = Some(learner);
+        read_scalar(losses.cls)
+    }
+}
+
+/// Inference of one synthetic video of `t` steps: the network on the plain device, then
+/// decoding, NMS and grid → seconds, as `xca eval` runs it.
+pub struct InferBench {
+    cfg: Config,
+    model: Network,
+    feats: Features,
+    device: Device,
+}
+
+impl InferBench {
+    /// Build an untrained model in eval mode and a video of `t` steps.
+    pub fn new(cfg: &Config, device: &Device, t: usize, seed: u64) -> Result<Self, BenchError> {
+        device.seed(seed);
+        let model = runtime::network_config(cfg).init(device)?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            model,
+            feats: synthetic_features(t, cfg.dataset.input_dim, seed + 100),
+            device: device.clone(),
+        })
+    }
+
+    /// One video; returns the number of detections.
+    pub fn run(&self) -> Result<usize, BenchError> {
+        let mid = self.cfg.image_side() / 2;
+        let centre = self.cfg.model.random_patch.then_some((mid, mid));
+        let out = run_video(&self.model, &self.cfg, &self.feats, centre, &self.device, "bench")?;
+        let fps = 1.0;
+        Ok(detect(&self.cfg, &out, fps, None)?.segs.len())
+    }
+}
+
+/// The ConvLSTM block alone, forward and backward, on `[B, T, 1, H, W]` of the config's
+/// shape (B = batch size, T = max_seq_len).
+pub struct ConvLstmBench {
+    lstm: ConvLstm,
+    x: TensorData,
+    device: Device,
+}
+
+impl ConvLstmBench {
+    pub fn new(cfg: &Config, device: &Device, seed: u64) -> Result<Self, BenchError> {
+        if !cfg.model.te_atten {
+            return Err(BenchError::NoConvLstm);
+        }
+        let device = device.clone().autodiff();
+        device.seed(seed);
+        let lstm = ConvLstmConfig::new()
+            .with_hidden_dims(cfg.xca.convlstm_hidden.clone())
+            .init(&device);
+        let side = cfg.image_side();
+        let shape = [cfg.loader.batch_size, cfg.dataset.max_seq_len, 1, side, side];
+        let x = Tensor::<5>::random(shape, Distribution::Uniform(0.0, 1.0), &device).into_data();
+        Ok(Self { lstm, x, device })
+    }
+
+    /// Forward, sum, backward; returns the sum (read back after the backward).
+    pub fn run(&self) -> Result<f64, BenchError> {
+        let x = Tensor::<5>::from_data(self.x.clone(), &self.device).require_grad();
+        let h = self.lstm.forward(x.clone());
+        let loss = h.sum();
+        let grads = loss.backward();
+        let g = x
+            .grad(&grads)
+            .ok_or_else(|| BenchError::Readback("no gradient for the input".into()))?;
+        // Reading one gradient value waits for the whole backward.
+        read_scalar(g.slice([0..1, 0..1, 0..1, 0..1, 0..1]).reshape([1]))?;
+        read_scalar(loss)
+    }
+}
+
+/// Median, minimum and maximum of a set of timings, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    /// Statistics of `ms` (empty → all zero).
+    pub fn of(ms: &[f64]) -> Self {
+        let mut v: Vec<f64> = ms.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return Self {
+                median: 0.0,
+                min: 0.0,
+                max: 0.0,
+            };
+        }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+}
+
+/// Wall and CPU time of the timed runs of one piece.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Timing {
+    pub wall_ms: Stats,
+    /// CPU time of the whole process (all threads); absent where the OS does not say.
+    pub cpu_ms: Option<Stats>,
+}
+
+/// Run `f` `warmup` times untimed, then `iters` times timed (wall and process CPU time).
+pub fn time_it<E>(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<(), E>) -> Result<Timing, E> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut wall = Vec::with_capacity(iters);
+    let mut cpu = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let c0 = process_cpu_time();
+        let t0 = Instant::now();
+        f()?;
+        wall.push(t0.elapsed().as_secs_f64() * 1e3);
+        if let (Some(a), Some(b)) = (c0, process_cpu_time()) {
+            cpu.push(b.saturating_sub(a).as_secs_f64() * 1e3);
+        }
+    }
+    Ok(Timing {
+        wall_ms: Stats::of(&wall),
+        cpu_ms: (cpu.len() == iters && iters > 0).then(|| Stats::of(&cpu)),
+    })
+}
+
+#[cfg(unix)]
+fn rusage() -> Option<libc::rusage> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+    // SAFETY: on success the kernel has written the whole struct (it was zeroed anyway).
+    (rc == 0).then(|| unsafe { usage.assume_init() })
+}
+
+/// User + system CPU time of this process so far (all threads).
+pub fn process_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let u = rusage()?;
+        let tv = |t: libc::timeval| Duration::new(t.tv_sec.max(0) as u64, (t.tv_usec.max(0) as u32) * 1000);
+        Some(tv(u.ru_utime) + tv(u.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Peak resident memory of this process so far, in MiB.
+pub fn peak_rss_mb() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let kb = rusage()?.ru_maxrss.max(0) as f64;
+        // Linux reports KiB, macOS bytes.
+        let bytes = if cfg!(target_os = "macos") { kb } else { kb * 1024.0 };
+        Some(bytes / (1024.0 * 1024.0))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_are_the_median_min_and_max() {
+        let s = Stats::of(&[5.0, 1.0, 3.0]);
+        assert_eq!((s.median, s.min, s.max), (3.0, 1.0, 5.0));
+        assert_eq!(Stats::of(&[4.0, 1.0, 2.0, 8.0]).median, 3.0);
+        assert_eq!(Stats::of(&[]).max, 0.0);
+    }
+
+    #[test]
+    fn time_it_runs_warmup_and_timed_iterations() {
+        let mut calls = 0;
+        let t = time_it::<()>(2, 3, || {
+            calls += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, 5);
+        assert!(t.wall_ms.min >= 0.0 && t.wall_ms.max >= t.wall_ms.min);
+        #[cfg(unix)]
+        assert!(t.cpu_ms.is_some());
+    }
+
+    #[test]
+    fn synthetic_features_are_seeded() {
+        let a = synthetic_features(3, 4, 1);
+        let b = synthetic_features(3, 4, 1);
+        assert_eq!(a.data, b.data);
+        assert_ne!(a.data, synthetic_features(3, 4, 2).data);
+        assert!(a.data.iter().all(|v| (0.0..1.0).contains(v)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn resource_usage_is_read() {
+        // Burn some CPU so the counter moves past its clock granularity.
+        let t0 = process_cpu_time().unwrap();
+        let mut x = 0u64;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(30) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_time().unwrap() > t0);
+        assert!(peak_rss_mb().unwrap() > 1.0);
+    }
+}

@@ -1,0 +1,74 @@
+//! `xca bench` on a tiny config: every piece runs, and the JSON has the schema.
+
+mod common;
+
+use common::{setup, xca};
+
+#[test]
+fn bench_times_every_piece_and_writes_the_json_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), 2);
+    let out = dir.path().join("bench.json");
+    xca()
+        .args([
+            "bench",
+            cfg.to_str().unwrap(),
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+        ])
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("training step"))
+        .stdout(predicates::str::contains("ConvLSTM fwd+bwd"));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["config"], cfg.to_str().unwrap());
+    assert!(v["device"].as_str().unwrap().starts_with("cpu"));
+    for key in ["train_step_ms", "infer_ms_t128", "infer_ms_t512", "convlstm_ms"] {
+        let s = &v[key];
+        let (med, min, max) = (
+            s["median"].as_f64().unwrap(),
+            s["min"].as_f64().unwrap(),
+            s["max"].as_f64().unwrap(),
+        );
+        assert!(min > 0.0 && min <= med && med <= max, "{key}: {s}");
+    }
+    // A longer video costs more than a short one of the same model.
+    assert!(v["infer_ms_t512"]["median"].as_f64().unwrap() > v["infer_ms_t128"]["min"].as_f64().unwrap());
+    assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    assert!(v["train_step_cpu_ms"]["median"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_json_to_stdout_is_only_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), 2);
+    let out = xca()
+        .args([
+            "bench",
+            cfg.to_str().unwrap(),
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["train_step_ms"]["median"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_of_a_missing_config_is_an_input_error() {
+    xca()
+        .args(["bench", "/nonexistent/x.yaml"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("/nonexistent/x.yaml"));
+}
