@@ -30,6 +30,11 @@ pub struct ConvLstmConfig {
     /// slower, because the gradient of each per-step piece is padded to the whole batch.
     #[config(default = 8)]
     pub input_chunk: usize,
+    /// Run the recurrence as one fused operation with a hand-written backward on the flex
+    /// CPU back-end (the same numbers to float rounding, several times faster); other
+    /// back-ends always use the tensor-op path.
+    #[config(default = true)]
+    pub fused: bool,
 }
 
 /// One ConvLSTM cell, its conv split into input and hidden halves.
@@ -50,6 +55,8 @@ pub struct ConvLstm {
     pub cells: Vec<ConvLstmCell>,
     /// Frames per batched input-half conv call.
     pub input_chunk: usize,
+    /// Use the fused recurrence where the back-end has it.
+    pub fused: bool,
 }
 
 impl ConvLstmConfig {
@@ -75,6 +82,7 @@ impl ConvLstmConfig {
         ConvLstm {
             cells,
             input_chunk: self.input_chunk,
+            fused: self.fused,
         }
     }
 }
@@ -86,6 +94,10 @@ impl ConvLstm {
     /// - x: `[B, T, C_in, H, W]`
     /// - output: `[B, T, h_last, H, W]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        #[cfg(feature = "flex")]
+        if self.fused && super::convlstm_op::is_flex(&x.device()) {
+            return self.forward_fused(x);
+        }
         let [b, t, c, hgt, wid] = x.dims();
         // Frames time-major so that step s is rows s·B..(s+1)·B: [T·B, C, H, W].
         let seq = x.swap_dims(0, 1).reshape([t * b, c, hgt, wid]);
@@ -94,6 +106,24 @@ impl ConvLstm {
             steps = cell.run(steps, self.input_chunk);
         }
         Tensor::stack::<5>(steps, 1) // [B, T, h, H, W]
+    }
+}
+
+impl ConvLstm {
+    /// [`Self::forward`] with each layer as one fused flex operation (input half over all
+    /// frames in parallel, then the recurrence, with a hand-written backward).
+    #[cfg(feature = "flex")]
+    fn forward_fused(&self, x: Tensor<5>) -> Tensor<5> {
+        let mut seq = x; // [B, T, C, H, W]
+        for cell in &self.cells {
+            let wx = cell.conv_x.weight.val();
+            let bias = match &cell.conv_x.bias {
+                Some(b) => b.val(),
+                None => Tensor::zeros([4 * cell.hidden], &seq.device()),
+            };
+            seq = super::convlstm_op::layer(seq, wx, bias, cell.conv_h.weight.val()); // [B, T, h, H, W]
+        }
+        seq
     }
 }
 
@@ -182,6 +212,59 @@ mod tests {
             })
             .collect();
         assert!(outs.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    /// Max |a − b| over two tensors.
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let a = a.into_data().try_to_vec::<f32>().unwrap();
+        let b = b.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fused_layers_match_the_tensor_op_path_forward_and_backward() {
+        let dev = Device::flex().autodiff();
+        dev.seed(11);
+        let mut lstm = ConvLstmConfig::new().with_hidden_dims(vec![3, 2, 1]).init(&dev);
+        let x = Tensor::<5>::random([2, 5, 1, 6, 7], Distribution::Uniform(0.0, 1.0), &dev);
+        let r = Tensor::<5>::random([2, 5, 1, 6, 7], Distribution::Uniform(-1.0, 1.0), &dev);
+        let run = |lstm: &ConvLstm| {
+            let x = x.clone().detach().require_grad();
+            let h = lstm.forward(x.clone());
+            let grads = (h.clone() * r.clone()).sum().backward();
+            let gx = x.grad(&grads).unwrap();
+            let gw: Vec<(Tensor<4>, Tensor<4>, Tensor<1>)> = lstm
+                .cells
+                .iter()
+                .map(|c| {
+                    let bias = c.conv_x.bias.as_ref().unwrap();
+                    (
+                        c.conv_x.weight.grad(&grads).unwrap(),
+                        c.conv_h.weight.grad(&grads).unwrap(),
+                        bias.grad(&grads).unwrap(),
+                    )
+                })
+                .collect();
+            (h.inner(), gx, gw)
+        };
+        lstm.fused = true;
+        let (h1, gx1, gw1) = run(&lstm);
+        lstm.fused = false;
+        let (h0, gx0, gw0) = run(&lstm);
+        assert!(max_diff(h1, h0) < 1e-6);
+        assert!(max_diff(gx1, gx0) < 1e-5);
+        for ((x1, h1, b1), (x0, h0, b0)) in gw1.into_iter().zip(gw0) {
+            assert!(max_diff(x1, x0) < 1e-4);
+            assert!(max_diff(h1, h0) < 1e-4);
+            assert!(max_diff(b1, b0) < 1e-4);
+        }
+        // And on the plain device (inference): the same forward.
+        let plain = lstm.valid();
+        let mut fused = plain.clone();
+        fused.fused = true;
+        let xv = x.inner();
+        assert!(max_diff(fused.forward(xv.clone()), plain.forward(xv)) < 1e-6);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 pub mod attention;
 pub mod backbone;
 pub mod convlstm;
+pub mod convlstm_cpu;
+#[cfg(feature = "flex")]
+pub mod convlstm_op;
 pub mod head;
 pub mod layers;
 pub mod long_term;

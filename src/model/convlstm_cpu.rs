@@ -1,0 +1,837 @@
+//! The ConvLSTM recurrence (SPEC §3.1 step 1) as plain Rust on `f32` slices: forward with
+//! the activations a backward needs, and the backward itself.
+//!
+//! Why by hand: the recurrence is T sequential steps of a small 3×3 convolution plus gate
+//! arithmetic. As tensor ops each step is ~20 small kernels, each allocating and recorded
+//! for autodiff, and the framework's per-op overhead dominates the arithmetic (measured in
+//! issue #6). Here each step is one im2col + one GEMM (the `gemm` crate, which picks AVX2/
+//! AVX-512/NEON at run time) and one fused pass over the gates; videos of a batch run on
+//! separate threads, as their recurrences are independent.
+//!
+//! A layer's conv over `concat(x_t, h_{t-1})` is split by linearity: the input half
+//! `conv_x(x_t)` (with the bias) does not depend on the state, so [`input_forward`] runs it
+//! for all frames in parallel; only the hidden half is inside the sequential [`forward`].
+//!
+//! Layout: batch-major. `gx` is the input half of the gates `[B, T, 4h, H, W]`; the hidden
+//! half's weight is `[4h, h, k, k]`. Gate order i, f, o, g (ConvLSTM_pytorch). The state
+//! starts at zero.
+
+use rayon::prelude::*;
+
+/// Sizes of one recurrence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dims {
+    /// Videos.
+    pub b: usize,
+    /// Steps.
+    pub t: usize,
+    /// Hidden channels h (the gates have 4h).
+    pub h: usize,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Odd kernel side k (padding k / 2).
+    pub k: usize,
+}
+
+impl Dims {
+    fn hw(&self) -> usize {
+        self.height * self.width
+    }
+    /// Values of one step's gates for one video.
+    fn gates(&self) -> usize {
+        4 * self.h * self.hw()
+    }
+    /// Values of one step's hidden (or cell) state for one video.
+    fn state(&self) -> usize {
+        self.h * self.hw()
+    }
+    /// Rows of the im2col matrix (`h·k·k`).
+    fn col_rows(&self) -> usize {
+        self.h * self.k * self.k
+    }
+    /// Values of the weight `[4h, h, k, k]`.
+    pub fn weight_len(&self) -> usize {
+        4 * self.h * self.col_rows()
+    }
+    /// Values of `gx` (and of its gradient).
+    pub fn gx_len(&self) -> usize {
+        self.b * self.t * self.gates()
+    }
+    /// Values of the output (and of its gradient).
+    pub fn out_len(&self) -> usize {
+        self.b * self.t * self.state()
+    }
+}
+
+/// What the backward needs from the forward.
+#[derive(Debug, Clone)]
+pub struct Saved {
+    pub dims: Dims,
+    /// Activated gates i, f, o, g per step: `[B, T, 4h, H, W]`.
+    pub gates: Vec<f32>,
+    /// Cell state per step: `[B, T, h, H, W]`.
+    pub cell: Vec<f32>,
+    /// Hidden state per step (the output): `[B, T, h, H, W]`.
+    pub hidden: Vec<f32>,
+    /// The hidden-half weight `[4h, h, k, k]`.
+    pub weight: Vec<f32>,
+}
+
+/// `exp` to ~2 ulp that vectorises (the standard library's calls libm per element).
+#[inline(always)]
+fn exp_fast(x: f32) -> f32 {
+    // Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2, then a degree-5 polynomial of r.
+    let x = x.clamp(-87.0, 88.0);
+    // Round to nearest by adding 1.5·2^23: n then sits in the low mantissa bits of `t`,
+    // so both the float and the integer n come without a rounding or conversion instruction.
+    const MAGIC: f32 = 12_582_912.0;
+    let t = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let ni = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let r2 = r * r;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
+        * r
+        + 0.5;
+    let y = p * r2 + r + 1.0;
+    // 2^n from its exponent bits; n ∈ [-126, 127] after the clamp.
+    y * f32::from_bits(((ni + 127) << 23) as u32)
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_fast(-x))
+}
+
+#[inline(always)]
+fn tanh(x: f32) -> f32 {
+    // tanh(x) = sign(x)·(1 − e)/(1 + e), e = exp(−2|x|): no overflow, absolute error ~1e-7.
+    let e = exp_fast(-2.0 * x.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
+/// `dst (m×n) = [dst +] a·b` for row-major matrices; `a` is `m×k` (or its transpose stored
+/// `k×m` when `a_t`), `b` is `k×n` (or `n×k` when `b_t`).
+fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], mkn: (usize, usize, usize), a_t: bool, b_t: bool, acc: bool) {
+    matmul_par(dst, a, b, mkn, (a_t, b_t, acc), gemm::Parallelism::None);
+}
+
+/// [`matmul`] with a choice of threading (splitting columns does not change any sum).
+fn matmul_par(
+    dst: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (m, k, n): (usize, usize, usize),
+    (a_t, b_t, acc): (bool, bool, bool),
+    parallelism: gemm::Parallelism,
+) {
+    assert!(
+        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        "matmul operand sizes"
+    );
+    let (a_cs, a_rs) = if a_t { (m as isize, 1) } else { (1, k as isize) };
+    let (b_cs, b_rs) = if b_t { (k as isize, 1) } else { (1, n as isize) };
+    // SAFETY: the assert above keeps every index of the three strided views in bounds,
+    // and `dst` does not alias `a` or `b` (a `&mut` and two `&`).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// im2col of a `[c, H, W]` image for a k×k kernel with padding k / 2: `col[(c·k + ky)·k + kx][y·W + x]`.
+fn im2col(img: &[f32], col: &mut [f32], c: usize, height: usize, width: usize, k: usize) {
+    let p = (k / 2) as isize;
+    let hw = height * width;
+    for ic in 0..c {
+        let plane = &img[ic * hw..(ic + 1) * hw];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut col[((ic * k + ky) * k + kx) * hw..][..hw];
+                let dx = kx as isize - p;
+                for y in 0..height {
+                    let out = &mut row[y * width..(y + 1) * width];
+                    let yy = y as isize + ky as isize - p;
+                    if yy < 0 || yy >= height as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[yy as usize * width..(yy as usize + 1) * width];
+                    shift_row(out, src, dx);
+                }
+            }
+        }
+    }
+}
+
+/// `out[x] = src[x + dx]`, zero outside.
+#[inline]
+fn shift_row(out: &mut [f32], src: &[f32], dx: isize) {
+    let w = out.len() as isize;
+    let lo = (-dx).clamp(0, w) as usize;
+    let hi = (w - dx).clamp(0, w) as usize;
+    out[..lo].fill(0.0);
+    out[hi.max(lo)..].fill(0.0);
+    if hi > lo {
+        out[lo..hi].copy_from_slice(&src[(lo as isize + dx) as usize..(hi as isize + dx) as usize]);
+    }
+}
+
+/// The adjoint of [`im2col`]: add every column entry back onto the pixel it was read from.
+fn col2im_add(col: &[f32], img: &mut [f32], c: usize, height: usize, width: usize, k: usize) {
+    let p = (k / 2) as isize;
+    let hw = height * width;
+    for ic in 0..c {
+        let plane = &mut img[ic * hw..(ic + 1) * hw];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &col[((ic * k + ky) * k + kx) * hw..][..hw];
+                let dx = kx as isize - p;
+                let w = width as isize;
+                let lo = (-dx).clamp(0, w) as usize;
+                let hi = (w - dx).clamp(0, w) as usize;
+                if hi <= lo {
+                    continue;
+                }
+                for y in 0..height {
+                    let yy = y as isize + ky as isize - p;
+                    if yy < 0 || yy >= height as isize {
+                        continue;
+                    }
+                    let src = &row[y * width + lo..y * width + hi];
+                    let dst_lo = (yy as usize) * width + (lo as isize + dx) as usize;
+                    let dst = &mut plane[dst_lo..dst_lo + (hi - lo)];
+                    for (d, s) in dst.iter_mut().zip(src) {
+                        *d += s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Call `$f` compiled for AVX2 + FMA when the CPU has them (8 lanes instead of SSE2's 4 for
+/// the gate arithmetic, which is most of the recurrence's non-GEMM time), else the portable
+/// build of the same body.
+macro_rules! simd_dispatch {
+    ($f:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has the features the `avx2` build was compiled for.
+                unsafe { avx2::$f($($arg),*) }
+            } else {
+                portable::$f($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            portable::$f($($arg),*)
+        }
+    }};
+}
+
+/// The gate arithmetic of one step, written once and compiled twice (see `simd_dispatch`).
+macro_rules! gate_kernels {
+    ($($attr:meta)?; $($unsafety:ident)?) => {
+        /// Forward: `pre` holds the pre-activations i, f, o, g (`[4h·HW]`) and is overwritten
+        /// by the activations; writes the cell and hidden state.
+        $(#[$attr])?
+        pub $($unsafety)? fn gates_forward(pre: &mut [f32], c_prev: &[f32], c_now: &mut [f32], h_now: &mut [f32]) {
+            let n = c_now.len();
+            let (pi, rest) = pre.split_at_mut(n);
+            let (pf, rest) = rest.split_at_mut(n);
+            let (po, pg) = rest.split_at_mut(n);
+            let (pi, pf, po, pg, c_prev, h_now) = (&mut pi[..n], &mut pf[..n], &mut po[..n], &mut pg[..n], &c_prev[..n], &mut h_now[..n]);
+            for j in 0..n {
+                let i = sigmoid(pi[j]);
+                let f = sigmoid(pf[j]);
+                let o = sigmoid(po[j]);
+                let g = tanh(pg[j]);
+                let c = f * c_prev[j] + i * g;
+                c_now[j] = c;
+                h_now[j] = o * tanh(c);
+                pi[j] = i;
+                pf[j] = f;
+                po[j] = o;
+                pg[j] = g;
+            }
+        }
+
+        /// Backward: from the activations `g` (i, f, o, g), the cell states and the
+        /// output gradient, write the pre-activation gradients into `dpre` and carry
+        /// `dh_next` (in: from the next step's hidden half) and `dc_next` (in and out).
+        $(#[$attr])?
+        pub $($unsafety)? fn gates_backward(
+            g: &[f32],
+            c: &[f32],
+            c_prev: &[f32],
+            dout: &[f32],
+            dh_next: &mut [f32],
+            dc_next: &mut [f32],
+            dpre: &mut [f32],
+        ) {
+            let n = c.len();
+            let (gi, rest) = g.split_at(n);
+            let (gf, rest) = rest.split_at(n);
+            let (go, gg) = rest.split_at(n);
+            let (di_, rest) = dpre.split_at_mut(n);
+            let (df_, rest) = rest.split_at_mut(n);
+            let (do_, dg_) = rest.split_at_mut(n);
+            let (gi, gf, go, gg, c_prev, dout, dh_next, dc_next) =
+                (&gi[..n], &gf[..n], &go[..n], &gg[..n], &c_prev[..n], &dout[..n], &dh_next[..n], &mut dc_next[..n]);
+            let (di_, df_, do_, dg_) = (&mut di_[..n], &mut df_[..n], &mut do_[..n], &mut dg_[..n]);
+            for j in 0..n {
+                let (i, f, o, gv) = (gi[j], gf[j], go[j], gg[j]);
+                let dh = dout[j] + dh_next[j];
+                let tc = tanh(c[j]);
+                let dc = dh * o * (1.0 - tc * tc) + dc_next[j];
+                di_[j] = dc * gv * i * (1.0 - i);
+                df_[j] = dc * c_prev[j] * f * (1.0 - f);
+                do_[j] = dh * tc * o * (1.0 - o);
+                dg_[j] = dc * i * (1.0 - gv * gv);
+                dc_next[j] = dc * f;
+            }
+        }
+    };
+}
+
+mod portable {
+    use super::{sigmoid, tanh};
+    gate_kernels!(;);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{sigmoid, tanh};
+    gate_kernels!(target_feature(enable = "avx2,fma"); unsafe);
+}
+
+/// Run the recurrence. Returns the hidden state of every step `[B, T, h, H, W]` and, when
+/// `save`, what [`backward`] needs.
+///
+/// # Panics
+/// If `gx` or `weight` do not have the sizes `dims` implies (callers check shapes).
+pub fn forward(gx: &[f32], weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
+    assert_eq!(gx.len(), dims.gx_len(), "ConvLSTM gates size");
+    assert_eq!(weight.len(), dims.weight_len(), "ConvLSTM weight size");
+    let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
+    let mut hidden = vec![0.0f32; dims.out_len()];
+    let mut cell = vec![0.0f32; dims.out_len()];
+    let mut gates = if save { vec![0.0f32; dims.gx_len()] } else { Vec::new() };
+    let gates_chunks: Vec<&mut [f32]> = if save {
+        gates.chunks_mut(t * g_len).collect()
+    } else {
+        Vec::new()
+    };
+    let mut gates_iter = gates_chunks.into_iter();
+    let jobs: Vec<_> = gx
+        .chunks(t * g_len)
+        .zip(hidden.chunks_mut(t * s_len))
+        .zip(cell.chunks_mut(t * s_len))
+        .map(|((gx_b, h_b), c_b)| (gx_b, h_b, c_b, gates_iter.next()))
+        .collect();
+    // Videos run on separate threads; with fewer videos than threads (inference), each
+    // step's GEMM is split across threads instead.
+    let threads = rayon::current_num_threads();
+    let par = if dims.b < threads {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    jobs.into_par_iter()
+        .for_each(|(gx_b, h_b, c_b, g_b)| forward_video(gx_b, weight, dims, h_b, c_b, g_b, par));
+    let saved = save.then(|| Saved {
+        dims,
+        gates,
+        cell,
+        hidden: hidden.clone(),
+        weight: weight.to_vec(),
+    });
+    (hidden, saved)
+}
+
+/// One video's recurrence.
+fn forward_video(
+    gx: &[f32],
+    weight: &[f32],
+    dims: Dims,
+    hidden: &mut [f32],
+    cell: &mut [f32],
+    mut saved_gates: Option<&mut [f32]>,
+    par: gemm::Parallelism,
+) {
+    let (g_len, s_len, hw, h) = (dims.gates(), dims.state(), dims.hw(), dims.h);
+    let mut pre = vec![0.0f32; g_len];
+    let mut col = vec![0.0f32; dims.col_rows() * hw];
+    let zeros = vec![0.0f32; s_len];
+    for step in 0..dims.t {
+        pre.copy_from_slice(&gx[step * g_len..(step + 1) * g_len]);
+        if step > 0 {
+            let h_prev = &hidden[(step - 1) * s_len..step * s_len];
+            im2col(h_prev, &mut col, h, dims.height, dims.width, dims.k);
+            matmul_par(
+                &mut pre,
+                weight,
+                &col,
+                (4 * h, dims.col_rows(), hw),
+                (false, false, true),
+                par,
+            );
+        }
+        let (done, rest) = cell.split_at_mut(step * s_len);
+        let c_prev = if step > 0 {
+            &done[(step - 1) * s_len..]
+        } else {
+            &zeros[..]
+        };
+        let c_now = &mut rest[..s_len];
+        let h_now = &mut hidden[step * s_len..(step + 1) * s_len];
+        simd_dispatch!(gates_forward(&mut pre, c_prev, c_now, h_now));
+        if let Some(sg) = saved_gates.as_deref_mut() {
+            sg[step * g_len..(step + 1) * g_len].copy_from_slice(&pre);
+        }
+    }
+}
+
+/// Gradients of a loss through the recurrence, given its gradient with respect to the
+/// output `[B, T, h, H, W]`: returns (d gx `[B, T, 4h, H, W]`, d weight `[4h, h, k, k]`).
+///
+/// # Panics
+/// If `grad_out` does not have the output's size.
+pub fn backward(saved: &Saved, grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let dims = saved.dims;
+    assert_eq!(grad_out.len(), dims.out_len(), "ConvLSTM output gradient size");
+    let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
+    let mut dgx = vec![0.0f32; dims.gx_len()];
+    let per_video: Vec<Vec<f32>> = dgx
+        .par_chunks_mut(t * g_len)
+        .enumerate()
+        .map(|(v, dgx_b)| {
+            backward_video(
+                video(&saved.gates, v, t * g_len),
+                video(&saved.cell, v, t * s_len),
+                video(&saved.hidden, v, t * s_len),
+                &saved.weight,
+                video(grad_out, v, t * s_len),
+                dims,
+                dgx_b,
+            )
+        })
+        .collect();
+    // Sum the weight gradients of the videos in a fixed order (deterministic).
+    let mut dw = vec![0.0f32; dims.weight_len()];
+    for w in &per_video {
+        for (a, b) in dw.iter_mut().zip(w) {
+            *a += b;
+        }
+    }
+    (dgx, dw)
+}
+
+/// Video `v`'s part of a batch-major buffer with `per` values per video.
+fn video(buf: &[f32], v: usize, per: usize) -> &[f32] {
+    &buf[v * per..(v + 1) * per]
+}
+
+/// One video's backward through time; writes d gx and returns its d weight.
+fn backward_video(
+    gates: &[f32],
+    cell: &[f32],
+    hidden: &[f32],
+    weight: &[f32],
+    grad_out: &[f32],
+    dims: Dims,
+    dgx: &mut [f32],
+) -> Vec<f32> {
+    let (g_len, s_len, hw, h) = (dims.gates(), dims.state(), dims.hw(), dims.h);
+    let rows = dims.col_rows();
+    let mut dw = vec![0.0f32; dims.weight_len()];
+    let mut dh_next = vec![0.0f32; s_len];
+    let mut dc_next = vec![0.0f32; s_len];
+    let mut col = vec![0.0f32; rows * hw];
+    let zeros = vec![0.0f32; s_len];
+    for step in (0..dims.t).rev() {
+        let g = &gates[step * g_len..(step + 1) * g_len];
+        let c = &cell[step * s_len..(step + 1) * s_len];
+        let c_prev = if step > 0 {
+            &cell[(step - 1) * s_len..step * s_len]
+        } else {
+            &zeros[..]
+        };
+        let dout = &grad_out[step * s_len..(step + 1) * s_len];
+        let dpre = &mut dgx[step * g_len..(step + 1) * g_len];
+        simd_dispatch!(gates_backward(g, c, c_prev, dout, &mut dh_next, &mut dc_next, dpre));
+        if step > 0 {
+            // The hidden half saw h_{t-1}: its weight gradient and the gradient into h_{t-1}.
+            let h_prev = &hidden[(step - 1) * s_len..step * s_len];
+            im2col(h_prev, &mut col, h, dims.height, dims.width, dims.k);
+            let dpre = &dgx[step * g_len..(step + 1) * g_len];
+            matmul(&mut dw, dpre, &col, (4 * h, hw, rows), false, true, true);
+            matmul(&mut col, weight, dpre, (rows, 4 * h, hw), true, false, false);
+            dh_next.fill(0.0);
+            col2im_add(&col, &mut dh_next, h, dims.height, dims.width, dims.k);
+        }
+    }
+    dw
+}
+
+/// Sizes of the input half of a layer: a k×k conv (padding k / 2) of every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputDims {
+    /// Frames (B·T).
+    pub frames: usize,
+    /// Input channels.
+    pub c: usize,
+    /// Output channels (4h).
+    pub out: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Odd kernel side.
+    pub k: usize,
+}
+
+impl InputDims {
+    fn hw(&self) -> usize {
+        self.height * self.width
+    }
+    fn col_rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    /// Values of the input `[frames, c, H, W]`.
+    pub fn x_len(&self) -> usize {
+        self.frames * self.c * self.hw()
+    }
+    /// Values of the weight `[out, c, k, k]`.
+    pub fn weight_len(&self) -> usize {
+        self.out * self.col_rows()
+    }
+}
+
+/// Frames per task of the input half's backward: the weight gradient is summed per chunk,
+/// then over chunks in order, so the result does not depend on thread scheduling.
+const FRAME_CHUNK: usize = 8;
+
+/// The input half of the gates of every frame: `conv(x, w) + bias`, `[frames, out, H, W]`.
+///
+/// # Panics
+/// If the operands do not have the sizes `d` implies.
+pub fn input_forward(x: &[f32], w: &[f32], bias: &[f32], d: InputDims) -> Vec<f32> {
+    assert!(
+        x.len() == d.x_len() && w.len() == d.weight_len() && bias.len() == d.out,
+        "ConvLSTM input-half sizes"
+    );
+    let (hw, rows) = (d.hw(), d.col_rows());
+    let mut gx = vec![0.0f32; d.frames * d.out * hw];
+    gx.par_chunks_mut(d.out * hw).zip(x.par_chunks(d.c * hw)).for_each_init(
+        || vec![0.0f32; rows * hw],
+        |col, (g, xf)| {
+            for (plane, b) in g.chunks_mut(hw).zip(bias) {
+                plane.fill(*b);
+            }
+            im2col(xf, col, d.c, d.height, d.width, d.k);
+            matmul(g, w, col, (d.out, rows, hw), false, false, true);
+        },
+    );
+    gx
+}
+
+/// Gradients of the input half given d gx `[frames, out, H, W]`: (d x when `need_dx`,
+/// d w, d bias).
+///
+/// # Panics
+/// If the operands do not have the sizes `d` implies.
+pub fn input_backward(
+    x: &[f32],
+    w: &[f32],
+    dgx: &[f32],
+    d: InputDims,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (hw, rows) = (d.hw(), d.col_rows());
+    assert!(
+        x.len() == d.x_len() && w.len() == d.weight_len() && dgx.len() == d.frames * d.out * hw,
+        "ConvLSTM input-half gradient sizes"
+    );
+    let mut dx = if need_dx { vec![0.0f32; d.x_len()] } else { Vec::new() };
+    let chunks = d.frames.div_ceil(FRAME_CHUNK);
+    let mut dx_chunks: Vec<Option<&mut [f32]>> = if need_dx {
+        dx.chunks_mut(FRAME_CHUNK * d.c * hw).map(Some).collect()
+    } else {
+        (0..chunks).map(|_| None).collect()
+    };
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
+        .par_iter_mut()
+        .enumerate()
+        .map(|(ci, dx_chunk)| {
+            let mut dw = vec![0.0f32; d.weight_len()];
+            let mut db = vec![0.0f32; d.out];
+            let mut col = vec![0.0f32; rows * hw];
+            let first = ci * FRAME_CHUNK;
+            for f in first..(first + FRAME_CHUNK).min(d.frames) {
+                let g = &dgx[f * d.out * hw..(f + 1) * d.out * hw];
+                for (acc, plane) in db.iter_mut().zip(g.chunks(hw)) {
+                    *acc += plane.iter().sum::<f32>();
+                }
+                im2col(
+                    &x[f * d.c * hw..(f + 1) * d.c * hw],
+                    &mut col,
+                    d.c,
+                    d.height,
+                    d.width,
+                    d.k,
+                );
+                matmul(&mut dw, g, &col, (d.out, hw, rows), false, true, true);
+                if let Some(dxc) = dx_chunk.as_deref_mut() {
+                    matmul(&mut col, w, g, (rows, d.out, hw), true, false, false);
+                    let j = f - first;
+                    col2im_add(
+                        &col,
+                        &mut dxc[j * d.c * hw..(j + 1) * d.c * hw],
+                        d.c,
+                        d.height,
+                        d.width,
+                        d.k,
+                    );
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![0.0f32; d.weight_len()];
+    let mut db = vec![0.0f32; d.out];
+    for (pw, pb) in &partial {
+        dw.iter_mut().zip(pw).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+    }
+    (need_dx.then_some(dx), dw, db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_sigmoid_and_tanh_are_accurate() {
+        let mut worst = 0.0f64;
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.04;
+            let want = (x as f64).exp();
+            worst = worst.max(((exp_fast(x) as f64 - want) / want).abs());
+            assert!(
+                (sigmoid(x) as f64 - 1.0 / (1.0 + (-(x as f64)).exp())).abs() < 3e-7,
+                "sigmoid {x}"
+            );
+            assert!((tanh(x) as f64 - (x as f64).tanh()).abs() < 3e-7, "tanh {x}");
+        }
+        assert!(worst < 3e-7, "exp relative error {worst}");
+        assert!(sigmoid(-200.0) < 1e-37);
+        assert_eq!(sigmoid(200.0), 1.0);
+        assert_eq!(tanh(-50.0), -1.0);
+    }
+
+    /// A direct 2-D convolution of one `[c, H, W]` image, for checking im2col + GEMM.
+    fn conv_direct(img: &[f32], w: &[f32], c: usize, out_c: usize, hgt: usize, wid: usize, k: usize) -> Vec<f32> {
+        let p = (k / 2) as isize;
+        let mut out = vec![0.0f32; out_c * hgt * wid];
+        for oc in 0..out_c {
+            for y in 0..hgt {
+                for x in 0..wid {
+                    let mut s = 0.0;
+                    for ic in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (yy, xx) = (y as isize + ky as isize - p, x as isize + kx as isize - p);
+                                if yy >= 0 && yy < hgt as isize && xx >= 0 && xx < wid as isize {
+                                    s += w[((oc * c + ic) * k + ky) * k + kx]
+                                        * img[(ic * hgt + yy as usize) * wid + xx as usize];
+                                }
+                            }
+                        }
+                    }
+                    out[(oc * hgt + y) * wid + x] = s;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // A small deterministic generator: values in [-1, 1).
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn im2col_gemm_is_a_convolution_and_col2im_its_adjoint() {
+        for (c, oc, hgt, wid, k) in [(2, 3, 5, 7, 3), (1, 4, 4, 4, 1), (3, 2, 6, 5, 5)] {
+            let img = values(c * hgt * wid, 1);
+            let w = values(oc * c * k * k, 2);
+            let mut col = vec![0.0; c * k * k * hgt * wid];
+            im2col(&img, &mut col, c, hgt, wid, k);
+            let mut out = vec![0.0; oc * hgt * wid];
+            matmul(&mut out, &w, &col, (oc, c * k * k, hgt * wid), false, false, false);
+            let want = conv_direct(&img, &w, c, oc, hgt, wid, k);
+            for (a, b) in out.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+            }
+            // <im2col(x), y> = <x, col2im(y)> for any x, y.
+            let y = values(col.len(), 3);
+            let lhs: f64 = col.iter().zip(&y).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            let mut back = vec![0.0; img.len()];
+            col2im_add(&y, &mut back, c, hgt, wid, k);
+            let rhs: f64 = img.iter().zip(&back).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let dims = Dims {
+            b: 2,
+            t: 4,
+            h: 2,
+            height: 4,
+            width: 3,
+            k: 3,
+        };
+        let gx: Vec<f32> = values(dims.gx_len(), 5).iter().map(|v| v * 1.5).collect();
+        let w: Vec<f32> = values(dims.weight_len(), 6).iter().map(|v| v * 0.6).collect();
+        let r = values(dims.out_len(), 7);
+        // Loss L = Σ r·h, so dL/dh = r.
+        let loss = |gx: &[f32], w: &[f32]| -> f64 {
+            let (h, _) = forward(gx, w, dims, false);
+            h.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+        };
+        let (_, saved) = forward(&gx, &w, dims, true);
+        let (dgx, dw) = backward(&saved.unwrap(), &r);
+        let eps = 1e-2f32;
+        let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
+            let numeric = (plus - minus) / (2.0 * eps as f64);
+            assert!(
+                (analytic as f64 - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
+                "{what}: analytic {analytic} vs numeric {numeric}"
+            );
+        };
+        for idx in (0..gx.len()).step_by(7) {
+            let (mut p, mut m) = (gx.clone(), gx.clone());
+            p[idx] += eps;
+            m[idx] -= eps;
+            check(dgx[idx], loss(&p, &w), loss(&m, &w), &format!("gx[{idx}]"));
+        }
+        for idx in 0..w.len() {
+            let (mut p, mut m) = (w.clone(), w.clone());
+            p[idx] += eps;
+            m[idx] -= eps;
+            check(dw[idx], loss(&gx, &p), loss(&gx, &m), &format!("w[{idx}]"));
+        }
+    }
+
+    #[test]
+    fn input_half_is_a_conv_with_bias_and_its_gradients_match_finite_differences() {
+        let d = InputDims {
+            frames: 11, // more than one FRAME_CHUNK, not a multiple of it
+            c: 2,
+            out: 4,
+            height: 4,
+            width: 5,
+            k: 3,
+        };
+        let x = values(d.x_len(), 21);
+        let w = values(d.weight_len(), 22);
+        let bias = values(d.out, 23);
+        let gx = input_forward(&x, &w, &bias, d);
+        let hw = d.height * d.width;
+        for f in [0, 7, 10] {
+            let want = conv_direct(
+                &x[f * d.c * hw..(f + 1) * d.c * hw],
+                &w,
+                d.c,
+                d.out,
+                d.height,
+                d.width,
+                d.k,
+            );
+            for (j, v) in want.iter().enumerate() {
+                let got = gx[f * d.out * hw + j];
+                assert!((got - (v + bias[j / hw])).abs() < 1e-5, "frame {f} value {j}");
+            }
+        }
+        let r = values(gx.len(), 24);
+        let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
+            let g = input_forward(x, w, b, d);
+            g.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+        };
+        let (dx, dw, db) = input_backward(&x, &w, &r, d, true);
+        let dx = dx.unwrap();
+        let eps = 1e-2f32;
+        let fd = |f: &dyn Fn(f32) -> f64| (f(eps) - f(-eps)) / (2.0 * eps as f64);
+        for i in (0..x.len()).step_by(13) {
+            let num = fd(&|e| {
+                let mut xx = x.clone();
+                xx[i] += e;
+                loss(&xx, &w, &bias)
+            });
+            assert!(
+                (dx[i] as f64 - num).abs() < 1e-3 * (1.0 + num.abs()),
+                "dx[{i}] {} vs {num}",
+                dx[i]
+            );
+        }
+        for i in 0..w.len() {
+            let num = fd(&|e| {
+                let mut ww = w.clone();
+                ww[i] += e;
+                loss(&x, &ww, &bias)
+            });
+            assert!(
+                (dw[i] as f64 - num).abs() < 1e-3 * (1.0 + num.abs()),
+                "dw[{i}] {} vs {num}",
+                dw[i]
+            );
+        }
+        for i in 0..d.out {
+            let num = fd(&|e| {
+                let mut bb = bias.clone();
+                bb[i] += e;
+                loss(&x, &w, &bb)
+            });
+            assert!(
+                (db[i] as f64 - num).abs() < 1e-3 * (1.0 + num.abs()),
+                "db[{i}] {} vs {num}",
+                db[i]
+            );
+        }
+        // Without d x the parameter gradients are the same numbers.
+        let (none, dw2, db2) = input_backward(&x, &w, &r, d, false);
+        assert!(none.is_none() && dw2 == dw && db2 == db);
+    }
+}

@@ -1,0 +1,204 @@
+//! A ConvLSTM layer (input half and recurrence) as one burn operation on the flex CPU
+//! back-end, with a hand-written backward (the kernels are in [`super::convlstm_cpu`]).
+//!
+//! burn's backend-extension API routes the call: the plain flex device runs the forward
+//! alone; the autodiff flex device also records one graph node whose backward calls
+//! [`convlstm_cpu::backward`]. Other back-ends (ndarray, wgpu) never reach this module:
+//! [`super::convlstm::ConvLstm`] runs its tensor-op path there.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Dispatch, Flex, backend_extension};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::convlstm_cpu::{self, Dims, InputDims, Saved};
+
+/// One fused ConvLSTM layer.
+#[backend_extension(Flex, Autodiff)]
+pub trait ConvLstmOps: burn::backend::Backend {
+    /// Hidden states `[B, T, h, H, W]` of one layer over `x` `[B, T, C, H, W]`: the input
+    /// half of the gates is `conv(x_t, wx) + bias` (`wx` `[4h, C, k, k]`, `bias` `[4h]`), the
+    /// hidden half `conv(h_{t-1}, wh)` (`wh` `[4h, h, k, k]`).
+    fn convlstm_layer(
+        x: FloatTensor<Self>,
+        wx: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        wh: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+/// The values of a flex tensor as contiguous `f32`, borrowed when they already are.
+fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_else(|e| unreachable!("converted to f32: {e:?}")),
+        ),
+    }
+}
+
+/// Sizes of the layer from its operands' shapes.
+fn dims_of(x: &FlexTensor, wx: &FlexTensor, bias: &FlexTensor, wh: &FlexTensor) -> (InputDims, Dims) {
+    let (xs, wxs, bs, whs) = (
+        x.layout().shape(),
+        wx.layout().shape(),
+        bias.layout().shape(),
+        wh.layout().shape(),
+    );
+    assert!(
+        xs.num_dims() == 5 && wxs.num_dims() == 4 && bs.num_dims() == 1 && whs.num_dims() == 4,
+        "ConvLSTM operand ranks"
+    );
+    let dims = Dims {
+        b: xs[0],
+        t: xs[1],
+        h: whs[1],
+        height: xs[3],
+        width: xs[4],
+        k: whs[2],
+    };
+    let input = InputDims {
+        frames: xs[0] * xs[1],
+        c: xs[2],
+        out: 4 * dims.h,
+        height: xs[3],
+        width: xs[4],
+        k: wxs[2],
+    };
+    assert!(
+        wxs[0] == 4 * dims.h
+            && wxs[1] == input.c
+            && wxs[3] == input.k
+            && input.k % 2 == 1
+            && bs[0] == 4 * dims.h
+            && whs[0] == 4 * dims.h
+            && whs[3] == dims.k
+            && dims.k % 2 == 1,
+        "ConvLSTM shapes: x {xs:?}, wx {wxs:?}, bias {bs:?}, wh {whs:?}"
+    );
+    (input, dims)
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn out_shape(d: Dims) -> Vec<usize> {
+    vec![d.b, d.t, d.h, d.height, d.width]
+}
+
+impl ConvLstmOps for Flex {
+    fn convlstm_layer(x: FlexTensor, wx: FlexTensor, bias: FlexTensor, wh: FlexTensor) -> FlexTensor {
+        let (input, dims) = dims_of(&x, &wx, &bias, &wh);
+        let gx = convlstm_cpu::input_forward(&values(&x), &values(&wx), &values(&bias), input);
+        let (hidden, _) = convlstm_cpu::forward(&gx, &values(&wh), dims, false);
+        tensor(hidden, out_shape(dims))
+    }
+}
+
+/// What the backward needs: the recurrence's activations and the input half's operands.
+#[derive(Debug)]
+struct LayerSaved {
+    recurrence: Saved,
+    input: InputDims,
+    x: Vec<f32>,
+    wx: Vec<f32>,
+}
+
+/// The backward node of [`ConvLstmOps::convlstm_layer`].
+#[derive(Debug)]
+struct LayerBackward;
+
+impl Backward<Flex, 4> for LayerBackward {
+    type State = Arc<LayerSaved>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_wx, node_b, node_wh] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let saved = ops.state;
+        let (d, inp) = (saved.recurrence.dims, saved.input);
+        let (dgx, dwh) = convlstm_cpu::backward(&saved.recurrence, &values(&grad));
+        let (dx, dwx, db) = convlstm_cpu::input_backward(&saved.x, &saved.wx, &dgx, inp, node_x.is_some());
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, vec![d.b, d.t, inp.c, d.height, d.width]));
+        }
+        if let Some(node) = node_wx {
+            grads.register::<Flex>(node.id, tensor(dwx, vec![inp.out, inp.c, inp.k, inp.k]));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(db, vec![inp.out]));
+        }
+        if let Some(node) = node_wh {
+            grads.register::<Flex>(node.id, tensor(dwh, vec![4 * d.h, d.h, d.k, d.k]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
+    fn convlstm_layer(
+        x: FloatTensor<Self>,
+        wx: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        wh: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match LayerBackward
+            .prepare::<C>([x.node(), wx.node(), bias.node(), wh.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xp, wxp, bp, whp) = (x.primitive(), wx.primitive(), bias.primitive(), wh.primitive());
+                let (input, dims) = dims_of(xp, wxp, bp, whp);
+                let (xv, wxv) = (values(xp).into_owned(), values(wxp).into_owned());
+                let gx = convlstm_cpu::input_forward(&xv, &wxv, &values(bp), input);
+                let (hidden, saved) = convlstm_cpu::forward(&gx, &values(whp), dims, true);
+                let recurrence = saved.unwrap_or_else(|| unreachable!("forward saves when asked"));
+                let state = LayerSaved {
+                    recurrence,
+                    input,
+                    x: xv,
+                    wx: wxv,
+                };
+                prep.finish(Arc::new(state), tensor(hidden, out_shape(dims)))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as ConvLstmOps>::convlstm_layer(
+                x.into_primitive(),
+                wx.into_primitive(),
+                bias.into_primitive(),
+                wh.into_primitive(),
+            )),
+        }
+    }
+}
+
+/// Whether `device` is the flex back-end (with or without autodiff), where the fused
+/// recurrence runs.
+pub fn is_flex(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
+/// One fused ConvLSTM layer on tensors of a flex device (see [`ConvLstmOps`]).
+///
+/// # Shapes
+/// - x: `[B, T, C, H, W]`
+/// - wx: `[4h, C, k, k]`, bias: `[4h]`, wh: `[4h, h, k, k]`
+/// - output: `[B, T, h, H, W]`
+pub fn layer(x: Tensor<5>, wx: Tensor<4>, bias: Tensor<1>, wh: Tensor<4>) -> Tensor<5> {
+    Tensor::from_dispatch(<Dispatch as ConvLstmOps>::convlstm_layer(
+        x.into_dispatch(),
+        wx.into_dispatch(),
+        bias.into_dispatch(),
+        wh.into_dispatch(),
+    ))
+}
