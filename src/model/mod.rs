@@ -8,6 +8,8 @@
 
 pub mod attention;
 pub mod backbone;
+#[cfg(feature = "flex")]
+pub mod conv_op;
 pub mod convlstm;
 pub mod convlstm_cpu;
 #[cfg(feature = "flex")]
