@@ -1,0 +1,471 @@
+//! Interrupted runs and failing disks, on the real `xca` binary and the tiny setup of
+//! tests/common (4 training videos, batch 1: 4 steps per epoch, 3 epochs, checkpoints of
+//! epochs 2 and 3).
+//!
+//! A child `xca train` is killed (SIGKILL, SIGINT) at several points — inside an epoch,
+//! right after a checkpoint, in the middle of a checkpoint write and in the middle of the
+//! state swap — and after each kill every checkpoint on disk must load, half-written
+//! temporaries must not pass for checkpoints, and `--resume` must end with checkpoints whose
+//! tensors are bitwise an uninterrupted run's, and the same per-step losses in `log.jsonl`.
+//! Writes "in the middle" are made deterministic with the test-only `XCA_TEST_FAULT`
+//! variable of src/fsio.rs (abort, pause or fail half way through a write).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use xca::config::Config;
+use xca::train::checkpoint;
+use xca::train::trainer::{LogLine, TrainError, TrainOptions, train};
+
+/// The tiny setup with one video per batch, so that an epoch has 4 steps to stop between.
+fn tiny(dir: &Path) -> PathBuf {
+    let config = common::setup(dir, 3);
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("loader: {batch_size: 1}\n");
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
+fn run_dir(dir: &Path, output: &str) -> PathBuf {
+    dir.join(format!("ckpt/tiny_{output}"))
+}
+
+fn train_cmd(config: &Path, output: &str, resume: bool, fault: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xca"));
+    cmd.arg("train")
+        .arg(config)
+        .args(["--output", output, "--quiet", "--log-every", "1"]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    match fault {
+        Some(f) => cmd.env("XCA_TEST_FAULT", f),
+        None => cmd.env_remove("XCA_TEST_FAULT"),
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd
+}
+
+/// A child `xca train` whose stderr is collected as it comes.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Poll until `cond` holds; the child must still be running then.
+    fn wait_until(&mut self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let start = Instant::now();
+        loop {
+            if cond(self) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join();
+                panic!("xca train ended ({status}) before {what}; stderr:\n{}", self.stderr());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn sigint(&self) {
+        let ok = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn join(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+    }
+
+    /// Wait for the end; its status and whole stderr.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        self.join();
+        (status, self.stderr())
+    }
+
+    fn sigkill(mut self) -> String {
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(!status.success());
+        self.join();
+        self.stderr()
+    }
+}
+
+fn log_lines(run: &Path) -> Vec<LogLine> {
+    // A kill can cut the last line short: only whole lines count.
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn step_losses(run: &Path) -> Vec<(usize, usize, f64, f64, Option<f64>)> {
+    log_lines(run)
+        .iter()
+        .filter(|l| l.kind == "step")
+        .map(|l| (l.epoch, l.step, l.cls_loss, l.reg_loss, l.con_loss))
+        .collect()
+}
+
+fn has_step_of_epoch(run: &Path, epoch: usize) -> bool {
+    log_lines(run).iter().any(|l| l.kind == "step" && l.epoch == epoch)
+}
+
+fn state(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("state/state.json")).unwrap()).unwrap()
+}
+
+fn temps(run: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(xca::fsio::TEMP_PREFIX))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn network(config: &Path) -> xca::model::Network {
+    let cfg = Config::load(config).unwrap().config;
+    let device = xca::device::DeviceChoice::Cpu.device().unwrap();
+    xca::runtime::network_config(&cfg).init(&device).unwrap()
+}
+
+/// Bitwise equality of two safetensors files: the same tensor names, dtypes, shapes and data
+/// bytes. (The files' own bytes may differ: burn lays the tensors out in a varying order.)
+fn same_tensors(a: &Path, b: &Path) {
+    let (ba, bb) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&ba).unwrap(),
+        safetensors::SafeTensors::deserialize(&bb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort_unstable();
+    let mut names_b = tb.names();
+    names_b.sort_unstable();
+    assert_eq!(names, names_b, "{} and {} hold different tensors", a.display(), b.display());
+    assert!(names.len() > 100);
+    for n in names {
+        let (x, y) = (ta.tensor(n).unwrap(), tb.tensor(n).unwrap());
+        assert!(
+            x.dtype() == y.dtype() && x.shape() == y.shape() && x.data() == y.data(),
+            "{}: tensor {n} differs from the uninterrupted run's",
+            a.display()
+        );
+    }
+}
+
+/// Every `epoch_*.safetensors` in `run` loads into the config's network, its sidecar (when
+/// written) names its epoch, and its tensors are bitwise those of the reference run. Returns
+/// the epochs found.
+fn checkpoints_are_whole(config: &Path, run: &Path) -> Vec<usize> {
+    let mut epochs = Vec::new();
+    for e in std::fs::read_dir(run).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(n) = name
+            .strip_prefix("epoch_")
+            .and_then(|s| s.strip_suffix(".safetensors"))
+        else {
+            continue;
+        };
+        let epoch: usize = n.parse().unwrap();
+        let path = run.join(&name);
+        checkpoint::load(network(config), &path).unwrap_or_else(|e| panic!("{name} does not load: {e}"));
+        if checkpoint::meta_path(&path).exists() {
+            assert_eq!(checkpoint::read_meta(&path).expect("a readable sidecar").epoch, epoch);
+        }
+        same_tensors(&path, &reference().join(&name));
+        epochs.push(epoch);
+    }
+    epochs.sort_unstable();
+    epochs
+}
+
+/// The finished run has the reference's checkpoints (bitwise, tensor by tensor) and per-step losses.
+fn same_as_reference(config: &Path, run: &Path) {
+    assert_eq!(checkpoints_are_whole(config, run), [2, 3]);
+    let (got, want) = (step_losses(run), step_losses(reference()));
+    assert_eq!(want.len(), 12, "3 epochs of 4 steps, each logged once");
+    assert_eq!(got, want, "the resumed run's log differs from the uninterrupted run's");
+    assert_eq!(temps(run), [], "no temporary files are left behind");
+}
+
+/// The uninterrupted run, trained once for all tests of this file.
+fn reference() -> &'static Path {
+    static REF: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &REF.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny(dir.path());
+        let (status, err) = Running::spawn(train_cmd(&config, "ref", false, None)).finish();
+        assert!(status.success(), "{err}");
+        let run = run_dir(dir.path(), "ref");
+        (dir, run)
+    })
+    .1
+}
+
+#[test]
+fn sigkill_anywhere_keeps_checkpoints_whole_and_resume_reaches_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = run_dir(dir.path(), "k");
+
+    // 1. Inside epoch 2 (a step of it is logged; the state is epoch 1's).
+    let mut t = Running::spawn(train_cmd(&config, "k", false, None));
+    t.wait_until("a step of epoch 2", |_| has_step_of_epoch(&run, 2));
+    t.sigkill();
+    checkpoints_are_whole(&config, &run);
+    assert!(state(&run)["epochs_done"].as_u64().unwrap() >= 1);
+
+    // 2. Right after the checkpoint of epoch 2 is complete.
+    let mut t = Running::spawn(train_cmd(&config, "k", true, None));
+    t.wait_until("epoch_002.json", |_| run.join("epoch_002.json").exists());
+    t.sigkill();
+    assert!(checkpoints_are_whole(&config, &run).contains(&2));
+
+    // 3. Between the two renames that swap in a new state: the old state is aside, no
+    //    `state/` exists. The next run must find it again (and say it resumes).
+    let (status, err) = Running::spawn(train_cmd(&config, "k", true, Some("abort:#swap"))).finish();
+    assert!(!status.success() && status.code().is_none(), "aborted: {status} {err}");
+    assert!(!run.join("state").exists() && run.join(".xca-old-state").is_dir());
+    checkpoints_are_whole(&config, &run);
+
+    // 4. Half way through writing epoch_003.safetensors: a partial temporary file, which
+    //    no reader takes for a checkpoint; every complete checkpoint still loads.
+    let (status, err) = Running::spawn(train_cmd(
+        &config,
+        "k",
+        true,
+        Some("abort:epoch_003.safetensors"),
+    ))
+    .finish();
+    assert!(
+        err.contains("resuming from"),
+        "the moved-aside state is found again: {err}"
+    );
+    assert!(!status.success() && status.code().is_none(), "aborted: {status} {err}");
+    let full = std::fs::metadata(reference().join("epoch_003.safetensors")).unwrap().len();
+    let partial = temps(&run);
+    assert!(
+        partial.iter().any(|(_, len)| *len > 0 && *len < full),
+        "a half-written temporary file: {partial:?}"
+    );
+    checkpoints_are_whole(&config, &run);
+
+    // 5. Resume to the end.
+    let (status, err) = Running::spawn(train_cmd(&config, "k", true, None)).finish();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    same_as_reference(&config, &run);
+}
+
+#[test]
+fn ctrl_c_saves_a_resumable_state_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = run_dir(dir.path(), "i");
+
+    // 1. Ctrl-C inside epoch 1: exit 130 with a one-line message naming the way back.
+    let mut t = Running::spawn(train_cmd(&config, "i", false, None));
+    t.wait_until("the first step", |_| has_step_of_epoch(&run, 1));
+    t.sigint();
+    let (status, err) = t.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("xca: interrupted in epoch")
+            && last.contains(&format!(
+                "continue with: xca train {} --output i --resume",
+                config.display()
+            )),
+        "{err}"
+    );
+    // The state holds exactly the logged steps (mid-epoch or at the epoch end).
+    let st = state(&run);
+    assert_eq!(st["step"].as_u64().unwrap() as usize, step_losses(&run).len(), "{st}");
+    assert!(!run.join("lock").exists(), "the lock is released");
+
+    // 2. Ctrl-C while epoch_002.safetensors is being written: the write completes, the
+    //    epoch's state is saved, and the run stops there.
+    let mut t = Running::spawn(train_cmd(&config, "i", true, Some("pause:epoch_002.safetensors")));
+    t.wait_until("the paused checkpoint write", |t| {
+        t.stderr().contains("XCA_TEST_FAULT: pausing")
+    });
+    t.sigint();
+    let (status, err) = t.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted in epoch 2"), "{err}");
+    assert_eq!(checkpoints_are_whole(&config, &run), [2]);
+    let st = state(&run);
+    assert_eq!((st["epochs_done"].as_u64(), st.get("mid_epoch")), (Some(2), None), "{st}");
+
+    // 3. Resume to the end.
+    let (status, err) = Running::spawn(train_cmd(&config, "i", true, None)).finish();
+    assert!(status.success(), "{err}");
+    same_as_reference(&config, &run);
+}
+
+/// The library's side of Ctrl-C, made deterministic: the interrupt is requested before the
+/// run, so it stops after exactly one step, inside an epoch.
+#[test]
+fn a_state_saved_inside_an_epoch_resumes_exactly() {
+    use xca::train::interrupt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let cfg = Config::load(&config).unwrap().config;
+    let ann = xca::dataset::Annotations::load(&cfg.dataset.json_file).unwrap();
+    let data = xca::dataset::load_split(&cfg, &ann, &cfg.train_split, |_| {}).unwrap();
+    let run = run_dir(dir.path(), "m");
+    let opts = |resume: bool, max: Option<usize>| TrainOptions {
+        run_dir: run.clone(),
+        device: xca::device::DeviceChoice::Cpu.device().unwrap(),
+        seed: cfg.init_rand_seed,
+        resume,
+        log_every: 1,
+        quiet: true,
+        max_epochs_this_run: max,
+    };
+    // Only this test trains inside this test process, so the process-wide flag is ours.
+    interrupt::request();
+    let r = train(&cfg, &data, &opts(false, None), |_| {});
+    interrupt::clear();
+    match r {
+        Err(TrainError::Interrupted { epoch: 1, steps: 1, .. }) => {}
+        other => panic!("expected an interrupt after step 1 of epoch 1, got {other:?}"),
+    }
+    let st = state(&run);
+    assert_eq!(st["epochs_done"], 0);
+    assert_eq!(st["mid_epoch"]["iters_done"], 1);
+    // Finish epoch 1, then stop again after the first step of epoch 2.
+    train(&cfg, &data, &opts(true, Some(1)), |_| {}).unwrap();
+    assert_eq!(state(&run)["epochs_done"], 1);
+    interrupt::request();
+    let r = train(&cfg, &data, &opts(true, None), |_| {});
+    interrupt::clear();
+    assert!(
+        matches!(r, Err(TrainError::Interrupted { epoch: 2, steps: 5, .. })),
+        "{r:?}"
+    );
+    assert_eq!(state(&run)["mid_epoch"]["iters_done"], 1);
+    train(&cfg, &data, &opts(true, None), |_| {}).unwrap();
+    same_as_reference(&config, &run);
+    let epoch_lines: Vec<LogLine> = log_lines(&run).into_iter().filter(|l| l.kind == "epoch").collect();
+    let want: Vec<LogLine> = log_lines(reference())
+        .into_iter()
+        .filter(|l| l.kind == "epoch")
+        .collect();
+    let key = |l: &LogLine| (l.epoch, l.step, l.cls_loss, l.reg_loss, l.con_loss);
+    assert_eq!(
+        epoch_lines.iter().map(key).collect::<Vec<_>>(),
+        want.iter().map(key).collect::<Vec<_>>(),
+        "the epoch averages include the steps before the interrupt"
+    );
+}
+
+#[test]
+fn a_failed_write_names_the_file_and_keeps_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = run_dir(dir.path(), "f");
+    let mut cmd = train_cmd(&config, "f", false, None);
+    cmd.args(["--epochs", "2"]);
+    let (status, err) = Running::spawn(cmd).finish();
+    assert!(status.success(), "{err}");
+    let kept = ["epoch_002.safetensors", "epoch_002.json", "state/state.json", "state/model.bpk"];
+    let before: Vec<Vec<u8>> = kept.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+
+    // The disk "fills up" while epoch 3's checkpoint is written.
+    let (status, err) =
+        Running::spawn(train_cmd(&config, "f", true, Some("fail:epoch_003.safetensors"))).finish();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    let target = run.join("epoch_003.safetensors");
+    assert!(
+        last.starts_with("xca: error: cannot write ")
+            && last.contains(&target.display().to_string())
+            && last.contains("no space left on device"),
+        "{err}"
+    );
+    assert_eq!(err.matches("xca: error").count(), 1, "{err}");
+    for (f, b) in kept.iter().zip(&before) {
+        assert!(std::fs::read(run.join(f)).unwrap() == *b, "{f} changed");
+    }
+    assert!(!target.exists() && !run.join("epoch_003.json").exists());
+    assert_eq!(temps(&run), []);
+
+    // A result file that cannot be replaced keeps its old content.
+    let out = dir.path().join("eval.json");
+    std::fs::write(&out, "previous results\n").unwrap();
+    let ckpt = run.join("epoch_002.safetensors");
+    let eval = |fault: Option<&str>| {
+        let mut cmd = common::xca();
+        cmd.arg("eval").arg(&ckpt).arg("--quiet").arg("--json").arg(&out);
+        match fault {
+            Some(f) => cmd.env("XCA_TEST_FAULT", f),
+            None => cmd.env_remove("XCA_TEST_FAULT"),
+        };
+        cmd.output().unwrap()
+    };
+    let o = eval(Some("fail:eval.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.trim_end().lines().count() == 1
+            && err.contains(&out.display().to_string())
+            && err.contains("no space left"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "previous results\n");
+    let o = eval(None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v["paper"]["average_mAP"].is_number());
+
+    // With room again, the run finishes as if nothing had happened.
+    let (status, err) = Running::spawn(train_cmd(&config, "f", true, None)).finish();
+    assert!(status.success(), "{err}");
+    same_as_reference(&config, &run);
+}
