@@ -469,3 +469,99 @@ fn a_failed_write_names_the_file_and_keeps_the_previous_one() {
     assert!(status.success(), "{err}");
     same_as_reference(&config, &run);
 }
+
+/// Run `xca ARGS…`: exit status and stderr; it must not have panicked.
+fn xca_run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let o = common::xca().args(args).env_remove("XCA_TEST_FAULT").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.code(), err)
+}
+
+#[test]
+fn damaged_checkpoints_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let good = std::fs::read(reference().join("epoch_003.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut nan = good.clone();
+    for w in nan[header..].chunks_exact_mut(4) {
+        w.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let mut huge_header = good.clone();
+    huge_header[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("truncated", &good[..good.len() / 2], "not fully covered"),
+        ("header_cut", &good[..100], "header length"),
+        ("empty", &[], "header too small"),
+        ("huge_header", &huge_header, "header too large"),
+        ("nan", &nan, "NaN or infinite values"),
+    ];
+    for (name, bytes, why) in cases {
+        let ckpt = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&ckpt, bytes).unwrap();
+        let (code, err) = xca_run(&["eval".as_ref(), config.as_os_str(), ckpt.as_os_str(), "--quiet".as_ref()]);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(
+            err.trim_end().lines().count() == 1 && err.contains(&ckpt.display().to_string()) && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+    // A folder where a checkpoint should be.
+    let (code, err) = xca_run(&["eval".as_ref(), config.as_os_str(), dir.path().as_os_str(), "--quiet".as_ref()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn damaged_data_is_refused_and_the_run_folder_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    // A finished run, copied in: a resumed train on damaged data must not touch it.
+    let run = run_dir(dir.path(), "ref");
+    std::fs::create_dir_all(run.join("state")).unwrap();
+    let kept = ["epoch_003.safetensors", "epoch_003.json", "log.jsonl", "state/state.json"];
+    for f in kept {
+        std::fs::copy(reference().join(f), run.join(f)).unwrap();
+    }
+    let snapshot = || -> Vec<Vec<u8>> { kept.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect() };
+    let before = snapshot();
+    let image = dir.path().join("data/image");
+    let npy = image.join("train01.npy");
+    let original = std::fs::read(&npy).unwrap();
+    let annotations = dir.path().join("data/annotations/vessel.json");
+    let ann_original = std::fs::read(&annotations).unwrap();
+
+    let mut with_nan = original.clone();
+    let at = with_nan.len() - 8;
+    with_nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let cases: [(&str, &std::path::Path, Vec<u8>, &str); 4] = [
+        ("truncated npy", &npy, original[..original.len() - 10].to_vec(), "truncated"),
+        ("garbage npy", &npy, b"not an npy file at all".to_vec(), "not a valid .npy"),
+        ("NaN in npy", &npy, with_nan, "non-finite"),
+        ("cut annotations", &annotations, ann_original[..ann_original.len() / 2].to_vec(), "not valid JSON"),
+    ];
+    for (what, file, bytes, why) in cases {
+        std::fs::write(file, &bytes).unwrap();
+        let (code, err) = xca_run(&["check".as_ref(), config.as_os_str()]);
+        assert_eq!(code, Some(2), "check, {what}: {err}");
+        assert!(err.contains(&file.display().to_string()) && err.contains(why), "check, {what}: {err}");
+        let (code, err) = xca_run(&[
+            "train".as_ref(),
+            config.as_os_str(),
+            "--output".as_ref(),
+            "ref".as_ref(),
+            "--resume".as_ref(),
+            "--quiet".as_ref(),
+        ]);
+        assert_eq!(code, Some(2), "train, {what}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("xca: error: ") && last.contains(&file.display().to_string()) && last.contains(why),
+            "train, {what}: {err}"
+        );
+        assert!(snapshot() == before, "train on {what} changed the run folder");
+        std::fs::write(&npy, &original).unwrap();
+        std::fs::write(&annotations, &ann_original).unwrap();
+    }
+}
