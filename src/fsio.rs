@@ -251,10 +251,20 @@ mod tests {
         assert_eq!(e.path, p);
         assert_eq!(e.source.kind(), std::io::ErrorKind::StorageFull);
         let msg = e.to_string();
-        assert!(msg.contains(&p.display().to_string()) && msg.contains("no space left"), "{msg}");
+        assert!(
+            msg.contains(&p.display().to_string()) && msg.contains("no space left"),
+            "{msg}"
+        );
         assert_eq!(fs::read(&p).unwrap(), b"previous result");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, [std::ffi::OsString::from("result.json")], "the temporary file is removed");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            [std::ffi::OsString::from("result.json")],
+            "the temporary file is removed"
+        );
         // A real I/O error (the destination's folder cannot be created: a file is in the way)
         // names the path too.
         let blocked = p.join("sub.json");
@@ -289,7 +299,10 @@ mod tests {
         assert_eq!(fs::read(dest.join("a")).unwrap(), b"1");
         assert!(!recover_dir(&dest).unwrap(), "nothing left to recover");
         assert_eq!(remove_stale_temps(dir.path()).unwrap(), 2);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, [std::ffi::OsString::from("state")]);
         // build_dir_atomic recovers by itself too, and leaves no moved-aside copy behind.
         fs::rename(&dest, old_dir(&dest)).unwrap();

@@ -161,7 +161,12 @@ fn temps(run: &Path) -> Vec<(String, u64)> {
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| e.file_name().to_string_lossy().starts_with(xca::fsio::TEMP_PREFIX))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -185,7 +190,13 @@ fn same_tensors(a: &Path, b: &Path) {
     names.sort_unstable();
     let mut names_b = tb.names();
     names_b.sort_unstable();
-    assert_eq!(names, names_b, "{} and {} hold different tensors", a.display(), b.display());
+    assert_eq!(
+        names,
+        names_b,
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
     assert!(names.len() > 100);
     for n in names {
         let (x, y) = (ta.tensor(n).unwrap(), tb.tensor(n).unwrap());
@@ -204,10 +215,7 @@ fn checkpoints_are_whole(config: &Path, run: &Path) -> Vec<usize> {
     let mut epochs = Vec::new();
     for e in std::fs::read_dir(run).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        let Some(n) = name
-            .strip_prefix("epoch_")
-            .and_then(|s| s.strip_suffix(".safetensors"))
-        else {
+        let Some(n) = name.strip_prefix("epoch_").and_then(|s| s.strip_suffix(".safetensors")) else {
             continue;
         };
         let epoch: usize = n.parse().unwrap();
@@ -274,19 +282,15 @@ fn sigkill_anywhere_keeps_checkpoints_whole_and_resume_reaches_the_same_weights(
 
     // 4. Half way through writing epoch_003.safetensors: a partial temporary file, which
     //    no reader takes for a checkpoint; every complete checkpoint still loads.
-    let (status, err) = Running::spawn(train_cmd(
-        &config,
-        "k",
-        true,
-        Some("abort:epoch_003.safetensors"),
-    ))
-    .finish();
+    let (status, err) = Running::spawn(train_cmd(&config, "k", true, Some("abort:epoch_003.safetensors"))).finish();
     assert!(
         err.contains("resuming from"),
         "the moved-aside state is found again: {err}"
     );
     assert!(!status.success() && status.code().is_none(), "aborted: {status} {err}");
-    let full = std::fs::metadata(reference().join("epoch_003.safetensors")).unwrap().len();
+    let full = std::fs::metadata(reference().join("epoch_003.safetensors"))
+        .unwrap()
+        .len();
     let partial = temps(&run);
     assert!(
         partial.iter().any(|(_, len)| *len > 0 && *len < full),
@@ -339,7 +343,11 @@ fn ctrl_c_saves_a_resumable_state_and_says_how_to_resume() {
     assert!(err.contains("interrupted in epoch 2"), "{err}");
     assert_eq!(checkpoints_are_whole(&config, &run), [2]);
     let st = state(&run);
-    assert_eq!((st["epochs_done"].as_u64(), st.get("mid_epoch")), (Some(2), None), "{st}");
+    assert_eq!(
+        (st["epochs_done"].as_u64(), st.get("mid_epoch")),
+        (Some(2), None),
+        "{st}"
+    );
 
     // 3. Resume to the end.
     let (status, err) = Running::spawn(train_cmd(&config, "i", true, None)).finish();
@@ -414,12 +422,16 @@ fn a_failed_write_names_the_file_and_keeps_the_previous_one() {
     cmd.args(["--epochs", "2"]);
     let (status, err) = Running::spawn(cmd).finish();
     assert!(status.success(), "{err}");
-    let kept = ["epoch_002.safetensors", "epoch_002.json", "state/state.json", "state/model.bpk"];
+    let kept = [
+        "epoch_002.safetensors",
+        "epoch_002.json",
+        "state/state.json",
+        "state/model.bpk",
+    ];
     let before: Vec<Vec<u8>> = kept.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
 
     // The disk "fills up" while epoch 3's checkpoint is written.
-    let (status, err) =
-        Running::spawn(train_cmd(&config, "f", true, Some("fail:epoch_003.safetensors"))).finish();
+    let (status, err) = Running::spawn(train_cmd(&config, "f", true, Some("fail:epoch_003.safetensors"))).finish();
     assert_eq!(status.code(), Some(1), "{err}");
     let last = err.lines().last().unwrap_or_default();
     let target = run.join("epoch_003.safetensors");
@@ -500,7 +512,12 @@ fn damaged_checkpoints_are_refused_with_their_name() {
     for (name, bytes, why) in cases {
         let ckpt = dir.path().join(format!("{name}.safetensors"));
         std::fs::write(&ckpt, bytes).unwrap();
-        let (code, err) = xca_run(&["eval".as_ref(), config.as_os_str(), ckpt.as_os_str(), "--quiet".as_ref()]);
+        let (code, err) = xca_run(&[
+            "eval".as_ref(),
+            config.as_os_str(),
+            ckpt.as_os_str(),
+            "--quiet".as_ref(),
+        ]);
         assert_eq!(code, Some(2), "{name}: {err}");
         assert!(
             err.trim_end().lines().count() == 1 && err.contains(&ckpt.display().to_string()) && err.contains(why),
@@ -508,7 +525,12 @@ fn damaged_checkpoints_are_refused_with_their_name() {
         );
     }
     // A folder where a checkpoint should be.
-    let (code, err) = xca_run(&["eval".as_ref(), config.as_os_str(), dir.path().as_os_str(), "--quiet".as_ref()]);
+    let (code, err) = xca_run(&[
+        "eval".as_ref(),
+        config.as_os_str(),
+        dir.path().as_os_str(),
+        "--quiet".as_ref(),
+    ]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&dir.path().display().to_string()), "{err}");
 }
@@ -520,7 +542,12 @@ fn damaged_data_is_refused_and_the_run_folder_is_left_as_it_was() {
     // A finished run, copied in: a resumed train on damaged data must not touch it.
     let run = run_dir(dir.path(), "ref");
     std::fs::create_dir_all(run.join("state")).unwrap();
-    let kept = ["epoch_003.safetensors", "epoch_003.json", "log.jsonl", "state/state.json"];
+    let kept = [
+        "epoch_003.safetensors",
+        "epoch_003.json",
+        "log.jsonl",
+        "state/state.json",
+    ];
     for f in kept {
         std::fs::copy(reference().join(f), run.join(f)).unwrap();
     }
@@ -536,16 +563,34 @@ fn damaged_data_is_refused_and_the_run_folder_is_left_as_it_was() {
     let at = with_nan.len() - 8;
     with_nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     let cases: [(&str, &std::path::Path, Vec<u8>, &str); 4] = [
-        ("truncated npy", &npy, original[..original.len() - 10].to_vec(), "truncated"),
-        ("garbage npy", &npy, b"not an npy file at all".to_vec(), "not a valid .npy"),
+        (
+            "truncated npy",
+            &npy,
+            original[..original.len() - 10].to_vec(),
+            "truncated",
+        ),
+        (
+            "garbage npy",
+            &npy,
+            b"not an npy file at all".to_vec(),
+            "not a valid .npy",
+        ),
         ("NaN in npy", &npy, with_nan, "non-finite"),
-        ("cut annotations", &annotations, ann_original[..ann_original.len() / 2].to_vec(), "not valid JSON"),
+        (
+            "cut annotations",
+            &annotations,
+            ann_original[..ann_original.len() / 2].to_vec(),
+            "not valid JSON",
+        ),
     ];
     for (what, file, bytes, why) in cases {
         std::fs::write(file, &bytes).unwrap();
         let (code, err) = xca_run(&["check".as_ref(), config.as_os_str()]);
         assert_eq!(code, Some(2), "check, {what}: {err}");
-        assert!(err.contains(&file.display().to_string()) && err.contains(why), "check, {what}: {err}");
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(why),
+            "check, {what}: {err}"
+        );
         let (code, err) = xca_run(&[
             "train".as_ref(),
             config.as_os_str(),

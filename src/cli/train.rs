@@ -117,11 +117,7 @@ pub fn run(args: Args) -> Result<()> {
     });
     let summary = match result {
         Err(e @ TrainError::Interrupted { .. }) => {
-            let mut again = format!(
-                "xca train {} --output {} --resume",
-                args.config.display(),
-                args.output
-            );
+            let mut again = format!("xca train {} --output {} --resume", args.config.display(), args.output);
             if let Some(seed) = args.seed {
                 again.push_str(&format!(" --seed {seed}"));
             }

@@ -25,11 +25,11 @@ use super::assign::{AssignError, Targets, assign_targets};
 use super::checkpoint::{self, CheckpointError, CheckpointMeta, config_hash};
 use super::clip::clip_grad_global_norm;
 use super::ema::{EmaError, ema_init, ema_update};
+use super::interrupt;
 use super::loss::{
     AnchorDraw, LossError, LossNormalizer, contrastive_active, contrastive_loss, count_positives, detection_losses,
     gather_anchor_features, sample_anchors,
 };
-use super::interrupt;
 use super::optim::{adamw_with_decay_group, param_ids_where};
 use crate::config::Config;
 use crate::dataset::batch::{BatchError, Window, collate};
@@ -79,7 +79,11 @@ pub enum TrainError {
         "interrupted in epoch {epoch} after {steps} steps; a resumable state is in {}",
         run_dir.join("state").display()
     )]
-    Interrupted { run_dir: PathBuf, epoch: usize, steps: usize },
+    Interrupted {
+        run_dir: PathBuf,
+        epoch: usize,
+        steps: usize,
+    },
 }
 
 /// How to run training (everything that is not in the config).
