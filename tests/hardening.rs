@@ -610,3 +610,87 @@ fn damaged_data_is_refused_and_the_run_folder_is_left_as_it_was() {
         std::fs::write(&annotations, &ann_original).unwrap();
     }
 }
+
+/// What the fuzz targets of fuzz/ check, on their seed corpora (fuzz/corpus/<target>/) and
+/// on every input the fuzzers found a fault with (tests/fuzz_regressions/<target>/): no
+/// panic, accepted configs print and read back unchanged, and no feature file yields more
+/// values than it holds.
+#[test]
+fn fuzz_seeds_and_regressions_are_read_without_panic() {
+    use xca::dataset::Annotations;
+    use xca::dataset::features::Features;
+    use xca::metrics::io::{parse_ground_truth, parse_predictions};
+    use xca::metrics::score::{Protocol, score};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inputs = |target: &str| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v = Vec::new();
+        for dir in [root.join("fuzz/corpus").join(target), root.join("tests/fuzz_regressions").join(target)] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries {
+                let p = e.unwrap().path();
+                v.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+        v.sort();
+        v
+    };
+    let name = Path::new("fuzz");
+    let configs = inputs("config");
+    assert!(configs.len() >= 3);
+    let mut accepted = 0;
+    for (p, bytes) in &configs {
+        let Ok(text) = std::str::from_utf8(bytes) else { continue };
+        if let Ok(loaded) = Config::from_yaml_str(text, name) {
+            accepted += 1;
+            let again = Config::from_yaml_str(&loaded.config.to_yaml(), name)
+                .unwrap_or_else(|e| panic!("{}: printed config does not read back: {e}", p.display()));
+            assert_eq!(again.config.to_json(), loaded.config.to_json(), "{}", p.display());
+        }
+    }
+    assert!(accepted >= 3, "the real configs among the seeds are accepted");
+
+    let anns = inputs("annotations");
+    assert!(anns.len() >= 3);
+    for (_, bytes) in &anns {
+        if let Ok(a) = Annotations::from_slice(bytes, name) {
+            let _ = a.split(&["train".to_string()]);
+        }
+        if let Ok(text) = std::str::from_utf8(bytes)
+            && let Ok(gt) = parse_ground_truth(text, name)
+        {
+            let _ = gt.split_segments("test");
+        }
+    }
+
+    let gt = parse_ground_truth(
+        &std::fs::read_to_string(root.join("fuzz/gt.json")).unwrap(),
+        Path::new("gt.json"),
+    )
+    .unwrap();
+    let preds = inputs("predictions");
+    assert!(preds.len() >= 3);
+    let mut scored = 0;
+    for (_, bytes) in &preds {
+        let Ok(text) = std::str::from_utf8(bytes) else { continue };
+        if let Ok(p) = parse_predictions(text, name, &gt) {
+            scored += usize::from(score(&gt, "test", &p.detections, Protocol::Full).is_ok());
+            let _ = score(&gt, "test", &p.detections, Protocol::Paper);
+        }
+    }
+    assert!(scored >= 2, "the well-formed detection files among the seeds score");
+
+    let npys = inputs("npy");
+    assert!(npys.len() >= 3);
+    let mut read = 0;
+    for (p, bytes) in &npys {
+        for dim in [16, 4096] {
+            if let Ok(f) = Features::from_npy_bytes(bytes, name, dim) {
+                read += 1;
+                assert_eq!(f.data.len(), f.rows * f.dim, "{}", p.display());
+                assert!(f.data.len() * 4 <= bytes.len(), "{}", p.display());
+            }
+        }
+    }
+    assert!(read >= 3, "the well-formed .npy seeds are read");
+}
