@@ -625,7 +625,10 @@ fn fuzz_seeds_and_regressions_are_read_without_panic() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let inputs = |target: &str| -> Vec<(PathBuf, Vec<u8>)> {
         let mut v = Vec::new();
-        for dir in [root.join("fuzz/corpus").join(target), root.join("tests/fuzz_regressions").join(target)] {
+        for dir in [
+            root.join("fuzz/corpus").join(target),
+            root.join("tests/fuzz_regressions").join(target),
+        ] {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for e in entries {
                 let p = e.unwrap().path();

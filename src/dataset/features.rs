@@ -148,7 +148,10 @@ fn header_problem(bytes: &[u8]) -> Option<String> {
     }
     let (start, len) = match bytes[6] {
         1 => (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
-        2 | 3 if bytes.len() >= 12 => (12, u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize),
+        2 | 3 if bytes.len() >= 12 => (
+            12,
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        ),
         _ => return None,
     };
     let available = bytes.len() - start;
@@ -168,9 +171,8 @@ fn header_problem(bytes: &[u8]) -> Option<String> {
             _ => {}
         }
     }
-    (deepest > MAX_HEADER_NESTING).then(|| {
-        format!("has a malformed header: brackets nested {deepest} deep (a feature file's header nests 2)")
-    })
+    (deepest > MAX_HEADER_NESTING)
+        .then(|| format!("has a malformed header: brackets nested {deepest} deep (a feature file's header nests 2)"))
 }
 
 /// npyz multiplies the header's dimensions without overflow checks, so a hostile header
@@ -344,7 +346,10 @@ mod tests {
         let e = Features::from_npy_bytes(&v2, p(), 4).unwrap_err().to_string();
         assert!(e.contains("header claims 4294967280 bytes but only 15 follow"), "{e}");
         // Nesting as deep as real headers go is still read.
-        let ok = raw_npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }", &[0u8; 16]);
+        let ok = raw_npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }",
+            &[0u8; 16],
+        );
         assert_eq!(Features::from_npy_bytes(&ok, p(), 4).unwrap().rows, 1);
     }
 
