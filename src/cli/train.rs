@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use xca::device::DeviceChoice;
 use xca::report::{CurvePoint, ValPoint, plot_curves};
-use xca::train::trainer::{LogLine, TrainOptions, train};
+use xca::train::interrupt;
+use xca::train::trainer::{LogLine, TrainError, TrainOptions, train};
 
 use super::{InputError, common};
 
@@ -13,6 +14,9 @@ use super::{InputError, common};
 /// `log.jsonl`, `curves.png` (losses, learning rate, validation mAP; refreshed every epoch),
 /// the EMA checkpoints of the last epochs (`epoch_031` … `epoch_050` for the
 /// paper config) and a resumable state.
+///
+/// Ctrl-C finishes the current step, saves a resumable state and exits with status 130;
+/// `--resume` then continues exactly where it stopped (a second Ctrl-C stops at once).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// YAML config, e.g. configs/vessel.yaml.
@@ -20,7 +24,8 @@ pub struct Args {
     /// Run name: the run folder is `<output_folder>/<config stem>_<NAME>`.
     #[arg(long, default_value = "reproduce")]
     pub output: String,
-    /// Continue an interrupted run from its last completed epoch.
+    /// Continue an interrupted run from its last saved state (an epoch end, or the step
+    /// where Ctrl-C stopped it).
     #[arg(long)]
     pub resume: bool,
     /// cpu (flex), ndarray or wgpu.
@@ -46,6 +51,8 @@ pub fn run(args: Args) -> Result<()> {
     let ann = common::annotations(&cfg)?;
     let data = common::load_data(&cfg, &ann, &cfg.train_split, args.quiet)?;
     let run_dir = common::run_dir(&cfg, &args.config, &args.output);
+    // A kill in the middle of swapping in a new state leaves the previous one aside.
+    xca::fsio::recover_dir(&run_dir.join("state"))?;
     if !args.resume && run_dir.join("state").exists() {
         return Err(InputError(format!(
             "{} already holds a run: pass --resume to continue it, or another --output",
@@ -55,7 +62,21 @@ pub fn run(args: Args) -> Result<()> {
     }
     // One trainer per run folder: a second `xca train` into it is refused while the first
     // lives; a lock left by a killed run is taken over.
-    let _lock = xca::fsio::RunLock::acquire(&run_dir).map_err(|e| InputError(e.to_string()))?;
+    let lock = xca::fsio::RunLock::acquire(&run_dir).map_err(|e| InputError(e.to_string()))?;
+    // Half-written files of a killed run (never mistaken for results, but they take space).
+    xca::fsio::remove_stale_temps(&run_dir)?;
+    interrupt::install()?;
+    if args.resume {
+        let sdir = run_dir.join("state");
+        if sdir.join("state.json").exists() {
+            eprintln!("xca: resuming from the state saved in {}", sdir.display());
+        } else {
+            eprintln!(
+                "xca: {} holds no saved state (no epoch finished yet): starting from the beginning",
+                run_dir.display()
+            );
+        }
+    }
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
         device,
@@ -75,7 +96,7 @@ pub fn run(args: Args) -> Result<()> {
         run_dir.display()
     );
     let iters_per_epoch = (data.videos.len() / cfg.loader.batch_size.max(1)).max(1);
-    let summary = train(&cfg, &data, &opts, |l| {
+    let result = train(&cfg, &data, &opts, |l| {
         // A failed picture must not stop a long training run: warn and go on.
         if let Err(e) = write_curves(&run_dir, iters_per_epoch) {
             eprintln!("xca: warning: curves.png not refreshed: {e:#}");
@@ -93,7 +114,22 @@ pub fn run(args: Args) -> Result<()> {
                 l.sec_per_iter
             );
         }
-    })?;
+    });
+    let summary = match result {
+        Err(e @ TrainError::Interrupted { .. }) => {
+            let mut again = format!("xca train {} --output {} --resume", args.config.display(), args.output);
+            if let Some(seed) = args.seed {
+                again.push_str(&format!(" --seed {seed}"));
+            }
+            if !matches!(args.device, DeviceChoice::Cpu) {
+                again.push_str(&format!(" --device {}", args.device));
+            }
+            eprintln!("xca: {e}; continue with: {again}");
+            drop(lock);
+            std::process::exit(interrupt::EXIT_INTERRUPTED);
+        }
+        r => r?,
+    };
     println!(
         "trained {} epochs; {} checkpoints in {}",
         summary.epochs_done,

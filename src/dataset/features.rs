@@ -33,6 +33,9 @@ impl Features {
             path: path.to_path_buf(),
             message,
         };
+        if let Some(problem) = header_problem(bytes) {
+            return Err(fmt(problem));
+        }
         if !shape_fits(bytes) {
             return Err(fmt("has a header whose shape does not fit in memory".into()));
         }
@@ -128,6 +131,48 @@ impl Features {
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.dim..(r + 1) * self.dim]
     }
+}
+
+/// Deepest bracket nesting of a header npyz is given to parse. A float feature file's header
+/// nests two deep (`{… 'shape': (T, 4096), }`), structured dtypes a few more.
+const MAX_HEADER_NESTING: usize = 8;
+
+/// What npyz itself would do badly with: it allocates a buffer of the header length the
+/// file claims (up to 4 GiB in version 2/3) before reading it, and its header parser takes
+/// time exponential in the bracket nesting depth (cargo fuzz found a 236-byte file of `[[[…`
+/// that ran for minutes; each level doubles the time). Both are checked here first. A file
+/// that is not recognisably an `.npy` preamble is left for npyz to reject.
+fn header_problem(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 10 || !bytes.starts_with(b"\x93NUMPY") {
+        return None;
+    }
+    let (start, len) = match bytes[6] {
+        1 => (10, u16::from_le_bytes([bytes[8], bytes[9]]) as usize),
+        2 | 3 if bytes.len() >= 12 => (
+            12,
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        ),
+        _ => return None,
+    };
+    let available = bytes.len() - start;
+    if len > available {
+        return Some(format!(
+            "is truncated: its header claims {len} bytes but only {available} follow the preamble"
+        ));
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for &b in &bytes[start..start + len] {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    (deepest > MAX_HEADER_NESTING)
+        .then(|| format!("has a malformed header: brackets nested {deepest} deep (a feature file's header nests 2)"))
 }
 
 /// npyz multiplies the header's dimensions without overflow checks, so a hostile header
@@ -278,6 +323,34 @@ mod tests {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(body);
         out
+    }
+
+    #[test]
+    fn deeply_nested_or_oversized_headers_are_refused_before_npyz_parses_them() {
+        // Found by cargo fuzz (tests/fuzz_regressions/npy/): npyz's parser takes time
+        // exponential in the nesting depth; 12 levels already cost it a fraction of a second.
+        let nested = raw_npy(&"[".repeat(12), &[]);
+        let e = Features::from_npy_bytes(&nested, p(), 4).unwrap_err().to_string();
+        assert!(e.contains("v.npy") && e.contains("nested 12 deep"), "{e}");
+        let found = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fuzz_regressions/npy/timeout-fa20eea4eaf0f7e1e87c46df697362cca9a042d2"
+        ))
+        .unwrap();
+        let e = Features::from_npy_bytes(&found, p(), 4096).unwrap_err().to_string();
+        assert!(e.contains("malformed header"), "{e}");
+        // A version-2 header claiming 4 GiB: refused before npyz allocates a buffer for it.
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        v2.extend_from_slice(b"{'descr': '<f4'");
+        let e = Features::from_npy_bytes(&v2, p(), 4).unwrap_err().to_string();
+        assert!(e.contains("header claims 4294967280 bytes but only 15 follow"), "{e}");
+        // Nesting as deep as real headers go is still read.
+        let ok = raw_npy(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4), }",
+            &[0u8; 16],
+        );
+        assert_eq!(Features::from_npy_bytes(&ok, p(), 4).unwrap().rows, 1);
     }
 
     #[test]

@@ -212,12 +212,15 @@ fn quote_non_finite(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-fn read_json(path: &Path) -> Result<Value, ReadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+fn read_text(path: &Path) -> Result<String, ReadError> {
+    std::fs::read_to_string(path).map_err(|source| ReadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    serde_json::from_str(&quote_non_finite(&text)).map_err(|e| ReadError::Json {
+    })
+}
+
+fn parse_json(text: &str, path: &Path) -> Result<Value, ReadError> {
+    serde_json::from_str(&quote_non_finite(text)).map_err(|e| ReadError::Json {
         path: path.to_path_buf(),
         msg: e.to_string(),
     })
@@ -302,8 +305,13 @@ fn kind(v: &Value) -> &'static str {
 /// that name has elsewhere in the file, or else the next free id (in order of first
 /// appearance). A name used with two ids, or an id with two names, is an error.
 pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
+    parse_ground_truth(&read_text(path)?, path)
+}
+
+/// [`read_ground_truth`] from text already in memory; `path` is only used in messages.
+pub fn parse_ground_truth(text: &str, path: &Path) -> Result<GroundTruth, ReadError> {
     let ctx = Ctx { path };
-    let root = read_json(path)?;
+    let root = parse_json(text, path)?;
     let root = ctx.object(&root, "top level")?;
     let db = root.get("database").ok_or_else(|| ReadError::Format {
         path: path.to_path_buf(),
@@ -453,8 +461,13 @@ pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
 /// `gt`; an unknown name is an error) or class ids (`label_id`, or an integer `label`);
 /// `label_id` wins when both are given. The score is `score` or `scores` in either layout.
 pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, ReadError> {
+    parse_predictions(&read_text(path)?, path, gt)
+}
+
+/// [`read_predictions`] from text already in memory; `path` is only used in messages.
+pub fn parse_predictions(text: &str, path: &Path, gt: &GroundTruth) -> Result<Predictions, ReadError> {
     let ctx = Ctx { path };
-    let root = read_json(path)?;
+    let root = parse_json(text, path)?;
     let root = ctx.object(&root, "top level")?;
     let (format, key, body) = if let Some(r) = root.get("results") {
         (PredictionFormat::ActivityNet, "results", ctx.object(r, "results")?)

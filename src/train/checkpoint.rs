@@ -86,8 +86,37 @@ pub fn load(model: Network, path: &Path) -> Result<Network, CheckpointError> {
     load_bytes(model, bytes, path)
 }
 
+/// The first float tensor of safetensors `bytes` holding a NaN or an infinity, if any.
+/// Training never saves such weights (a non-finite loss stops it first), so one in a file
+/// means the file was damaged; without this check it would load and score garbage.
+fn non_finite_tensor(bytes: &[u8]) -> Option<String> {
+    use safetensors::Dtype;
+    let st = safetensors::SafeTensors::deserialize(bytes).ok()?;
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    tensors.into_iter().find_map(|(name, view)| {
+        let data = view.data();
+        let bad = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .any(|c| !f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]).is_finite()),
+            _ => false,
+        };
+        bad.then_some(name)
+    })
+}
+
 /// [`load`] from bytes already in memory.
 pub fn load_bytes(mut model: Network, bytes: Vec<u8>, path: &Path) -> Result<Network, CheckpointError> {
+    if let Some(name) = non_finite_tensor(&bytes) {
+        return Err(CheckpointError::Read {
+            path: path.to_path_buf(),
+            reason: format!("tensor {name} holds NaN or infinite values; the file is damaged"),
+        });
+    }
     let mut store = SafetensorsStore::from_bytes(Some(bytes))
         .allow_partial(true)
         .validate(false);

@@ -4,8 +4,10 @@
 //! epochs, a JSONL log and a resumable state after every epoch.
 //!
 //! Reproducibility: every random draw of epoch e (data order, crops, patch centres,
-//! anchors, drop-path) comes from RNGs seeded by (seed, e), so a run resumed at an epoch
-//! boundary continues exactly as an uninterrupted one would.
+//! anchors, drop-path) comes from RNGs seeded by (seed, e) — the device RNG is re-seeded at
+//! every step from (seed, e, step of the epoch) — so a run resumed at an epoch boundary, or
+//! from the mid-epoch state that Ctrl-C saves (which records the host RNG's position),
+//! continues exactly as an uninterrupted one would.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::assign::AssignError;
 use super::checkpoint::{self, CheckpointError, CheckpointMeta, config_hash};
 use super::ema::{EmaError, ema_init};
+use super::interrupt;
 use super::loss::{LossError, LossNormalizer, contrastive_active};
 use super::optim::{adamw_with_decay_group, param_ids_where};
 use super::step::{Learner, StepSetup};
@@ -67,6 +70,16 @@ pub enum TrainError {
     },
     #[error("cannot resume from {}: {reason}", path.display())]
     Resume { path: PathBuf, reason: String },
+    /// Ctrl-C: the resumable state in `run_dir/state` continues after global step `steps`.
+    #[error(
+        "interrupted in epoch {epoch} after {steps} steps; a resumable state is in {}",
+        run_dir.join("state").display()
+    )]
+    Interrupted {
+        run_dir: PathBuf,
+        epoch: usize,
+        steps: usize,
+    },
 }
 
 /// How to run training (everything that is not in the config).
@@ -115,6 +128,21 @@ struct ResumeState {
     normalizer: LossNormalizer,
     config_hash: String,
     seed: u64,
+    /// Set when the state was saved inside epoch `epochs_done + 1` (Ctrl-C).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mid_epoch: Option<MidEpoch>,
+}
+
+/// Where in an unfinished epoch a state was saved, and the epoch's running loss sums (as
+/// the exact f32 values the device held, so the epoch's log line comes out the same).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MidEpoch {
+    iters_done: usize,
+    rng_word_pos: u128,
+    sum_cls: f64,
+    sum_reg: f64,
+    sum_con: Option<f64>,
+    n_con: usize,
 }
 
 /// What a finished run reports.
@@ -203,6 +231,11 @@ pub fn train(
 
     let sdir = state_dir(&opts.run_dir);
     let log_path = opts.run_dir.join("log.jsonl");
+    let mut mid_epoch: Option<MidEpoch> = None;
+    if opts.resume {
+        // A kill in the middle of swapping in a new state leaves the previous one aside.
+        crate::fsio::recover_dir(&sdir)?;
+    }
     if opts.resume && sdir.join("state.json").exists() {
         let bad = |reason: String| TrainError::Resume {
             path: sdir.clone(),
@@ -226,12 +259,21 @@ pub fn train(
         normalizer = st.normalizer;
         start_epoch = st.epochs_done;
         step = st.step;
+        mid_epoch = st.mid_epoch;
         // A run killed mid-epoch logged steps that the resumed run will redo: keep only the
-        // lines of completed epochs so the log has each step once.
+        // lines of the steps the state includes, so the log has each step once.
         if let Ok(text) = std::fs::read_to_string(&log_path) {
             let kept: String = text
                 .lines()
-                .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|line| line.epoch <= st.epochs_done))
+                .filter(|l| {
+                    serde_json::from_str::<LogLine>(l).is_ok_and(|line| {
+                        line.epoch <= st.epochs_done
+                            || (mid_epoch.is_some()
+                                && line.kind == "step"
+                                && line.epoch == st.epochs_done + 1
+                                && line.step < st.step)
+                    })
+                })
                 .map(|l| format!("{l}\n"))
                 .collect();
             write_atomic(&log_path, kept.as_bytes())?;
@@ -287,9 +329,14 @@ pub fn train(
     };
     for epoch in start_epoch..end_epoch {
         let mut rng = ChaCha8Rng::seed_from_u64(seed_for(opts.seed, epoch, 1));
-        device.seed(seed_for(opts.seed, epoch, 2));
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut rng);
+        // Resuming inside this epoch: same order, and the RNG goes on from where it stopped.
+        let mid = if epoch == start_epoch { mid_epoch.take() } else { None };
+        let first_it = mid.as_ref().map_or(0, |m| m.iters_done);
+        if let Some(m) = &mid {
+            rng.set_word_pos(m.rng_word_pos);
+        }
         let use_con = contrastive_active(epoch, cfg.model.pretrain, cfg.model.random_patch);
         let bar = if opts.quiet {
             indicatif::ProgressBar::hidden()
@@ -309,13 +356,17 @@ pub fn train(
             ),
         );
         bar.set_prefix(format!("{}", epoch + 1));
+        bar.set_position(first_it as u64);
         let started = Instant::now();
-        let mut sum_cls: Option<Tensor<1>> = None;
-        let mut sum_reg: Option<Tensor<1>> = None;
-        let mut sum_con: Option<Tensor<1>> = None;
-        let mut n_con = 0usize;
+        let restore = |v: f64| Tensor::<1>::from_data(burn::tensor::TensorData::new(vec![v as f32], [1]), &device);
+        let mut sum_cls: Option<Tensor<1>> = mid.as_ref().map(|m| restore(m.sum_cls));
+        let mut sum_reg: Option<Tensor<1>> = mid.as_ref().map(|m| restore(m.sum_reg));
+        let mut sum_con: Option<Tensor<1>> = mid.as_ref().and_then(|m| m.sum_con.map(restore));
+        let mut n_con = mid.as_ref().map_or(0, |m| m.n_con);
         let mut lr = 0.0;
-        for it in 0..iters {
+        for it in first_it..iters {
+            // Per step, so a state saved between steps knows the device RNG's stream.
+            device.seed(seed_for(opts.seed, epoch, 2) ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let idx = &order[it * batch..(it + 1) * batch];
             let vids: Vec<&crate::dataset::VideoData> = idx.iter().map(|&i| &data.videos[i]).collect();
             let crops: Vec<_> = vids
@@ -366,7 +417,7 @@ pub fn train(
                     reg_loss: reg,
                     con_loss: conv,
                     total_loss: cls + loss_cfg.loss_weight.max(0.0) as f64 * reg + conv.unwrap_or(0.0),
-                    sec_per_iter: started.elapsed().as_secs_f64() / (it + 1) as f64,
+                    sec_per_iter: started.elapsed().as_secs_f64() / (it + 1 - first_it) as f64,
                 };
                 bar.set_message(format!(
                     "loss {:.4} (cls {:.4} reg {:.4}) lr {:.2e}",
@@ -376,6 +427,37 @@ pub fn train(
             }
             step += 1;
             bar.inc(1);
+            if interrupt::requested() && it + 1 < iters {
+                bar.finish_and_clear();
+                let sum = |t: &Option<Tensor<1>>| t.as_ref().map(scalar);
+                let mid = MidEpoch {
+                    iters_done: it + 1,
+                    rng_word_pos: rng.get_word_pos(),
+                    sum_cls: sum(&sum_cls).unwrap_or(0.0),
+                    sum_reg: sum(&sum_reg).unwrap_or(0.0),
+                    sum_con: sum(&sum_con),
+                    n_con,
+                };
+                save_state(
+                    &opts.run_dir,
+                    &learner.model,
+                    &learner.ema,
+                    &learner.optim,
+                    ResumeState {
+                        epochs_done: epoch,
+                        step,
+                        normalizer: learner.normalizer,
+                        config_hash: hash.clone(),
+                        seed: opts.seed,
+                        mid_epoch: Some(mid),
+                    },
+                )?;
+                return Err(TrainError::Interrupted {
+                    run_dir: opts.run_dir.clone(),
+                    epoch: epoch + 1,
+                    steps: step,
+                });
+            }
         }
         bar.finish_and_clear();
         let avg = |s: Option<Tensor<1>>, k: usize| s.map(|t| scalar(&t) / k.max(1) as f64);
@@ -401,7 +483,7 @@ pub fn train(
             reg_loss: reg,
             con_loss: conv,
             total_loss: cls + loss_cfg.loss_weight.max(0.0) as f64 * reg + conv.unwrap_or(0.0),
-            sec_per_iter: started.elapsed().as_secs_f64() / iters as f64,
+            sec_per_iter: started.elapsed().as_secs_f64() / (iters - first_it).max(1) as f64,
         };
         write_log(&line)?;
 
@@ -428,10 +510,18 @@ pub fn train(
                 normalizer: learner.normalizer,
                 config_hash: hash.clone(),
                 seed: opts.seed,
+                mid_epoch: None,
             },
         )?;
         on_epoch(&line);
         last_epoch = Some(line);
+        if interrupt::requested() && epoch1 < end_epoch {
+            return Err(TrainError::Interrupted {
+                run_dir: opts.run_dir.clone(),
+                epoch: epoch1,
+                steps: step,
+            });
+        }
     }
     Ok(TrainSummary {
         run_dir: opts.run_dir.clone(),

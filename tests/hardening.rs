@@ -1,0 +1,699 @@
+//! Interrupted runs and failing disks, on the real `xca` binary and the tiny setup of
+//! tests/common (4 training videos, batch 1: 4 steps per epoch, 3 epochs, checkpoints of
+//! epochs 2 and 3).
+//!
+//! A child `xca train` is killed (SIGKILL, SIGINT) at several points — inside an epoch,
+//! right after a checkpoint, in the middle of a checkpoint write and in the middle of the
+//! state swap — and after each kill every checkpoint on disk must load, half-written
+//! temporaries must not pass for checkpoints, and `--resume` must end with checkpoints whose
+//! tensors are bitwise an uninterrupted run's, and the same per-step losses in `log.jsonl`.
+//! Writes "in the middle" are made deterministic with the test-only `XCA_TEST_FAULT`
+//! variable of src/fsio.rs (abort, pause or fail half way through a write).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use xca::config::Config;
+use xca::train::checkpoint;
+use xca::train::trainer::{LogLine, TrainError, TrainOptions, train};
+
+/// The tiny setup with one video per batch, so that an epoch has 4 steps to stop between.
+fn tiny(dir: &Path) -> PathBuf {
+    let config = common::setup(dir, 3);
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("loader: {batch_size: 1}\n");
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
+fn run_dir(dir: &Path, output: &str) -> PathBuf {
+    dir.join(format!("ckpt/tiny_{output}"))
+}
+
+fn train_cmd(config: &Path, output: &str, resume: bool, fault: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xca"));
+    cmd.arg("train")
+        .arg(config)
+        .args(["--output", output, "--quiet", "--log-every", "1"]);
+    if resume {
+        cmd.arg("--resume");
+    }
+    match fault {
+        Some(f) => cmd.env("XCA_TEST_FAULT", f),
+        None => cmd.env_remove("XCA_TEST_FAULT"),
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd
+}
+
+/// A child `xca train` whose stderr is collected as it comes.
+struct Running {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd.spawn().unwrap();
+        let pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let sink = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        Self {
+            child,
+            stderr,
+            reader: Some(reader),
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Poll until `cond` holds; the child must still be running then.
+    fn wait_until(&mut self, what: &str, cond: impl Fn(&Self) -> bool) {
+        let start = Instant::now();
+        loop {
+            if cond(self) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.join();
+                panic!("xca train ended ({status}) before {what}; stderr:\n{}", self.stderr());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn sigint(&self) {
+        let ok = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn join(&mut self) {
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+    }
+
+    /// Wait for the end; its status and whole stderr.
+    fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        self.join();
+        (status, self.stderr())
+    }
+
+    fn sigkill(mut self) -> String {
+        self.child.kill().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(!status.success());
+        self.join();
+        self.stderr()
+    }
+}
+
+fn log_lines(run: &Path) -> Vec<LogLine> {
+    // A kill can cut the last line short: only whole lines count.
+    std::fs::read_to_string(run.join("log.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn step_losses(run: &Path) -> Vec<(usize, usize, f64, f64, Option<f64>)> {
+    log_lines(run)
+        .iter()
+        .filter(|l| l.kind == "step")
+        .map(|l| (l.epoch, l.step, l.cls_loss, l.reg_loss, l.con_loss))
+        .collect()
+}
+
+fn has_step_of_epoch(run: &Path, epoch: usize) -> bool {
+    log_lines(run).iter().any(|l| l.kind == "step" && l.epoch == epoch)
+}
+
+fn state(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("state/state.json")).unwrap()).unwrap()
+}
+
+fn temps(run: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(xca::fsio::TEMP_PREFIX))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn network(config: &Path) -> xca::model::Network {
+    let cfg = Config::load(config).unwrap().config;
+    let device = xca::device::DeviceChoice::Cpu.device().unwrap();
+    xca::runtime::network_config(&cfg).init(&device).unwrap()
+}
+
+/// Bitwise equality of two safetensors files: the same tensor names, dtypes, shapes and data
+/// bytes. (The files' own bytes may differ: burn lays the tensors out in a varying order.)
+fn same_tensors(a: &Path, b: &Path) {
+    let (ba, bb) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    let (ta, tb) = (
+        safetensors::SafeTensors::deserialize(&ba).unwrap(),
+        safetensors::SafeTensors::deserialize(&bb).unwrap(),
+    );
+    let mut names = ta.names();
+    names.sort_unstable();
+    let mut names_b = tb.names();
+    names_b.sort_unstable();
+    assert_eq!(
+        names,
+        names_b,
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    assert!(names.len() > 100);
+    for n in names {
+        let (x, y) = (ta.tensor(n).unwrap(), tb.tensor(n).unwrap());
+        assert!(
+            x.dtype() == y.dtype() && x.shape() == y.shape() && x.data() == y.data(),
+            "{}: tensor {n} differs from the uninterrupted run's",
+            a.display()
+        );
+    }
+}
+
+/// Every `epoch_*.safetensors` in `run` loads into the config's network, its sidecar (when
+/// written) names its epoch, and its tensors are bitwise those of the reference run. Returns
+/// the epochs found.
+fn checkpoints_are_whole(config: &Path, run: &Path) -> Vec<usize> {
+    let mut epochs = Vec::new();
+    for e in std::fs::read_dir(run).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("epoch_").and_then(|s| s.strip_suffix(".safetensors")) else {
+            continue;
+        };
+        let epoch: usize = n.parse().unwrap();
+        let path = run.join(&name);
+        checkpoint::load(network(config), &path).unwrap_or_else(|e| panic!("{name} does not load: {e}"));
+        if checkpoint::meta_path(&path).exists() {
+            assert_eq!(checkpoint::read_meta(&path).expect("a readable sidecar").epoch, epoch);
+        }
+        same_tensors(&path, &reference().join(&name));
+        epochs.push(epoch);
+    }
+    epochs.sort_unstable();
+    epochs
+}
+
+/// The finished run has the reference's checkpoints (bitwise, tensor by tensor) and per-step losses.
+fn same_as_reference(config: &Path, run: &Path) {
+    assert_eq!(checkpoints_are_whole(config, run), [2, 3]);
+    let (got, want) = (step_losses(run), step_losses(reference()));
+    assert_eq!(want.len(), 12, "3 epochs of 4 steps, each logged once");
+    assert_eq!(got, want, "the resumed run's log differs from the uninterrupted run's");
+    assert_eq!(temps(run), [], "no temporary files are left behind");
+}
+
+/// The uninterrupted run, trained once for all tests of this file.
+fn reference() -> &'static Path {
+    static REF: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &REF.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tiny(dir.path());
+        let (status, err) = Running::spawn(train_cmd(&config, "ref", false, None)).finish();
+        assert!(status.success(), "{err}");
+        let run = run_dir(dir.path(), "ref");
+        (dir, run)
+    })
+    .1
+}
+
+#[test]
+fn sigkill_anywhere_keeps_checkpoints_whole_and_resume_reaches_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = run_dir(dir.path(), "k");
+
+    // 1. Inside epoch 2 (a step of it is logged; the state is epoch 1's).
+    let mut t = Running::spawn(train_cmd(&config, "k", false, None));
+    t.wait_until("a step of epoch 2", |_| has_step_of_epoch(&run, 2));
+    t.sigkill();
+    checkpoints_are_whole(&config, &run);
+    assert!(state(&run)["epochs_done"].as_u64().unwrap() >= 1);
+
+    // 2. Right after the checkpoint of epoch 2 is complete.
+    let mut t = Running::spawn(train_cmd(&config, "k", true, None));
+    t.wait_until("epoch_002.json", |_| run.join("epoch_002.json").exists());
+    t.sigkill();
+    assert!(checkpoints_are_whole(&config, &run).contains(&2));
+
+    // 3. Between the two renames that swap in a new state: the old state is aside, no
+    //    `state/` exists. The next run must find it again (and say it resumes).
+    let (status, err) = Running::spawn(train_cmd(&config, "k", true, Some("abort:#swap"))).finish();
+    assert!(!status.success() && status.code().is_none(), "aborted: {status} {err}");
+    assert!(!run.join("state").exists() && run.join(".xca-old-state").is_dir());
+    checkpoints_are_whole(&config, &run);
+
+    // 4. Half way through writing epoch_003.safetensors: a partial temporary file, which
+    //    no reader takes for a checkpoint; every complete checkpoint still loads.
+    let (status, err) = Running::spawn(train_cmd(&config, "k", true, Some("abort:epoch_003.safetensors"))).finish();
+    assert!(
+        err.contains("resuming from"),
+        "the moved-aside state is found again: {err}"
+    );
+    assert!(!status.success() && status.code().is_none(), "aborted: {status} {err}");
+    let full = std::fs::metadata(reference().join("epoch_003.safetensors"))
+        .unwrap()
+        .len();
+    let partial = temps(&run);
+    assert!(
+        partial.iter().any(|(_, len)| *len > 0 && *len < full),
+        "a half-written temporary file: {partial:?}"
+    );
+    checkpoints_are_whole(&config, &run);
+
+    // 5. Resume to the end.
+    let (status, err) = Running::spawn(train_cmd(&config, "k", true, None)).finish();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+    same_as_reference(&config, &run);
+}
+
+#[test]
+fn ctrl_c_saves_a_resumable_state_and_says_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = run_dir(dir.path(), "i");
+
+    // 1. Ctrl-C inside epoch 1: exit 130 with a one-line message naming the way back.
+    let mut t = Running::spawn(train_cmd(&config, "i", false, None));
+    t.wait_until("the first step", |_| has_step_of_epoch(&run, 1));
+    t.sigint();
+    let (status, err) = t.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("xca: interrupted in epoch")
+            && last.contains(&format!(
+                "continue with: xca train {} --output i --resume",
+                config.display()
+            )),
+        "{err}"
+    );
+    // The state holds exactly the logged steps (mid-epoch or at the epoch end).
+    let st = state(&run);
+    assert_eq!(st["step"].as_u64().unwrap() as usize, step_losses(&run).len(), "{st}");
+    assert!(!run.join("lock").exists(), "the lock is released");
+
+    // 2. Ctrl-C while epoch_002.safetensors is being written: the write completes, the
+    //    epoch's state is saved, and the run stops there.
+    let mut t = Running::spawn(train_cmd(&config, "i", true, Some("pause:epoch_002.safetensors")));
+    t.wait_until("the paused checkpoint write", |t| {
+        t.stderr().contains("XCA_TEST_FAULT: pausing")
+    });
+    t.sigint();
+    let (status, err) = t.finish();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted in epoch 2"), "{err}");
+    assert_eq!(checkpoints_are_whole(&config, &run), [2]);
+    let st = state(&run);
+    assert_eq!(
+        (st["epochs_done"].as_u64(), st.get("mid_epoch")),
+        (Some(2), None),
+        "{st}"
+    );
+
+    // 3. Resume to the end.
+    let (status, err) = Running::spawn(train_cmd(&config, "i", true, None)).finish();
+    assert!(status.success(), "{err}");
+    same_as_reference(&config, &run);
+}
+
+/// The library's side of Ctrl-C, made deterministic: the interrupt is requested before the
+/// run, so it stops after exactly one step, inside an epoch.
+#[test]
+fn a_state_saved_inside_an_epoch_resumes_exactly() {
+    use xca::train::interrupt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let cfg = Config::load(&config).unwrap().config;
+    let ann = xca::dataset::Annotations::load(&cfg.dataset.json_file).unwrap();
+    let data = xca::dataset::load_split(&cfg, &ann, &cfg.train_split, |_| {}).unwrap();
+    let run = run_dir(dir.path(), "m");
+    let opts = |resume: bool, max: Option<usize>| TrainOptions {
+        run_dir: run.clone(),
+        device: xca::device::DeviceChoice::Cpu.device().unwrap(),
+        seed: cfg.init_rand_seed,
+        resume,
+        log_every: 1,
+        quiet: true,
+        max_epochs_this_run: max,
+    };
+    // Only this test trains inside this test process, so the process-wide flag is ours.
+    interrupt::request();
+    let r = train(&cfg, &data, &opts(false, None), |_| {});
+    interrupt::clear();
+    match r {
+        Err(TrainError::Interrupted { epoch: 1, steps: 1, .. }) => {}
+        other => panic!("expected an interrupt after step 1 of epoch 1, got {other:?}"),
+    }
+    let st = state(&run);
+    assert_eq!(st["epochs_done"], 0);
+    assert_eq!(st["mid_epoch"]["iters_done"], 1);
+    // Finish epoch 1, then stop again after the first step of epoch 2.
+    train(&cfg, &data, &opts(true, Some(1)), |_| {}).unwrap();
+    assert_eq!(state(&run)["epochs_done"], 1);
+    interrupt::request();
+    let r = train(&cfg, &data, &opts(true, None), |_| {});
+    interrupt::clear();
+    assert!(
+        matches!(r, Err(TrainError::Interrupted { epoch: 2, steps: 5, .. })),
+        "{r:?}"
+    );
+    assert_eq!(state(&run)["mid_epoch"]["iters_done"], 1);
+    train(&cfg, &data, &opts(true, None), |_| {}).unwrap();
+    same_as_reference(&config, &run);
+    let epoch_lines: Vec<LogLine> = log_lines(&run).into_iter().filter(|l| l.kind == "epoch").collect();
+    let want: Vec<LogLine> = log_lines(reference())
+        .into_iter()
+        .filter(|l| l.kind == "epoch")
+        .collect();
+    let key = |l: &LogLine| (l.epoch, l.step, l.cls_loss, l.reg_loss, l.con_loss);
+    assert_eq!(
+        epoch_lines.iter().map(key).collect::<Vec<_>>(),
+        want.iter().map(key).collect::<Vec<_>>(),
+        "the epoch averages include the steps before the interrupt"
+    );
+}
+
+#[test]
+fn a_failed_write_names_the_file_and_keeps_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = run_dir(dir.path(), "f");
+    let mut cmd = train_cmd(&config, "f", false, None);
+    cmd.args(["--epochs", "2"]);
+    let (status, err) = Running::spawn(cmd).finish();
+    assert!(status.success(), "{err}");
+    let kept = [
+        "epoch_002.safetensors",
+        "epoch_002.json",
+        "state/state.json",
+        "state/model.bpk",
+    ];
+    let before: Vec<Vec<u8>> = kept.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+
+    // The disk "fills up" while epoch 3's checkpoint is written.
+    let (status, err) = Running::spawn(train_cmd(&config, "f", true, Some("fail:epoch_003.safetensors"))).finish();
+    assert_eq!(status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    let target = run.join("epoch_003.safetensors");
+    assert!(
+        last.starts_with("xca: error: cannot write ")
+            && last.contains(&target.display().to_string())
+            && last.contains("no space left on device"),
+        "{err}"
+    );
+    assert_eq!(err.matches("xca: error").count(), 1, "{err}");
+    for (f, b) in kept.iter().zip(&before) {
+        assert!(std::fs::read(run.join(f)).unwrap() == *b, "{f} changed");
+    }
+    assert!(!target.exists() && !run.join("epoch_003.json").exists());
+    assert_eq!(temps(&run), []);
+
+    // A result file that cannot be replaced keeps its old content.
+    let out = dir.path().join("eval.json");
+    std::fs::write(&out, "previous results\n").unwrap();
+    let ckpt = run.join("epoch_002.safetensors");
+    let eval = |fault: Option<&str>| {
+        let mut cmd = common::xca();
+        cmd.arg("eval").arg(&ckpt).arg("--quiet").arg("--json").arg(&out);
+        match fault {
+            Some(f) => cmd.env("XCA_TEST_FAULT", f),
+            None => cmd.env_remove("XCA_TEST_FAULT"),
+        };
+        cmd.output().unwrap()
+    };
+    let o = eval(Some("fail:eval.json"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.trim_end().lines().count() == 1
+            && err.contains(&out.display().to_string())
+            && err.contains("no space left"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "previous results\n");
+    let o = eval(None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v["paper"]["average_mAP"].is_number());
+
+    // With room again, the run finishes as if nothing had happened.
+    let (status, err) = Running::spawn(train_cmd(&config, "f", true, None)).finish();
+    assert!(status.success(), "{err}");
+    same_as_reference(&config, &run);
+}
+
+/// Run `xca ARGS…`: exit status and stderr; it must not have panicked.
+fn xca_run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let o = common::xca().args(args).env_remove("XCA_TEST_FAULT").output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.code(), err)
+}
+
+#[test]
+fn damaged_checkpoints_are_refused_with_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let good = std::fs::read(reference().join("epoch_003.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let mut nan = good.clone();
+    for w in nan[header..].chunks_exact_mut(4) {
+        w.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    let mut huge_header = good.clone();
+    huge_header[..8].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("truncated", &good[..good.len() / 2], "not fully covered"),
+        ("header_cut", &good[..100], "header length"),
+        ("empty", &[], "header too small"),
+        ("huge_header", &huge_header, "header too large"),
+        ("nan", &nan, "NaN or infinite values"),
+    ];
+    for (name, bytes, why) in cases {
+        let ckpt = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&ckpt, bytes).unwrap();
+        let (code, err) = xca_run(&[
+            "eval".as_ref(),
+            config.as_os_str(),
+            ckpt.as_os_str(),
+            "--quiet".as_ref(),
+        ]);
+        assert_eq!(code, Some(2), "{name}: {err}");
+        assert!(
+            err.trim_end().lines().count() == 1 && err.contains(&ckpt.display().to_string()) && err.contains(why),
+            "{name}: {err}"
+        );
+    }
+    // A folder where a checkpoint should be.
+    let (code, err) = xca_run(&[
+        "eval".as_ref(),
+        config.as_os_str(),
+        dir.path().as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+}
+
+#[test]
+fn damaged_data_is_refused_and_the_run_folder_is_left_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    // A finished run, copied in: a resumed train on damaged data must not touch it.
+    let run = run_dir(dir.path(), "ref");
+    std::fs::create_dir_all(run.join("state")).unwrap();
+    let kept = [
+        "epoch_003.safetensors",
+        "epoch_003.json",
+        "log.jsonl",
+        "state/state.json",
+    ];
+    for f in kept {
+        std::fs::copy(reference().join(f), run.join(f)).unwrap();
+    }
+    let snapshot = || -> Vec<Vec<u8>> { kept.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect() };
+    let before = snapshot();
+    let image = dir.path().join("data/image");
+    let npy = image.join("train01.npy");
+    let original = std::fs::read(&npy).unwrap();
+    let annotations = dir.path().join("data/annotations/vessel.json");
+    let ann_original = std::fs::read(&annotations).unwrap();
+
+    let mut with_nan = original.clone();
+    let at = with_nan.len() - 8;
+    with_nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let cases: [(&str, &std::path::Path, Vec<u8>, &str); 4] = [
+        (
+            "truncated npy",
+            &npy,
+            original[..original.len() - 10].to_vec(),
+            "truncated",
+        ),
+        (
+            "garbage npy",
+            &npy,
+            b"not an npy file at all".to_vec(),
+            "not a valid .npy",
+        ),
+        ("NaN in npy", &npy, with_nan, "non-finite"),
+        (
+            "cut annotations",
+            &annotations,
+            ann_original[..ann_original.len() / 2].to_vec(),
+            "not valid JSON",
+        ),
+    ];
+    for (what, file, bytes, why) in cases {
+        std::fs::write(file, &bytes).unwrap();
+        let (code, err) = xca_run(&["check".as_ref(), config.as_os_str()]);
+        assert_eq!(code, Some(2), "check, {what}: {err}");
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains(why),
+            "check, {what}: {err}"
+        );
+        let (code, err) = xca_run(&[
+            "train".as_ref(),
+            config.as_os_str(),
+            "--output".as_ref(),
+            "ref".as_ref(),
+            "--resume".as_ref(),
+            "--quiet".as_ref(),
+        ]);
+        assert_eq!(code, Some(2), "train, {what}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("xca: error: ") && last.contains(&file.display().to_string()) && last.contains(why),
+            "train, {what}: {err}"
+        );
+        assert!(snapshot() == before, "train on {what} changed the run folder");
+        std::fs::write(&npy, &original).unwrap();
+        std::fs::write(&annotations, &ann_original).unwrap();
+    }
+}
+
+/// What the fuzz targets of fuzz/ check, on their seed corpora (fuzz/corpus/<target>/) and
+/// on every input the fuzzers found a fault with (tests/fuzz_regressions/<target>/): no
+/// panic, accepted configs print and read back unchanged, and no feature file yields more
+/// values than it holds.
+#[test]
+fn fuzz_seeds_and_regressions_are_read_without_panic() {
+    use xca::dataset::Annotations;
+    use xca::dataset::features::Features;
+    use xca::metrics::io::{parse_ground_truth, parse_predictions};
+    use xca::metrics::score::{Protocol, score};
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let inputs = |target: &str| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v = Vec::new();
+        for dir in [
+            root.join("fuzz/corpus").join(target),
+            root.join("tests/fuzz_regressions").join(target),
+        ] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries {
+                let p = e.unwrap().path();
+                v.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+        v.sort();
+        v
+    };
+    let name = Path::new("fuzz");
+    let configs = inputs("config");
+    assert!(configs.len() >= 3);
+    let mut accepted = 0;
+    for (p, bytes) in &configs {
+        let Ok(text) = std::str::from_utf8(bytes) else { continue };
+        if let Ok(loaded) = Config::from_yaml_str(text, name) {
+            accepted += 1;
+            let again = Config::from_yaml_str(&loaded.config.to_yaml(), name)
+                .unwrap_or_else(|e| panic!("{}: printed config does not read back: {e}", p.display()));
+            assert_eq!(again.config.to_json(), loaded.config.to_json(), "{}", p.display());
+        }
+    }
+    assert!(accepted >= 3, "the real configs among the seeds are accepted");
+
+    let anns = inputs("annotations");
+    assert!(anns.len() >= 3);
+    for (_, bytes) in &anns {
+        if let Ok(a) = Annotations::from_slice(bytes, name) {
+            let _ = a.split(&["train".to_string()]);
+        }
+        if let Ok(text) = std::str::from_utf8(bytes)
+            && let Ok(gt) = parse_ground_truth(text, name)
+        {
+            let _ = gt.split_segments("test");
+        }
+    }
+
+    let gt = parse_ground_truth(
+        &std::fs::read_to_string(root.join("fuzz/gt.json")).unwrap(),
+        Path::new("gt.json"),
+    )
+    .unwrap();
+    let preds = inputs("predictions");
+    assert!(preds.len() >= 3);
+    let mut scored = 0;
+    for (_, bytes) in &preds {
+        let Ok(text) = std::str::from_utf8(bytes) else { continue };
+        if let Ok(p) = parse_predictions(text, name, &gt) {
+            scored += usize::from(score(&gt, "test", &p.detections, Protocol::Full).is_ok());
+            let _ = score(&gt, "test", &p.detections, Protocol::Paper);
+        }
+    }
+    assert!(scored >= 2, "the well-formed detection files among the seeds score");
+
+    let npys = inputs("npy");
+    assert!(npys.len() >= 3);
+    let mut read = 0;
+    for (p, bytes) in &npys {
+        for dim in [16, 4096] {
+            if let Ok(f) = Features::from_npy_bytes(bytes, name, dim) {
+                read += 1;
+                assert_eq!(f.data.len(), f.rows * f.dim, "{}", p.display());
+                assert!(f.data.len() * 4 <= bytes.len(), "{}", p.display());
+            }
+        }
+    }
+    assert!(read >= 3, "the well-formed .npy seeds are read");
+}
