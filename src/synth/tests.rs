@@ -315,3 +315,71 @@ fn invariants_hold_across_seeds() {
         );
     }
 }
+
+/// The conventions of the whole chain agree: synth's keyframe frames → annotated seconds →
+/// grid units (SPEC §2.2) → a head that regresses those segments exactly → decoding, soft-NMS
+/// with voting, grid → seconds (SPEC §6) → keyframes (§6.4) give back the synthetic
+/// keyframes to the frame, i.e. AD 0 against the keyframe table's ground truth (§7.2). An
+/// off-by-one or half-row slip anywhere (inclusive ends, clip centres vs edges, the
+/// 0.5·num_frames offset on one side only) moves some keyframe by at least one frame.
+#[test]
+fn exact_regression_gives_back_the_synthetic_keyframes() {
+    use rand::SeedableRng;
+
+    use crate::config::Config;
+    use crate::dataset::Grid;
+    use crate::infer::keyframes::{ground_truth_keyframes, keyframes_of};
+    use crate::infer::{DecodeSetting, LevelOutput, postprocess};
+    use crate::runtime;
+
+    let cfg = Config::default();
+    let synth = SynthConfig::default();
+    assert_eq!(
+        (cfg.dataset.feat_stride, cfg.dataset.num_frames),
+        (synth.feat_stride, synth.num_frames)
+    );
+    let grid = Grid::from_config(&cfg);
+    let fps = synth.fps;
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    for _ in 0..300 {
+        let k = flow::draw_keyframes(&mut rng, synth.min_frames, synth.max_frames);
+        let sec = |f: usize| frame_to_seconds(f, fps);
+        let (fill, wash) = ([sec(k.start), sec(k.apex)], [sec(k.apex), sec(k.end)]);
+        let rows = synth.rows_for(k.frames);
+        // Filling on a stride-1 level, washout on a stride-2 level: each level has one
+        // confident point, the one nearest its segment's centre, regressing it exactly.
+        let level = |stride: usize, class: usize, seg: [f64; 2]| {
+            let (a, b) = (grid.to_grid(seg[0], fps), grid.to_grid(seg[1], fps));
+            let n = rows.div_ceil(stride);
+            let i = ((0.5 * (a + b) / stride as f64).round() as usize).min(n - 1);
+            let t = (i * stride) as f64;
+            let mut logits = vec![-20.0f32; 2 * n];
+            logits[2 * i + class] = 4.0;
+            let mut offsets = vec![0.0f32; 2 * n];
+            offsets[2 * i] = ((t - a) / stride as f64) as f32;
+            offsets[2 * i + 1] = ((b - t) / stride as f64) as f32;
+            LevelOutput {
+                stride: stride as f32,
+                logits,
+                offsets,
+                valid_len: n,
+            }
+        };
+        let levels = [level(1, 0, fill), level(2, 1, wash)];
+        let duration = sec(k.frames);
+        let cands = postprocess(
+            &levels,
+            &runtime::decode_config(&cfg),
+            &runtime::nms_config(&cfg),
+            &runtime::grid_to_seconds(&cfg, fps, Some(duration)),
+        )
+        .unwrap();
+        let (pred, _) = keyframes_of(&cands, 0, 1, fps, DecodeSetting::ApexMidpoint);
+        let truth = ground_truth_keyframes(fill, wash, fps);
+        assert_eq!(
+            (truth.start, truth.apex, truth.end),
+            (k.start as i64, k.apex as i64, k.end as i64)
+        );
+        assert_eq!(pred, truth, "{k:?}");
+    }
+}
