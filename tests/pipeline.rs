@@ -240,3 +240,43 @@ fn a_live_lock_refuses_a_second_trainer() {
         "nothing may be written into a locked run folder"
     );
 }
+
+#[test]
+fn a_non_finite_loss_stops_training_naming_the_step_and_videos_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), 3);
+    let cfg = config.to_str().unwrap();
+    // 4 training videos, batch 2: 2 steps per epoch; step 5 is the second step of epoch 3.
+    let out = xca()
+        .args(["train", cfg, "--output", "nan", "--quiet", "--log-every", "1"])
+        .env("XCA_TEST_NAN_STEP", "5")
+        .assert()
+        .code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("xca: error:")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {err}");
+    assert!(errors[0].contains("non-finite loss at epoch 3, step 5"), "{err}");
+    assert!(errors[0].contains("(cls NaN, reg NaN, contrastive NaN)"), "{err}");
+    assert!(err.contains("videos of the batch: [\"train"), "{err}");
+    let run = dir.path().join("ckpt/tiny_nan");
+    // Epoch 2 finished cleanly: its checkpoint and state stay, and the checkpoint loads; the
+    // log ends before the bad step.
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("state/state.json")).unwrap()).unwrap();
+    assert_eq!(state["epochs_done"], 2);
+    assert!(!run.join("epoch_003.safetensors").exists());
+    xca()
+        .args(["eval", run.join("epoch_002.safetensors").to_str().unwrap()])
+        .assert()
+        .success();
+    let log = std::fs::read_to_string(run.join("log.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 4, "the log ends with the last good step: {log}");
+    assert!(!log.contains("NaN"), "{log}");
+    // The run resumes from the last good state without the fault.
+    xca()
+        .args(["train", cfg, "--output", "nan", "--quiet", "--resume"])
+        .assert()
+        .success();
+    assert!(run.join("epoch_003.safetensors").exists());
+}

@@ -57,8 +57,9 @@ pub enum TrainError {
     #[error("the training split has {videos} videos, fewer than loader.batch_size {batch}")]
     TooFewVideos { videos: usize, batch: usize },
     #[error(
-        "non-finite loss at epoch {epoch}, step {step} (cls {cls}, reg {reg}, contrastive {con:?}); videos of the batch: {videos:?}. \
-         The last good checkpoint is kept."
+        "non-finite loss at epoch {epoch}, step {step} (cls {cls}, reg {reg}, contrastive {c}); videos of the batch: {videos:?}. \
+         The last good checkpoint is kept.",
+        c = con.map_or_else(|| "off".to_string(), |v| v.to_string())
     )]
     NonFinite {
         epoch: usize,
@@ -169,6 +170,13 @@ pub fn decays(path: &str) -> bool {
     // gains (bn1, bn2) do: the original decays every `weight` inside the first masked conv.
     let is_layer_norm = owner.starts_with("ln") || owner.contains("norm");
     !is_layer_norm
+}
+
+/// TEST-ONLY fault injection: `XCA_TEST_NAN_STEP=<global step>` multiplies that step's batch
+/// by NaN, so the real path from a non-finite input to the loss check is exercised end to end
+/// (tests/pipeline.rs). Unset in normal use.
+fn test_poison_step() -> Option<usize> {
+    std::env::var("XCA_TEST_NAN_STEP").ok()?.trim().parse().ok()
 }
 
 fn seed_for(seed: u64, epoch: usize, stream: u64) -> u64 {
@@ -327,6 +335,7 @@ pub fn train(
         Some(k) => (start_epoch + k).min(total_epochs),
         None => total_epochs,
     };
+    let poison_step = test_poison_step();
     for epoch in start_epoch..end_epoch {
         let mut rng = ChaCha8Rng::seed_from_u64(seed_for(opts.seed, epoch, 1));
         let mut order: Vec<usize> = (0..n).collect();
@@ -382,7 +391,10 @@ pub fn train(
                     len: c.len,
                 })
                 .collect();
-            let b = collate(&windows, t_len, &device)?;
+            let mut b = collate(&windows, t_len, &device)?;
+            if poison_step == Some(step) {
+                b.feats = b.feats.mul_scalar(f32::NAN);
+            }
             lr = schedule.lr(step);
             let (next, losses) = learner.step(&setup, b, &crops, use_con, lr, &mut rng)?;
             learner = next;
