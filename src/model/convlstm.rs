@@ -4,6 +4,10 @@
 //! `conv_x(x_t)` (with the bias), computed for many frames per batched call, and a hidden
 //! half `conv_h(h_{t-1})` (no bias), the only conv left in the sequential loop. Gates are
 //! ordered i, f, o, g as in ConvLSTM_pytorch. The numbers do not depend on the chunk size.
+//!
+//! On the flex CPU back-end each layer runs instead as one fused operation with a
+//! hand-written backward (`convlstm_op`, kernels in `convlstm_cpu`); this tensor-op path is
+//! what other back-ends (ndarray, wgpu) run, and what the tests compare the fused one with.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -30,9 +34,9 @@ pub struct ConvLstmConfig {
     /// slower, because the gradient of each per-step piece is padded to the whole batch.
     #[config(default = 8)]
     pub input_chunk: usize,
-    /// Run the recurrence as one fused operation with a hand-written backward on the flex
-    /// CPU back-end (the same numbers to float rounding, several times faster); other
-    /// back-ends always use the tensor-op path.
+    /// Run each layer as one fused operation with a hand-written backward on the flex CPU
+    /// back-end (the same numbers to float rounding, several times faster; see
+    /// `convlstm_cpu`); other back-ends always use the tensor-op path.
     #[config(default = true)]
     pub fused: bool,
 }
@@ -55,7 +59,7 @@ pub struct ConvLstm {
     pub cells: Vec<ConvLstmCell>,
     /// Frames per batched input-half conv call.
     pub input_chunk: usize,
-    /// Use the fused recurrence where the back-end has it.
+    /// Use the fused layers where the back-end has them.
     pub fused: bool,
 }
 
@@ -107,9 +111,7 @@ impl ConvLstm {
         }
         Tensor::stack::<5>(steps, 1) // [B, T, h, H, W]
     }
-}
 
-impl ConvLstm {
     /// [`Self::forward`] with each layer as one fused flex operation (input half over all
     /// frames in parallel, then the recurrence, with a hand-written backward).
     #[cfg(feature = "flex")]
