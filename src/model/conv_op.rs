@@ -3,7 +3,6 @@
 //! 2) runs its convs over all B·T frames, where im2col + GEMM per frame on parallel threads
 //! ([`super::convlstm_cpu::input_forward`]) is several times faster than the generic conv.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -15,9 +14,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Dispatch, Flex, backend_extension};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use super::convlstm_cpu::{self, InputDims};
+use super::convlstm_op::{tensor, values};
 
 /// The same-padded convolution.
 #[backend_extension(Flex, Autodiff)]
@@ -25,19 +25,6 @@ pub trait ConvSameOps: burn::backend::Backend {
     /// `conv(x, w) + bias` with padding k / 2: x `[N, C, H, W]`, w `[O, C, k, k]`, bias `[O]`
     /// → `[N, O, H, W]`.
     fn conv2d_same(x: FloatTensor<Self>, w: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
-}
-
-fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(
-            t.clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap_or_else(|e| unreachable!("converted to f32: {e:?}")),
-        ),
-    }
 }
 
 fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> InputDims {
@@ -60,10 +47,6 @@ fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> InputDims {
         width: xs[3],
         k: ws[2],
     }
-}
-
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 impl ConvSameOps for Flex {

@@ -35,7 +35,7 @@ pub trait ConvLstmOps: burn::backend::Backend {
 }
 
 /// The values of a flex tensor as contiguous `f32`, borrowed when they already are.
-fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+pub(super) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(
@@ -90,7 +90,8 @@ fn dims_of(x: &FlexTensor, wx: &FlexTensor, bias: &FlexTensor, wh: &FlexTensor) 
     (input, dims)
 }
 
-fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+/// A contiguous flex tensor of these values.
+pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
