@@ -61,8 +61,9 @@ impl ConvSameOps for Flex {
 #[derive(Debug)]
 struct ConvSaved {
     dims: InputDims,
-    x: Vec<f32>,
-    w: Vec<f32>,
+    /// The input and weight themselves (shared buffers, not copies).
+    x: FlexTensor,
+    w: FlexTensor,
 }
 
 #[derive(Debug)]
@@ -76,7 +77,8 @@ impl Backward<Flex, 3> for ConvSameBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
         let d = s.dims;
-        let (dx, dw, db) = convlstm_cpu::input_backward(&s.x, &s.w, &values(&grad), d, node_x.is_some());
+        let (dx, dw, db) =
+            convlstm_cpu::input_backward(&values(&s.x), &values(&s.w), &values(&grad), d, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, vec![d.frames, d.c, d.height, d.width]));
         }
@@ -99,10 +101,16 @@ impl<C: CheckpointStrategy> ConvSameOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wp, bp) = (x.primitive(), w.primitive(), bias.primitive());
                 let dims = dims_of(xp, wp, bp);
-                let (xv, wv) = (values(xp).into_owned(), values(wp).into_owned());
-                let y = convlstm_cpu::input_forward(&xv, &wv, &values(bp), dims);
+                let y = convlstm_cpu::input_forward(&values(xp), &values(wp), &values(bp), dims);
                 let out = tensor(y, vec![dims.frames, dims.out, dims.height, dims.width]);
-                prep.finish(Arc::new(ConvSaved { dims, x: xv, w: wv }), out)
+                prep.finish(
+                    Arc::new(ConvSaved {
+                        dims,
+                        x: xp.clone(),
+                        w: wp.clone(),
+                    }),
+                    out,
+                )
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as ConvSameOps>::conv2d_same(
                 x.into_primitive(),

@@ -113,8 +113,9 @@ impl ConvLstmOps for Flex {
 struct LayerSaved {
     recurrence: Saved,
     input: InputDims,
-    x: Vec<f32>,
-    wx: Vec<f32>,
+    /// The input and weight themselves (shared buffers, not copies).
+    x: FlexTensor,
+    wx: FlexTensor,
 }
 
 /// The backward node of [`ConvLstmOps::convlstm_layer`].
@@ -130,7 +131,8 @@ impl Backward<Flex, 4> for LayerBackward {
         let saved = ops.state;
         let (d, inp) = (saved.recurrence.dims, saved.input);
         let (dgx, dwh) = convlstm_cpu::backward(&saved.recurrence, &values(&grad));
-        let (dx, dwx, db) = convlstm_cpu::input_backward(&saved.x, &saved.wx, &dgx, inp, node_x.is_some());
+        let (dx, dwx, db) =
+            convlstm_cpu::input_backward(&values(&saved.x), &values(&saved.wx), &dgx, inp, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, vec![d.b, d.t, inp.c, d.height, d.width]));
         }
@@ -161,15 +163,14 @@ impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wxp, bp, whp) = (x.primitive(), wx.primitive(), bias.primitive(), wh.primitive());
                 let (input, dims) = dims_of(xp, wxp, bp, whp);
-                let (xv, wxv) = (values(xp).into_owned(), values(wxp).into_owned());
-                let gx = convlstm_cpu::input_forward(&xv, &wxv, &values(bp), input);
+                let gx = convlstm_cpu::input_forward(&values(xp), &values(wxp), &values(bp), input);
                 let (hidden, saved) = convlstm_cpu::forward(&gx, &values(whp), dims, true);
                 let recurrence = saved.unwrap_or_else(|| unreachable!("forward saves when asked"));
                 let state = LayerSaved {
                     recurrence,
                     input,
-                    x: xv,
-                    wx: wxv,
+                    x: xp.clone(),
+                    wx: wxp.clone(),
                 };
                 prep.finish(Arc::new(state), tensor(hidden, out_shape(dims)))
             }

@@ -452,9 +452,7 @@ pub fn train(
                 };
                 save_state(
                     &opts.run_dir,
-                    &learner.model,
-                    &learner.ema,
-                    &learner.optim,
+                    &learner,
                     ResumeState {
                         epochs_done: epoch,
                         step,
@@ -513,9 +511,7 @@ pub fn train(
         }
         save_state(
             &opts.run_dir,
-            &learner.model,
-            &learner.ema,
-            &learner.optim,
+            &learner,
             ResumeState {
                 epochs_done: epoch1,
                 step,
@@ -543,13 +539,9 @@ pub fn train(
     })
 }
 
-fn save_state<O: serde::Serialize>(
-    run_dir: &Path,
-    model: &Network,
-    ema: &Network,
-    optim: &burn::optim::ModuleOptimizer,
-    state: O,
-) -> Result<(), TrainError> {
+/// Write the learner (model, EMA, optimiser) and `state` as the run's resumable state.
+fn save_state(run_dir: &Path, learner: &Learner, state: ResumeState) -> Result<(), TrainError> {
+    let Learner { model, ema, optim, .. } = learner;
     let dir = state_dir(run_dir);
     build_dir_atomic(&dir, |tmp: &Path| -> Result<(), TrainError> {
         let io = |p: &Path, e: String| TrainError::Io {
