@@ -62,8 +62,8 @@ impl SpatialAttention {
     /// - x: `[N, 1, H, W]`
     /// - output: `[N, 1, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = relu(batch_norm_2d(&self.bn1, conv(&self.conv1, x)));
-        let x = relu(batch_norm_2d(&self.bn2, conv(&self.conv2, x)));
+        let x = bn_relu(&self.bn1, conv(&self.conv1, x));
+        let x = bn_relu(&self.bn2, conv(&self.conv2, x));
         sigmoid(conv(&self.conv3, x))
     }
 }
@@ -75,6 +75,20 @@ fn conv(c: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     return super::conv_op::conv_same(c, x);
     #[cfg(not(feature = "flex"))]
     c.forward(x)
+}
+
+/// `relu(bn(x))`: in training on flex one fused operation
+/// ([`super::batchnorm_op::batch_norm_train`]), else [`batch_norm_2d`] then a ReLU.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`
+/// - output: `[N, C, H, W]`
+fn bn_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if x.device().is_autodiff() && bn.training.is_enabled() && super::convlstm_op::is_flex(&x.device()) {
+        return super::batchnorm_op::batch_norm_train(bn, x, true);
+    }
+    relu(batch_norm_2d(bn, x))
 }
 
 /// BatchNorm2d as PyTorch computes it.

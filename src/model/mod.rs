@@ -9,6 +9,8 @@
 pub mod attention;
 pub mod backbone;
 #[cfg(feature = "flex")]
+pub mod batchnorm_op;
+#[cfg(feature = "flex")]
 pub mod conv_op;
 pub mod convlstm;
 pub mod convlstm_cpu;
