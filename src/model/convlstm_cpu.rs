@@ -529,6 +529,19 @@ impl InputDims {
     }
 }
 
+/// `Σ v` with 16 independent partial sums (vectorisable; a single running sum is a chain
+/// of dependent adds, several times slower).
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for ch in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(ch) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
 /// Frames per task of the input half's backward: the weight gradient is summed per chunk,
 /// then over chunks in order, so the result does not depend on thread scheduling.
 const FRAME_CHUNK: usize = 8;
@@ -544,14 +557,20 @@ pub fn input_forward(x: &[f32], w: &[f32], bias: &[f32], d: InputDims) -> Vec<f3
     );
     let (hw, rows) = (d.hw(), d.col_rows());
     let mut gx = vec![0.0f32; d.frames * d.out * hw];
+    // A 1×1 conv's im2col is the frame itself.
+    let col_len = if d.k == 1 { 0 } else { rows * hw };
     gx.par_chunks_mut(d.out * hw).zip(x.par_chunks(d.c * hw)).for_each_init(
-        || vec![0.0f32; rows * hw],
+        || vec![0.0f32; col_len],
         |col, (g, xf)| {
             for (plane, b) in g.chunks_mut(hw).zip(bias) {
                 plane.fill(*b);
             }
-            im2col(xf, col, d.c, d.height, d.width, d.k);
-            matmul(g, w, col, (d.out, rows, hw), false, false, true);
+            if d.k == 1 {
+                matmul(g, w, xf, (d.out, rows, hw), false, false, true);
+            } else {
+                im2col(xf, col, d.c, d.height, d.width, d.k);
+                matmul(g, w, col, (d.out, rows, hw), false, false, true);
+            }
         },
     );
     gx
@@ -587,33 +606,29 @@ pub fn input_backward(
         .map(|(ci, dx_chunk)| {
             let mut dw = vec![0.0f32; d.weight_len()];
             let mut db = vec![0.0f32; d.out];
-            let mut col = vec![0.0f32; rows * hw];
+            // A 1×1 conv needs no im2col/col2im: the frame is its own column matrix.
+            let mut col = vec![0.0f32; if d.k == 1 { 0 } else { rows * hw }];
             let first = ci * FRAME_CHUNK;
             for f in first..(first + FRAME_CHUNK).min(d.frames) {
                 let g = &dgx[f * d.out * hw..(f + 1) * d.out * hw];
                 for (acc, plane) in db.iter_mut().zip(g.chunks(hw)) {
-                    *acc += plane.iter().sum::<f32>();
+                    *acc += sum(plane);
                 }
-                im2col(
-                    &x[f * d.c * hw..(f + 1) * d.c * hw],
-                    &mut col,
-                    d.c,
-                    d.height,
-                    d.width,
-                    d.k,
-                );
-                matmul(&mut dw, g, &col, (d.out, hw, rows), false, true, true);
+                let xf = &x[f * d.c * hw..(f + 1) * d.c * hw];
+                if d.k != 1 {
+                    im2col(xf, &mut col, d.c, d.height, d.width, d.k);
+                }
+                let cols = if d.k == 1 { xf } else { &col[..] };
+                matmul(&mut dw, g, cols, (d.out, hw, rows), false, true, true);
                 if let Some(dxc) = dx_chunk.as_deref_mut() {
-                    matmul(&mut col, w, g, (rows, d.out, hw), true, false, false);
                     let j = f - first;
-                    col2im_add(
-                        &col,
-                        &mut dxc[j * d.c * hw..(j + 1) * d.c * hw],
-                        d.c,
-                        d.height,
-                        d.width,
-                        d.k,
-                    );
+                    let dxf = &mut dxc[j * d.c * hw..(j + 1) * d.c * hw];
+                    if d.k == 1 {
+                        matmul(dxf, w, g, (rows, d.out, hw), true, false, false);
+                    } else {
+                        matmul(&mut col, w, g, (rows, d.out, hw), true, false, false);
+                        col2im_add(&col, dxf, d.c, d.height, d.width, d.k);
+                    }
                 }
             }
             (dw, db)
