@@ -125,7 +125,7 @@ impl MaskedConv1d {
     /// - x: `[B, C_in, T]`, mask: `[B, T]` (true on valid steps); T divisible by the stride
     /// - output: `[B, C_out, T / stride]` and its mask `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
-        let out = self.conv.forward(x);
+        let out = conv1d_dense(&self.conv, x);
         let out_mask = downsample_mask(mask, self.stride);
         let out = out * out_mask.clone().float().unsqueeze_dim::<3>(1); // [B, 1, T']
         (out, out_mask)
@@ -146,4 +146,83 @@ pub fn downsample_mask(mask: Tensor<2, Bool>, stride: usize) -> Tensor<2, Bool> 
     mask.reshape([b, t / stride, stride]) // [B, T', s]
         .narrow(2, 0, 1)
         .reshape([b, t / stride])
+}
+
+/// A dense (ungrouped), stride-1, same-padded Conv1d as im2col plus one batched matmul;
+/// anything else goes to burn's conv. The embedding (4096 → 512, k = 3) and the head convs
+/// are such convs: on flex the matmul form is as fast forward and ~2× faster backward than
+/// burn's conv (whose weight gradient is a slow loop), and it is one GEMM on any back-end.
+///
+/// # Shapes
+/// - x: `[B, C, T]`
+/// - output: `[B, O, T]`
+pub fn conv1d_dense(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
+    let [o, c, k] = conv.weight.dims();
+    let [b, cx, t] = x.dims();
+    let p = k / 2;
+    let same = matches!(conv.padding, PaddingConfig1d::Explicit(l, r) if l == p && r == p)
+        || matches!(conv.padding, PaddingConfig1d::Same)
+        || (k == 1 && matches!(conv.padding, PaddingConfig1d::Valid));
+    if conv.groups != 1 || conv.stride != 1 || conv.dilation != 1 || cx != c || k % 2 == 0 || !same {
+        return conv.forward(x);
+    }
+    let dev = x.device();
+    let xp = if p > 0 {
+        let z = Tensor::<3>::zeros([b, c, p], &dev);
+        Tensor::cat(vec![z.clone(), x, z], 2) // [B, C, T + 2p]
+    } else {
+        x
+    };
+    let cols: Vec<Tensor<3>> = (0..k).map(|j| xp.clone().slice([0..b, 0..c, j..j + t])).collect();
+    let col = Tensor::stack::<4>(cols, 2).reshape([b, c * k, t]); // [B, C·k, T]
+    let w = conv.weight.val().reshape([1, o, c * k]);
+    let out = w.matmul(col); // [B, O, T]
+    match &conv.bias {
+        Some(bias) => out + bias.val().reshape([1, o, 1]),
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn dense_conv1d_matches_burns_conv_forward_and_backward() {
+        let dev = Device::flex().autodiff();
+        dev.seed(3);
+        for (cin, cout, k, pad) in [
+            (5, 4, 3, PaddingConfig1d::Explicit(1, 1)),
+            (3, 2, 1, PaddingConfig1d::Valid),
+            (2, 3, 5, PaddingConfig1d::Same),
+        ] {
+            let conv = Conv1dConfig::new(cin, cout, k).with_padding(pad).init(&dev);
+            let x = Tensor::<3>::random([2, cin, 9], Distribution::Uniform(-1.0, 1.0), &dev);
+            let r = Tensor::<3>::random([2, cout, 9], Distribution::Uniform(-1.0, 1.0), &dev);
+            let run = |dense: bool| {
+                let x = x.clone().detach().require_grad();
+                let y = if dense {
+                    conv1d_dense(&conv, x.clone())
+                } else {
+                    conv.forward(x.clone())
+                };
+                let g = (y.clone() * r.clone()).sum().backward();
+                let v = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+                let bias = conv.bias.as_ref().unwrap().grad(&g).unwrap();
+                (
+                    v(y.inner()),
+                    v(x.grad(&g).unwrap()),
+                    v(conv.weight.grad(&g).unwrap()),
+                    bias.into_data().try_to_vec::<f32>().unwrap(),
+                )
+            };
+            let (a, b) = (run(true), run(false));
+            let close = |p: &[f32], q: &[f32]| p.len() == q.len() && p.iter().zip(q).all(|(u, v)| (u - v).abs() < 1e-5);
+            assert!(close(&a.0, &b.0), "k {k}: output");
+            assert!(close(&a.1, &b.1), "k {k}: dx");
+            assert!(close(&a.2, &b.2), "k {k}: dw");
+            assert!(close(&a.3, &b.3), "k {k}: dbias");
+        }
+    }
 }
