@@ -65,7 +65,7 @@ pub fn run_video(
     let len = cfg.inference_len(feats.rows);
     let batch = collate(&[Window::whole(feats)], len, device)?;
     let centres = patch_centre.map(|c| vec![c]);
-    let out = model.forward(batch.feats, batch.mask, centres.as_deref())?;
+    let out = model.infer(batch.feats, batch.mask, centres.as_deref())?;
     let strides = cfg.fpn_strides();
     let mut levels = Vec::with_capacity(out.cls_logits.len());
     for (l, (logits, offsets)) in out.cls_logits.into_iter().zip(out.offsets).enumerate() {

@@ -128,13 +128,16 @@ impl Backbone {
     /// # Shapes
     /// - x: `[B, input_dim, T]`, mask: `[B, T]`
     /// - output: `1 + arch[2]` levels of `[B, embd_dim, T / stride_l]` with masks `[B, T / stride_l]`
+    ///
+    /// `project` = false skips the fg/bg projections of the long-term layer.
     pub fn forward(
         &self,
         x: Tensor<3>,
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
+        project: bool,
     ) -> Result<BackboneOutput, ModelError> {
-        let long_term = self.long_term.forward(x);
+        let long_term = self.long_term.forward(x, project);
         let mut x = long_term.x.clone();
         if self.random_patch {
             let centres = patch_centres.ok_or(ModelError::PatchCentres {

@@ -415,6 +415,31 @@ pub fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     y
 }
 
+/// Inference-mode `bn(x)` (then a ReLU when `relu`) on a plain flex device: the running
+/// statistics in one pass.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`
+/// - output: `[N, C, H, W]`
+pub fn batch_norm_eval(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    let device = x.device();
+    let moments = Tensor::stack::<2>(
+        vec![
+            bn.running_mean.value_sync().to_device(&device),
+            bn.running_var.value_sync().to_device(&device),
+        ],
+        0,
+    ); // [2, C]
+    Tensor::from_dispatch(<Dispatch as BatchNormOps>::batch_norm_train(
+        x.into_dispatch(),
+        bn.gamma.val().into_dispatch(),
+        bn.beta.val().into_dispatch(),
+        moments.into_dispatch(),
+        bn.epsilon,
+        relu,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,6 +512,20 @@ mod tests {
                 assert!(f.0.contains(&0.0) && f.0.iter().any(|&v| v > 0.0));
             }
         }
+    }
+
+    #[test]
+    fn eval_mode_uses_the_running_statistics_like_burns_batch_norm() {
+        let dev = Device::flex();
+        let mut bn = BatchNormConfig::new(2).init(&dev);
+        bn.running_mean = burn::module::RunningState::new(Tensor::<1>::from_floats([0.5, -1.0], &dev));
+        bn.running_var = burn::module::RunningState::new(Tensor::<1>::from_floats([4.0, 0.25], &dev));
+        bn.gamma = bn.gamma.map(|_| Tensor::<1>::from_floats([2.0, -1.0], &dev));
+        let x = Tensor::<4>::random([3, 2, 4, 5], Distribution::Normal(0.0, 2.0), &dev);
+        let want = vec_of(relu(bn.forward(x.clone())));
+        let got = vec_of(batch_norm_eval(&bn, x, true));
+        assert!(max_diff(&got, &want) < 1e-5);
+        assert!(got.contains(&0.0) && got.iter().any(|&v| v > 1.0));
     }
 
     #[test]

@@ -77,16 +77,21 @@ fn conv(c: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     c.forward(x)
 }
 
-/// `relu(bn(x))`: in training on flex one fused operation
-/// ([`super::batchnorm_op::batch_norm_train`]), else [`batch_norm_2d`] then a ReLU.
+/// `relu(bn(x))`: on flex one fused operation (training: batch statistics,
+/// [`super::batchnorm_op::batch_norm_train`]; inference: running statistics,
+/// [`super::batchnorm_op::batch_norm_eval`]), elsewhere [`batch_norm_2d`] then a ReLU.
 ///
 /// # Shapes
 /// - x: `[N, C, H, W]`
 /// - output: `[N, C, H, W]`
 fn bn_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex")]
-    if x.device().is_autodiff() && bn.training.is_enabled() && super::convlstm_op::is_flex(&x.device()) {
-        return super::batchnorm_op::batch_norm_train(bn, x, true);
+    if super::convlstm_op::is_flex(&x.device()) {
+        match (x.device().is_autodiff(), bn.training.is_enabled()) {
+            (true, true) => return super::batchnorm_op::batch_norm_train(bn, x, true),
+            (false, _) => return super::batchnorm_op::batch_norm_eval(bn, x, true),
+            (true, false) => {}
+        }
     }
     relu(batch_norm_2d(bn, x))
 }
@@ -255,7 +260,9 @@ impl LongTermAttention {
     /// # Shapes
     /// - x: `[B, C, T]` with C = side²; step t of video b is the image `x[b, :, t]` row-major
     /// - output: see [`LongTermOutput`]
-    pub fn forward(&self, x: Tensor<3>) -> LongTermOutput {
+    ///
+    /// `project` = false skips the fg/bg projections (inference needs none).
+    pub fn forward(&self, x: Tensor<3>, project: bool) -> LongTermOutput {
         let [b, c, t] = x.dims();
         let s = self.image_side;
         let mut out = LongTermOutput {
@@ -274,7 +281,7 @@ impl LongTermAttention {
                 let x_lstm = (h.clone() + x_img).reshape([b * t, 1, s, s]); // [B·T, 1, H, W]
                 let a_btc = spatial.forward(x_lstm.clone()).reshape([b, t, c]); // [B, T, C]
                 let attention = a_btc.clone().swap_dims(1, 2); // [B, C, T]
-                if let Some(proj) = &self.projection {
+                if let Some(proj) = self.projection.as_ref().filter(|_| project) {
                     let xl = x_lstm.clone().reshape([b, t, c]); // [B, T, C]
                     let fg = proj.forward(xl.clone() * a_btc.clone());
                     let bg = proj.forward(xl * a_btc.neg().add_scalar(1.0));
