@@ -73,8 +73,6 @@ pub struct Saved {
     pub gates: Vec<f32>,
     /// Cell state per step: `[B, T, h, H, W]`.
     pub cell: Vec<f32>,
-    /// Hidden state per step (the output): `[B, T, h, H, W]`.
-    pub hidden: Vec<f32>,
     /// The hidden-half weight `[4h, h, k, k]`.
     pub weight: Vec<f32>,
 }
@@ -328,29 +326,25 @@ mod avx2 {
     gate_kernels!(target_feature(enable = "avx2,fma"); unsafe);
 }
 
-/// Run the recurrence. Returns the hidden state of every step `[B, T, h, H, W]` and, when
-/// `save`, what [`backward`] needs.
+/// Run the recurrence over the input half `gx` `[B, T, 4h, H, W]`, which it consumes: each
+/// step adds the hidden half into its slice of `gx` and activates it there, so the saved
+/// gates are that same buffer (no second 4h·H·W·T buffer per video, no copy). Returns the
+/// hidden state of every step `[B, T, h, H, W]` and, when `save`, what [`backward`] needs
+/// besides the hidden state itself.
 ///
 /// # Panics
 /// If `gx` or `weight` do not have the sizes `dims` implies (callers check shapes).
-pub fn forward(gx: &[f32], weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
+pub fn forward(mut gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
     assert_eq!(gx.len(), dims.gx_len(), "ConvLSTM gates size");
     assert_eq!(weight.len(), dims.weight_len(), "ConvLSTM weight size");
     let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
     let mut hidden = vec![0.0f32; dims.out_len()];
     let mut cell = vec![0.0f32; dims.out_len()];
-    let mut gates = if save { vec![0.0f32; dims.gx_len()] } else { Vec::new() };
-    let gates_chunks: Vec<&mut [f32]> = if save {
-        gates.chunks_mut(t * g_len).collect()
-    } else {
-        Vec::new()
-    };
-    let mut gates_iter = gates_chunks.into_iter();
     let jobs: Vec<_> = gx
-        .chunks(t * g_len)
+        .chunks_mut(t * g_len)
         .zip(hidden.chunks_mut(t * s_len))
         .zip(cell.chunks_mut(t * s_len))
-        .map(|((gx_b, h_b), c_b)| (gx_b, h_b, c_b, gates_iter.next()))
+        .map(|((gx_b, h_b), c_b)| (gx_b, h_b, c_b))
         .collect();
     // Videos run on separate threads; with fewer videos than threads (inference), each
     // step's GEMM is split across threads instead.
@@ -361,38 +355,36 @@ pub fn forward(gx: &[f32], weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>,
         gemm::Parallelism::None
     };
     jobs.into_par_iter()
-        .for_each(|(gx_b, h_b, c_b, g_b)| forward_video(gx_b, weight, dims, h_b, c_b, g_b, par));
+        .for_each(|(gx_b, h_b, c_b)| forward_video(gx_b, weight, dims, h_b, c_b, par));
     let saved = save.then(|| Saved {
         dims,
-        gates,
+        gates: gx,
         cell,
-        hidden: hidden.clone(),
         weight: weight.to_vec(),
     });
     (hidden, saved)
 }
 
-/// One video's recurrence.
+/// One video's recurrence; `gates` holds the input half on entry and the activated gates
+/// on return.
 fn forward_video(
-    gx: &[f32],
+    gates: &mut [f32],
     weight: &[f32],
     dims: Dims,
     hidden: &mut [f32],
     cell: &mut [f32],
-    mut saved_gates: Option<&mut [f32]>,
     par: gemm::Parallelism,
 ) {
     let (g_len, s_len, hw, h) = (dims.gates(), dims.state(), dims.hw(), dims.h);
-    let mut pre = vec![0.0f32; g_len];
     let mut col = vec![0.0f32; dims.col_rows() * hw];
     let zeros = vec![0.0f32; s_len];
     for step in 0..dims.t {
-        pre.copy_from_slice(&gx[step * g_len..(step + 1) * g_len]);
+        let pre = &mut gates[step * g_len..(step + 1) * g_len];
         if step > 0 {
             let h_prev = &hidden[(step - 1) * s_len..step * s_len];
             im2col(h_prev, &mut col, h, dims.height, dims.width, dims.k);
             matmul_par(
-                &mut pre,
+                pre,
                 weight,
                 &col,
                 (4 * h, dims.col_rows(), hw),
@@ -408,21 +400,19 @@ fn forward_video(
         };
         let c_now = &mut rest[..s_len];
         let h_now = &mut hidden[step * s_len..(step + 1) * s_len];
-        simd_dispatch!(gates_forward(&mut pre, c_prev, c_now, h_now));
-        if let Some(sg) = saved_gates.as_deref_mut() {
-            sg[step * g_len..(step + 1) * g_len].copy_from_slice(&pre);
-        }
+        simd_dispatch!(gates_forward(pre, c_prev, c_now, h_now));
     }
 }
 
-/// Gradients of a loss through the recurrence, given its gradient with respect to the
-/// output `[B, T, h, H, W]`: returns (d gx `[B, T, 4h, H, W]`, d weight `[4h, h, k, k]`).
+/// Gradients of a loss through the recurrence whose output was `hidden`, given its gradient
+/// with respect to that output `[B, T, h, H, W]`: returns (d gx `[B, T, 4h, H, W]`, d weight `[4h, h, k, k]`).
 ///
 /// # Panics
-/// If `grad_out` does not have the output's size.
-pub fn backward(saved: &Saved, grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
+/// If `hidden` or `grad_out` does not have the output's size.
+pub fn backward(saved: &Saved, hidden: &[f32], grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let dims = saved.dims;
     assert_eq!(grad_out.len(), dims.out_len(), "ConvLSTM output gradient size");
+    assert_eq!(hidden.len(), dims.out_len(), "ConvLSTM hidden state size");
     let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
     let mut dgx = vec![0.0f32; dims.gx_len()];
     let per_video: Vec<Vec<f32>> = dgx
@@ -432,7 +422,7 @@ pub fn backward(saved: &Saved, grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
             backward_video(
                 video(&saved.gates, v, t * g_len),
                 video(&saved.cell, v, t * s_len),
-                video(&saved.hidden, v, t * s_len),
+                video(hidden, v, t * s_len),
                 &saved.weight,
                 video(grad_out, v, t * s_len),
                 dims,
@@ -743,11 +733,11 @@ mod tests {
         let r = values(dims.out_len(), 7);
         // Loss L = Σ r·h, so dL/dh = r.
         let loss = |gx: &[f32], w: &[f32]| -> f64 {
-            let (h, _) = forward(gx, w, dims, false);
+            let (h, _) = forward(gx.to_vec(), w, dims, false);
             h.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
         };
-        let (_, saved) = forward(&gx, &w, dims, true);
-        let (dgx, dw) = backward(&saved.unwrap(), &r);
+        let (hidden, saved) = forward(gx.clone(), &w, dims, true);
+        let (dgx, dw) = backward(&saved.unwrap(), &hidden, &r);
         let eps = 1e-2f32;
         let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
             let numeric = (plus - minus) / (2.0 * eps as f64);

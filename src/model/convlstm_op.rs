@@ -103,7 +103,7 @@ impl ConvLstmOps for Flex {
     fn convlstm_layer(x: FlexTensor, wx: FlexTensor, bias: FlexTensor, wh: FlexTensor) -> FlexTensor {
         let (input, dims) = dims_of(&x, &wx, &bias, &wh);
         let gx = convlstm_cpu::input_forward(&values(&x), &values(&wx), &values(&bias), input);
-        let (hidden, _) = convlstm_cpu::forward(&gx, &values(&wh), dims, false);
+        let (hidden, _) = convlstm_cpu::forward(gx, &values(&wh), dims, false);
         tensor(hidden, out_shape(dims))
     }
 }
@@ -116,6 +116,8 @@ struct LayerSaved {
     /// The input and weight themselves (shared buffers, not copies).
     x: FlexTensor,
     wx: FlexTensor,
+    /// The output (hidden state of every step), shared with the graph.
+    hidden: FlexTensor,
 }
 
 /// The backward node of [`ConvLstmOps::convlstm_layer`].
@@ -130,7 +132,7 @@ impl Backward<Flex, 4> for LayerBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let saved = ops.state;
         let (d, inp) = (saved.recurrence.dims, saved.input);
-        let (dgx, dwh) = convlstm_cpu::backward(&saved.recurrence, &values(&grad));
+        let (dgx, dwh) = convlstm_cpu::backward(&saved.recurrence, &values(&saved.hidden), &values(&grad));
         let (dx, dwx, db) =
             convlstm_cpu::input_backward(&values(&saved.x), &values(&saved.wx), &dgx, inp, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
@@ -164,15 +166,17 @@ impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
                 let (xp, wxp, bp, whp) = (x.primitive(), wx.primitive(), bias.primitive(), wh.primitive());
                 let (input, dims) = dims_of(xp, wxp, bp, whp);
                 let gx = convlstm_cpu::input_forward(&values(xp), &values(wxp), &values(bp), input);
-                let (hidden, saved) = convlstm_cpu::forward(&gx, &values(whp), dims, true);
+                let (hidden, saved) = convlstm_cpu::forward(gx, &values(whp), dims, true);
                 let recurrence = saved.unwrap_or_else(|| unreachable!("forward saves when asked"));
+                let out = tensor(hidden, out_shape(dims));
                 let state = LayerSaved {
                     recurrence,
                     input,
                     x: xp.clone(),
                     wx: wxp.clone(),
+                    hidden: out.clone(),
                 };
-                prep.finish(Arc::new(state), tensor(hidden, out_shape(dims)))
+                prep.finish(Arc::new(state), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as ConvLstmOps>::convlstm_layer(
                 x.into_primitive(),
