@@ -25,6 +25,8 @@ fn config() -> Config {
 }
 
 fn pieces(c: &mut Criterion) {
+    // The same allocator policy as the `xca` binary (see xca::memory).
+    xca::memory::keep_freed_memory();
     let cfg = config();
     let device = Device::flex();
     let mut group = c.benchmark_group("xca");

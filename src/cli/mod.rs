@@ -70,6 +70,7 @@ fn is_input_error(err: &anyhow::Error) -> bool {
 }
 
 pub fn main() -> ExitCode {
+    xca::memory::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
