@@ -67,6 +67,28 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
     log.push('\n');
     std::fs::write(c_dir.join("log.jsonl"), log).unwrap();
     assert!(!c_dir.join("epoch_003.safetensors").exists());
+    // Resuming with another seed is refused, naming both, and changes nothing.
+    let log_before = std::fs::read(c_dir.join("log.jsonl")).unwrap();
+    let ann = Annotations::load(&cfg.dataset.json_file).unwrap();
+    let data = load_split(&cfg, &ann, &cfg.train_split, |_| {}).unwrap();
+    let other = TrainOptions {
+        run_dir: c_dir.clone(),
+        device: DeviceChoice::Cpu.device().unwrap(),
+        seed: 12,
+        resume: true,
+        log_every: 1,
+        quiet: true,
+        max_epochs_this_run: None,
+    };
+    let err = train(&cfg, &data, &other, |_| {})
+        .expect_err("another seed")
+        .to_string();
+    assert!(
+        err.contains("seed 11") && err.contains("seed 12") && err.contains("--seed 11"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(c_dir.join("log.jsonl")).unwrap(), log_before);
+    assert!(!c_dir.join("epoch_002.safetensors").exists());
     let c = run(&cfg, &c_dir, true, None);
     assert_eq!(losses(&c), la, "a resumed run must continue exactly where it stopped");
     for epoch in [2, 3] {

@@ -257,6 +257,14 @@ pub fn train(
                 st.config_hash
             )));
         }
+        // Another seed would silently change the data order, crops and anchors of the rest
+        // of the run: the result would match neither seed.
+        if st.seed != opts.seed {
+            return Err(bad(format!(
+                "it was written with seed {} and this run has seed {}; resume with --seed {}",
+                st.seed, opts.seed, st.seed
+            )));
+        }
         model = model
             .try_load_file(sdir.join("model.bpk"))
             .map_err(|e| bad(format!("model: {e}")))?;
