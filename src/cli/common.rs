@@ -15,6 +15,20 @@ use xca::train::checkpoint;
 
 use super::InputError;
 
+/// The options of the commands that run a trained model (eval, select, predict).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferArgs {
+    /// cpu (flex), ndarray or wgpu.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// Seed of the inference-time random-patch centres (default: init_rand_seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// No progress bars.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
 /// A progress bar over `len` items (hidden when quiet).
 pub fn bar(len: usize, what: &str, quiet: bool) -> ProgressBar {
     let b = if quiet {

@@ -74,9 +74,11 @@ pub fn run(args: Args) -> Result<()> {
         output: args.output.clone(),
         epochs: None,
         json: Some(run_dir.join("select.json")),
-        device: args.device,
-        seed: None,
-        quiet: args.quiet,
+        run: super::common::InferArgs {
+            device: args.device,
+            seed: None,
+            quiet: args.quiet,
+        },
     })?;
     // Training drew its curves before selection existed; redraw them with the validation mAP.
     let iters = super::common::annotations(&cfg)

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 use xca::config::Config;
-use xca::device::DeviceChoice;
 use xca::evaluate::{SplitScores, detect, detect_split, ground_truth, patch_centres, run_video, score_split};
 use xca::infer::Candidates;
 use xca::metrics::io::PredictionFormat;
@@ -31,19 +30,12 @@ pub struct Args {
     /// Write the detections (ActivityNet results format) here.
     #[arg(long, value_name = "OUT.json")]
     pub detections: Option<PathBuf>,
-    /// cpu (flex), ndarray or wgpu.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
-    /// Seed of the inference-time random-patch centres (default: init_rand_seed).
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub run: common::InferArgs,
     /// Write one picture per video of the split (DIR/<video>.png: scores, detections,
     /// predicted and true keyframes, frames) and DIR/summary.png (deviation histogram, mAP per tIoU).
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 /// Split the 1–2 positional paths into (config, checkpoint).
@@ -132,18 +124,18 @@ pub fn evaluate_loaded(
 pub fn run(args: Args) -> Result<()> {
     let (config_path, ckpt) = config_and_ckpt(&args.paths)?;
     let cfg = super::config::load_config(&config_path)?;
-    let device = common::device(args.device)?;
+    let device = common::device(args.run.device)?;
     let model = common::load_model(&cfg, &ckpt, &device)?;
     let split = args
         .split
         .clone()
         .or_else(|| cfg.test_split.first().cloned())
         .unwrap_or_else(|| "test".into());
-    let seed = args.seed.unwrap_or(cfg.init_rand_seed);
+    let seed = args.run.seed.unwrap_or(cfg.init_rand_seed);
     let method = ckpt_label(&ckpt);
     let (scores, dets) = match &args.plots {
-        None => evaluate(&cfg, &model, &split, seed, &device, args.quiet)?,
-        Some(dir) => evaluate_with_plots(&cfg, &model, &split, seed, &device, args.quiet, dir, &method)?,
+        None => evaluate(&cfg, &model, &split, seed, &device, args.run.quiet)?,
+        Some(dir) => evaluate_with_plots(&cfg, &model, &split, seed, &device, args.run.quiet, dir, &method)?,
     };
     print_scores(&scores, &method);
     if let Some(p) = &args.json {

@@ -8,7 +8,6 @@ use serde_json::json;
 use xca::config::Config;
 use xca::dataset::Features;
 use xca::dataset::annotations::CLASS_NAMES;
-use xca::device::DeviceChoice;
 use xca::evaluate::{VideoOutput, detect, patch_centres, row_scores, run_video};
 use xca::infer::keyframes::{frame_at, keyframes_of};
 use xca::infer::{Candidates, Fallback, Keyframes};
@@ -46,15 +45,8 @@ pub struct Args {
     /// Detections listed per input in the table.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
-    /// cpu (flex), ndarray or wgpu.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
-    /// Seed of the inference-time random-patch centres (default: init_rand_seed).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: common::InferArgs,
 }
 
 /// What predict found for one input.
@@ -309,9 +301,9 @@ pub fn run(args: Args) -> Result<()> {
     for path in &args.inputs {
         inputs.push(load_features(&cfg, path)?);
     }
-    let device = common::device(args.device)?;
+    let device = common::device(args.run.device)?;
     let model = common::load_model(&cfg, &args.checkpoint, &device)?;
-    let seed = args.seed.unwrap_or(cfg.init_rand_seed);
+    let seed = args.run.seed.unwrap_or(cfg.init_rand_seed);
     let centres = patch_centres(&cfg, seed, inputs.len(), model.image_side());
     let (fill, wash) = filling_washout();
     // With `--json -` stdout holds only the JSON; the table goes to stderr.
@@ -323,7 +315,7 @@ pub fn run(args: Args) -> Result<()> {
         config_path.display()
     ));
 
-    let bar = common::bar(inputs.len(), "predict", args.quiet);
+    let bar = common::bar(inputs.len(), "predict", args.run.quiet);
     let mut docs = Vec::with_capacity(inputs.len());
     let mut tables = Vec::with_capacity(inputs.len());
     for ((path, (rows, feats)), centre) in args.inputs.iter().zip(&inputs).zip(centres) {

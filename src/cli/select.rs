@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use serde_json::json;
-use xca::device::DeviceChoice;
 use xca::evaluate::ground_truth;
 use xca::train::checkpoint;
 
@@ -32,15 +31,8 @@ pub struct Args {
     /// Write {"val": [...], "chosen_epoch": n, "test": ..., "test_full": ...} here (`-` for stdout).
     #[arg(long, value_name = "OUT.json")]
     pub json: Option<PathBuf>,
-    /// cpu (flex), ndarray or wgpu.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
-    /// Seed of the inference-time random-patch centres (default: init_rand_seed).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// No progress bars.
-    #[arg(long, short)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub run: common::InferArgs,
 }
 
 /// Parse `A..B`, `A..=B` or `A-B` (inclusive) or a single epoch.
@@ -90,7 +82,7 @@ pub fn choose(rows: &[ValRow]) -> Option<&ValRow> {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&args.config)?;
-    let device = common::device(args.device)?;
+    let device = common::device(args.run.device)?;
     let dir = args
         .ckpt_dir
         .clone()
@@ -113,11 +105,11 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
-    let seed = args.seed.unwrap_or(cfg.init_rand_seed);
+    let seed = args.run.seed.unwrap_or(cfg.init_rand_seed);
     let val_split = cfg.val_split.first().cloned().unwrap_or_else(|| "validation".into());
     let test_split = cfg.test_split.first().cloned().unwrap_or_else(|| "test".into());
     let ann = common::annotations(&cfg)?;
-    let val = common::load_data(&cfg, &ann, std::slice::from_ref(&val_split), args.quiet)?;
+    let val = common::load_data(&cfg, &ann, std::slice::from_ref(&val_split), args.run.quiet)?;
     let gt = ground_truth(&cfg).map_err(|e| InputError(e.to_string()))?;
 
     let mut rows = Vec::new();
@@ -154,8 +146,8 @@ pub fn run(args: Args) -> Result<()> {
     println!("\nChosen: epoch {chosen} (highest validation average mAP; ties go to the earlier epoch)\n");
     let path = find_epoch(&dir, chosen).unwrap_or_else(|| checkpoint::epoch_file(&dir, chosen));
     let model = common::load_model(&cfg, &path, &device)?;
-    let test = common::load_data(&cfg, &ann, std::slice::from_ref(&test_split), args.quiet)?;
-    let (scores, _) = evaluate_loaded(&cfg, &model, &test, &gt, &test_split, seed, &device, args.quiet)?;
+    let test = common::load_data(&cfg, &ann, std::slice::from_ref(&test_split), args.run.quiet)?;
+    let (scores, _) = evaluate_loaded(&cfg, &model, &test, &gt, &test_split, seed, &device, args.run.quiet)?;
     print_scores(&scores, &super::eval::ckpt_label(&path));
     if let Some(p) = &args.json {
         let val_json: Vec<serde_json::Value> = rows
