@@ -12,8 +12,8 @@
 /// no-op). Call once at start-up, before the first large allocation.
 pub fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; it is called before any other
-    // thread exists and with valid parameter constants.
+    // SAFETY: mallopt only changes allocator parameters (under the allocator's own lock),
+    // and is given valid parameter constants.
     unsafe {
         libc::mallopt(libc::M_MMAP_MAX, 0);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
