@@ -34,11 +34,12 @@ pub trait BatchNormOps: burn::backend::Backend {
     /// Per-channel mean and biased variance of x `[N, C, H, W]`, as `[2, C]`. Never tracked.
     fn channel_moments(x: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// `((x − mean) / sqrt(var + eps)) · gamma + beta`, then a ReLU when `relu`, where
-    /// `moments` `[2, C]` must be [`BatchNormOps::channel_moments`] of this very `x`: the
-    /// backward differentiates through the batch statistics (as PyTorch's training-mode
-    /// BatchNorm does), not through `moments`.
-    fn batch_norm_train(
+    /// `((x − mean) / sqrt(var + eps)) · gamma + beta`, then a ReLU when `relu`, with
+    /// `moments` `[2, C]` = (mean, var). Inference passes the running statistics. When the
+    /// result is tracked, `moments` must be [`BatchNormOps::channel_moments`] of this very
+    /// `x`: the backward differentiates through the batch statistics (as PyTorch's
+    /// training-mode BatchNorm does), not through `moments`.
+    fn batch_norm_apply(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
@@ -281,7 +282,7 @@ impl BatchNormOps for Flex {
         moments_tensor(&x)
     }
 
-    fn batch_norm_train(
+    fn batch_norm_apply(
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
@@ -339,7 +340,7 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
         <Self as AutodiffBackend>::from_inner(moments_tensor(x.primitive()))
     }
 
-    fn batch_norm_train(
+    fn batch_norm_apply(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
@@ -355,7 +356,7 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, gp, bp, mp) = (x.primitive(), gamma.primitive(), beta.primitive(), moments.primitive());
                 let out =
-                    <Flex as BatchNormOps>::batch_norm_train(xp.clone(), gp.clone(), bp.clone(), mp.clone(), eps, relu);
+                    <Flex as BatchNormOps>::batch_norm_apply(xp.clone(), gp.clone(), bp.clone(), mp.clone(), eps, relu);
                 let state = BnSaved {
                     dims: BnDims::of(xp),
                     relu,
@@ -367,7 +368,7 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
                 };
                 prep.finish(Arc::new(state), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(<Flex as BatchNormOps>::batch_norm_train(
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as BatchNormOps>::batch_norm_apply(
                 x.into_primitive(),
                 gamma.into_primitive(),
                 beta.into_primitive(),
@@ -389,7 +390,7 @@ impl<C: CheckpointStrategy> BatchNormOps for Autodiff<Flex, C> {
 pub fn batch_norm_train(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     let [n, c, h, w] = x.dims();
     let moments = Tensor::<2>::from_dispatch(<Dispatch as BatchNormOps>::channel_moments(x.clone().into_dispatch())); // [2, C]
-    let y = Tensor::from_dispatch(<Dispatch as BatchNormOps>::batch_norm_train(
+    let y = Tensor::from_dispatch(<Dispatch as BatchNormOps>::batch_norm_apply(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
@@ -430,7 +431,7 @@ pub fn batch_norm_eval(bn: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
         ],
         0,
     ); // [2, C]
-    Tensor::from_dispatch(<Dispatch as BatchNormOps>::batch_norm_train(
+    Tensor::from_dispatch(<Dispatch as BatchNormOps>::batch_norm_apply(
         x.into_dispatch(),
         bn.gamma.val().into_dispatch(),
         bn.beta.val().into_dispatch(),
