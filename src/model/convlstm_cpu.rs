@@ -51,6 +51,10 @@ impl Dims {
     fn col_rows(&self) -> usize {
         self.h * self.k * self.k
     }
+    /// Values per band of a step: whole rows, about [`BAND_PIXELS`].
+    fn band_len(&self) -> usize {
+        (BAND_PIXELS / self.width).clamp(1, self.height) * self.width
+    }
     /// Values of the weight `[4h, h, k, k]`.
     pub fn weight_len(&self) -> usize {
         4 * self.h * self.col_rows()
@@ -112,25 +116,71 @@ fn tanh(x: f32) -> f32 {
 
 /// `dst (m×n) = [dst +] a·b` for row-major matrices; `a` is `m×k` (or its transpose stored
 /// `k×m` when `a_t`), `b` is `k×n` (or `n×k` when `b_t`).
-fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], mkn: (usize, usize, usize), a_t: bool, b_t: bool, acc: bool) {
-    matmul_par(dst, a, b, mkn, (a_t, b_t, acc), gemm::Parallelism::None);
+fn matmul(dst: &mut [f32], a: &[f32], b: &[f32], (m, k, n): (usize, usize, usize), a_t: bool, b_t: bool, acc: bool) {
+    let a = if a_t {
+        View::row_major(a, k, m).t()
+    } else {
+        View::row_major(a, m, k)
+    };
+    let b = if b_t {
+        View::row_major(b, n, k).t()
+    } else {
+        View::row_major(b, k, n)
+    };
+    matmul_view(dst, n, a, b, acc);
 }
 
-/// [`matmul`] with a choice of threading (splitting columns does not change any sum).
-fn matmul_par(
-    dst: &mut [f32],
-    a: &[f32],
-    b: &[f32],
-    (m, k, n): (usize, usize, usize),
-    (a_t, b_t, acc): (bool, bool, bool),
-    parallelism: gemm::Parallelism,
-) {
+/// A read-only strided matrix: element (r, c) is `data[r·rs + c·cs]`.
+#[derive(Debug, Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        View {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+    /// The transpose (no copy).
+    fn t(self) -> Self {
+        View {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+    /// Whether every element lies inside `data`.
+    fn in_bounds(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst = [dst +] a·b`, `dst` row-major `a.rows × b.cols` with row stride `dst_rs`.
+fn matmul_view(dst: &mut [f32], dst_rs: usize, a: View, b: View, acc: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let out = View {
+        data: dst,
+        rows: m,
+        cols: n,
+        rs: dst_rs,
+        cs: 1,
+    };
     assert!(
-        dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n,
+        b.rows == k && a.in_bounds() && b.in_bounds() && out.in_bounds(),
         "matmul operand sizes"
     );
-    let (a_cs, a_rs) = if a_t { (m as isize, 1) } else { (1, k as isize) };
-    let (b_cs, b_rs) = if b_t { (k as isize, 1) } else { (1, n as isize) };
+    let s = |v: usize| v as isize;
     // SAFETY: the assert above keeps every index of the three strided views in bounds,
     // and `dst` does not alias `a` or `b` (a `&mut` and two `&`).
     unsafe {
@@ -140,36 +190,49 @@ fn matmul_par(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            s(dst_rs),
             acc,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
+            a.data.as_ptr(),
+            s(a.cs),
+            s(a.rs),
+            b.data.as_ptr(),
+            s(b.cs),
+            s(b.rs),
             1.0,
             1.0,
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
 }
 
 /// im2col of a `[c, H, W]` image for a k×k kernel with padding k / 2: `col[(c·k + ky)·k + kx][y·W + x]`.
 fn im2col(img: &[f32], col: &mut [f32], c: usize, height: usize, width: usize, k: usize) {
+    im2col_rows(img, col, c, (height, width), k, 0..height);
+}
+
+/// [`im2col`] of the output rows `rows` only: `col[(c·k + ky)·k + kx][(y − rows.start)·W + x]`
+/// (the kernel still reads the image rows next to the band).
+fn im2col_rows(
+    img: &[f32],
+    col: &mut [f32],
+    c: usize,
+    (height, width): (usize, usize),
+    k: usize,
+    rows: std::ops::Range<usize>,
+) {
     let p = (k / 2) as isize;
     let hw = height * width;
+    let len = rows.len() * width;
     for ic in 0..c {
         let plane = &img[ic * hw..(ic + 1) * hw];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut col[((ic * k + ky) * k + kx) * hw..][..hw];
+                let row = &mut col[((ic * k + ky) * k + kx) * len..][..len];
                 let dx = kx as isize - p;
-                for y in 0..height {
-                    let out = &mut row[y * width..(y + 1) * width];
+                for (y, out) in rows.clone().zip(row.chunks_exact_mut(width)) {
                     let yy = y as isize + ky as isize - p;
                     if yy < 0 || yy >= height as isize {
                         out.fill(0.0);
@@ -198,29 +261,42 @@ fn shift_row(out: &mut [f32], src: &[f32], dx: isize) {
 
 /// The adjoint of [`im2col`]: add every column entry back onto the pixel it was read from.
 fn col2im_add(col: &[f32], img: &mut [f32], c: usize, height: usize, width: usize, k: usize) {
+    col2im_add_rows(col, img, c, (height, width), k, 0..height);
+}
+
+/// The adjoint of [`im2col_rows`]: the band's columns land on its rows and the rows next
+/// to them.
+fn col2im_add_rows(
+    col: &[f32],
+    img: &mut [f32],
+    c: usize,
+    (height, width): (usize, usize),
+    k: usize,
+    rows: std::ops::Range<usize>,
+) {
     let p = (k / 2) as isize;
     let hw = height * width;
+    let len = rows.len() * width;
+    let w = width as isize;
     for ic in 0..c {
         let plane = &mut img[ic * hw..(ic + 1) * hw];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &col[((ic * k + ky) * k + kx) * hw..][..hw];
+                let row = &col[((ic * k + ky) * k + kx) * len..][..len];
                 let dx = kx as isize - p;
-                let w = width as isize;
                 let lo = (-dx).clamp(0, w) as usize;
                 let hi = (w - dx).clamp(0, w) as usize;
                 if hi <= lo {
                     continue;
                 }
-                for y in 0..height {
+                for (y, src) in rows.clone().zip(row.chunks_exact(width)) {
                     let yy = y as isize + ky as isize - p;
                     if yy < 0 || yy >= height as isize {
                         continue;
                     }
-                    let src = &row[y * width + lo..y * width + hi];
                     let dst_lo = (yy as usize) * width + (lo as isize + dx) as usize;
                     let dst = &mut plane[dst_lo..dst_lo + (hi - lo)];
-                    for (d, s) in dst.iter_mut().zip(src) {
+                    for (d, s) in dst.iter_mut().zip(&src[lo..hi]) {
                         *d += s;
                     }
                 }
@@ -253,20 +329,27 @@ macro_rules! simd_dispatch {
 /// The gate arithmetic of one step, written once and compiled twice (see `simd_dispatch`).
 macro_rules! gate_kernels {
     ($($attr:meta)?; $($unsafety:ident)?) => {
-        /// Forward: `pre` holds the pre-activations i, f, o, g (`[4h·HW]`) and is overwritten
-        /// by the activations; writes the cell and hidden state.
+        /// Forward: `pre` holds the input half of the pre-activations i, f, o, g and is
+        /// overwritten by the activations, `hh` holds their hidden half; writes the cell and
+        /// hidden state.
         $(#[$attr])?
-        pub $($unsafety)? fn gates_forward(pre: &mut [f32], c_prev: &[f32], c_now: &mut [f32], h_now: &mut [f32]) {
+        pub $($unsafety)? fn gates_forward(
+            pre: [&mut [f32]; 4],
+            hh: [&[f32]; 4],
+            c_prev: &[f32],
+            c_now: &mut [f32],
+            h_now: &mut [f32],
+        ) {
             let n = c_now.len();
-            let (pi, rest) = pre.split_at_mut(n);
-            let (pf, rest) = rest.split_at_mut(n);
-            let (po, pg) = rest.split_at_mut(n);
-            let (pi, pf, po, pg, c_prev, h_now) = (&mut pi[..n], &mut pf[..n], &mut po[..n], &mut pg[..n], &c_prev[..n], &mut h_now[..n]);
+            let [pi, pf, po, pg] = pre;
+            let (pi, pf, po, pg) = (&mut pi[..n], &mut pf[..n], &mut po[..n], &mut pg[..n]);
+            let [hi, hf, ho, hg] = hh;
+            let (hi, hf, ho, hg, c_prev, h_now) = (&hi[..n], &hf[..n], &ho[..n], &hg[..n], &c_prev[..n], &mut h_now[..n]);
             for j in 0..n {
-                let i = sigmoid(pi[j]);
-                let f = sigmoid(pf[j]);
-                let o = sigmoid(po[j]);
-                let g = tanh(pg[j]);
+                let i = sigmoid(pi[j] + hi[j]);
+                let f = sigmoid(pf[j] + hf[j]);
+                let o = sigmoid(po[j] + ho[j]);
+                let g = tanh(pg[j] + hg[j]);
                 let c = f * c_prev[j] + i * g;
                 c_now[j] = c;
                 h_now[j] = o * tanh(c);
@@ -279,24 +362,21 @@ macro_rules! gate_kernels {
 
         /// Backward: from the activations `g` (i, f, o, g), the cell states and the
         /// output gradient, write the pre-activation gradients into `dpre` and carry
-        /// `dh_next` (in: from the next step's hidden half) and `dc_next` (in and out).
+        /// `dc_next` (in and out); `dh_next` is the gradient into this step's hidden state
+        /// from the next step's hidden half.
         $(#[$attr])?
         pub $($unsafety)? fn gates_backward(
-            g: &[f32],
+            g: [&[f32]; 4],
             c: &[f32],
             c_prev: &[f32],
             dout: &[f32],
-            dh_next: &mut [f32],
+            dh_next: &[f32],
             dc_next: &mut [f32],
-            dpre: &mut [f32],
+            dpre: [&mut [f32]; 4],
         ) {
             let n = c.len();
-            let (gi, rest) = g.split_at(n);
-            let (gf, rest) = rest.split_at(n);
-            let (go, gg) = rest.split_at(n);
-            let (di_, rest) = dpre.split_at_mut(n);
-            let (df_, rest) = rest.split_at_mut(n);
-            let (do_, dg_) = rest.split_at_mut(n);
+            let [gi, gf, go, gg] = g;
+            let [di_, df_, do_, dg_] = dpre;
             let (gi, gf, go, gg, c_prev, dout, dh_next, dc_next) =
                 (&gi[..n], &gf[..n], &go[..n], &gg[..n], &c_prev[..n], &dout[..n], &dh_next[..n], &mut dc_next[..n]);
             let (di_, df_, do_, dg_) = (&mut di_[..n], &mut df_[..n], &mut do_[..n], &mut dg_[..n]);
@@ -334,7 +414,18 @@ mod avx2 {
 ///
 /// # Panics
 /// If `gx` or `weight` do not have the sizes `dims` implies (callers check shapes).
-pub fn forward(mut gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
+pub fn forward(gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
+    forward_in_bands(gx, weight, dims, save, dims.band_len())
+}
+
+/// [`forward`] with bands of `band_len` values (whole rows).
+fn forward_in_bands(
+    mut gx: Vec<f32>,
+    weight: &[f32],
+    dims: Dims,
+    save: bool,
+    band_len: usize,
+) -> (Vec<f32>, Option<Saved>) {
     assert_eq!(gx.len(), dims.gx_len(), "ConvLSTM gates size");
     assert_eq!(weight.len(), dims.weight_len(), "ConvLSTM weight size");
     let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
@@ -346,16 +437,11 @@ pub fn forward(mut gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec
         .zip(cell.chunks_mut(t * s_len))
         .map(|((gx_b, h_b), c_b)| (gx_b, h_b, c_b))
         .collect();
-    // Videos run on separate threads; with fewer videos than threads (inference), each
-    // step's GEMM is split across threads instead.
-    let threads = rayon::current_num_threads();
-    let par = if dims.b < threads {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    // Videos run on separate threads; with fewer videos than threads (inference), the
+    // bands of each step are shared out instead.
+    let parallel_bands = dims.b < rayon::current_num_threads();
     jobs.into_par_iter()
-        .for_each(|(gx_b, h_b, c_b)| forward_video(gx_b, weight, dims, h_b, c_b, par));
+        .for_each(|(gx_b, h_b, c_b)| forward_video(gx_b, weight, dims, h_b, c_b, (band_len, parallel_bands)));
     let saved = save.then(|| Saved {
         dims,
         gates: gx,
@@ -363,6 +449,39 @@ pub fn forward(mut gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec
         weight: weight.to_vec(),
     });
     (hidden, saved)
+}
+
+/// Pixels per band of a recurrence step (whole image rows, at least one). Each step runs
+/// band by band (im2col, GEMM, gates) so that a band's column matrix (h·k·k × 256) and
+/// hidden-half gates (4h × 256) stay in L1/L2 between the three (bands of 128, 256, 512,
+/// 1024 and 2048 pixels measured on 64 × 64 images, h = 8: 256 was fastest); with one video the bands of a step are the unit of
+/// threading (measured in issue #6: splitting each step's whole GEMM across threads left
+/// im2col and the gates on one thread and cost a rayon round trip inside the GEMM).
+const BAND_PIXELS: usize = 256;
+
+/// One band's share of a step: its segment of each of the 4h gate planes (gate-major,
+/// as in `gx`) and of the h cell and hidden planes.
+struct Band<'a> {
+    /// First image row.
+    y0: usize,
+    gates: Vec<&'a mut [f32]>,
+    cell: Vec<&'a mut [f32]>,
+    hidden: Vec<&'a mut [f32]>,
+}
+
+/// Per-thread scratch of [`band_forward`].
+struct BandScratch {
+    col: Vec<f32>,
+    hh: Vec<f32>,
+}
+
+impl BandScratch {
+    fn new(dims: Dims, band_len: usize) -> Self {
+        BandScratch {
+            col: vec![0.0; dims.col_rows() * band_len],
+            hh: vec![0.0; 4 * dims.h * band_len],
+        }
+    }
 }
 
 /// One video's recurrence; `gates` holds the input half on entry and the activated gates
@@ -373,34 +492,92 @@ fn forward_video(
     dims: Dims,
     hidden: &mut [f32],
     cell: &mut [f32],
-    par: gemm::Parallelism,
+    (band_len, parallel): (usize, bool),
 ) {
-    let (g_len, s_len, hw, h) = (dims.gates(), dims.state(), dims.hw(), dims.h);
-    let mut col = vec![0.0f32; dims.col_rows() * hw];
+    let (g_len, s_len, hw) = (dims.gates(), dims.state(), dims.hw());
     let zeros = vec![0.0f32; s_len];
+    let mut scratch = BandScratch::new(dims, band_len);
     for step in 0..dims.t {
-        let pre = &mut gates[step * g_len..(step + 1) * g_len];
-        if step > 0 {
-            let h_prev = &hidden[(step - 1) * s_len..step * s_len];
-            im2col(h_prev, &mut col, h, dims.height, dims.width, dims.k);
-            matmul_par(
-                pre,
-                weight,
-                &col,
-                (4 * h, dims.col_rows(), hw),
-                (false, false, true),
-                par,
-            );
-        }
-        let (done, rest) = cell.split_at_mut(step * s_len);
+        let (h_done, h_rest) = hidden.split_at_mut(step * s_len);
+        let (c_done, c_rest) = cell.split_at_mut(step * s_len);
+        let h_prev = (step > 0).then(|| &h_done[(step - 1) * s_len..]);
         let c_prev = if step > 0 {
-            &done[(step - 1) * s_len..]
+            &c_done[(step - 1) * s_len..]
         } else {
             &zeros[..]
         };
-        let c_now = &mut rest[..s_len];
-        let h_now = &mut hidden[step * s_len..(step + 1) * s_len];
-        simd_dispatch!(gates_forward(pre, c_prev, c_now, h_now));
+        let mut bands: Vec<Band> = (0..hw.div_ceil(band_len))
+            .map(|i| Band {
+                y0: i * band_len / dims.width,
+                gates: Vec::with_capacity(4 * dims.h),
+                cell: Vec::with_capacity(dims.h),
+                hidden: Vec::with_capacity(dims.h),
+            })
+            .collect();
+        let planes = |buf| band_segments(buf, hw, band_len);
+        for plane in planes(&mut gates[step * g_len..(step + 1) * g_len]) {
+            bands.iter_mut().zip(plane).for_each(|(b, seg)| b.gates.push(seg));
+        }
+        for plane in planes(&mut c_rest[..s_len]) {
+            bands.iter_mut().zip(plane).for_each(|(b, seg)| b.cell.push(seg));
+        }
+        for plane in planes(&mut h_rest[..s_len]) {
+            bands.iter_mut().zip(plane).for_each(|(b, seg)| b.hidden.push(seg));
+        }
+        let run = |scratch: &mut BandScratch, band: Band| band_forward(band, h_prev, c_prev, weight, dims, scratch);
+        if parallel {
+            bands
+                .into_par_iter()
+                .for_each_init(|| BandScratch::new(dims, band_len), run);
+        } else {
+            bands.into_iter().for_each(|band| run(&mut scratch, band));
+        }
+    }
+}
+
+/// `buf`'s planes of `hw` values, each cut into segments of `band_len`.
+fn band_segments(buf: &mut [f32], hw: usize, band_len: usize) -> Vec<Vec<&mut [f32]>> {
+    buf.chunks_mut(hw)
+        .map(|plane| plane.chunks_mut(band_len).collect())
+        .collect()
+}
+
+/// One band of one step: the hidden half of its gates from `h_prev` (none at the first
+/// step, whose state is zero), then the gate arithmetic.
+fn band_forward(
+    band: Band,
+    h_prev: Option<&[f32]>,
+    c_prev: &[f32],
+    weight: &[f32],
+    dims: Dims,
+    scratch: &mut BandScratch,
+) {
+    let Band {
+        y0,
+        mut gates,
+        cell,
+        hidden,
+    } = band;
+    let (h, hw) = (dims.h, dims.hw());
+    let len = cell[0].len();
+    let hh = &mut scratch.hh[..4 * h * len];
+    match h_prev {
+        Some(h_prev) => {
+            let col = &mut scratch.col[..dims.col_rows() * len];
+            let rows = y0..y0 + len / dims.width;
+            im2col_rows(h_prev, col, h, (dims.height, dims.width), dims.k, rows);
+            matmul(hh, weight, col, (4 * h, dims.col_rows(), len), false, false, false);
+        }
+        None => hh.fill(0.0),
+    }
+    let (gi, rest) = gates.split_at_mut(h);
+    let (gf, rest) = rest.split_at_mut(h);
+    let (go, gg) = rest.split_at_mut(h);
+    for (c, (c_now, h_now)) in cell.into_iter().zip(hidden).enumerate() {
+        let pre = [&mut *gi[c], &mut *gf[c], &mut *go[c], &mut *gg[c]];
+        let hh = [0, 1, 2, 3].map(|q| &hh[(q * h + c) * len..][..len]);
+        let c_prev = &c_prev[c * hw + y0 * dims.width..][..len];
+        simd_dispatch!(gates_forward(pre, hh, c_prev, c_now, h_now));
     }
 }
 
@@ -410,6 +587,11 @@ fn forward_video(
 /// # Panics
 /// If `hidden` or `grad_out` does not have the output's size.
 pub fn backward(saved: &Saved, hidden: &[f32], grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    backward_in_bands(saved, hidden, grad_out, saved.dims.band_len())
+}
+
+/// [`backward`] with bands of `band_len` values (whole rows).
+fn backward_in_bands(saved: &Saved, hidden: &[f32], grad_out: &[f32], band_len: usize) -> (Vec<f32>, Vec<f32>) {
     let dims = saved.dims;
     assert_eq!(grad_out.len(), dims.out_len(), "ConvLSTM output gradient size");
     assert_eq!(hidden.len(), dims.out_len(), "ConvLSTM hidden state size");
@@ -425,7 +607,7 @@ pub fn backward(saved: &Saved, hidden: &[f32], grad_out: &[f32]) -> (Vec<f32>, V
                 video(hidden, v, t * s_len),
                 &saved.weight,
                 video(grad_out, v, t * s_len),
-                dims,
+                (dims, band_len),
                 dgx_b,
             )
         })
@@ -445,22 +627,25 @@ fn video(buf: &[f32], v: usize, per: usize) -> &[f32] {
     &buf[v * per..(v + 1) * per]
 }
 
-/// One video's backward through time; writes d gx and returns its d weight.
+/// One video's backward through time; writes d gx and returns its d weight. Runs band by
+/// band like the forward (see [`BAND_PIXELS`]); the gradient into h_{t-1} goes to a second
+/// buffer, as a band's col2im reaches into its neighbours' rows.
 fn backward_video(
     gates: &[f32],
     cell: &[f32],
     hidden: &[f32],
     weight: &[f32],
     grad_out: &[f32],
-    dims: Dims,
+    (dims, band_len): (Dims, usize),
     dgx: &mut [f32],
 ) -> Vec<f32> {
     let (g_len, s_len, hw, h) = (dims.gates(), dims.state(), dims.hw(), dims.h);
     let rows = dims.col_rows();
     let mut dw = vec![0.0f32; dims.weight_len()];
     let mut dh_next = vec![0.0f32; s_len];
+    let mut dh_prev = vec![0.0f32; s_len];
     let mut dc_next = vec![0.0f32; s_len];
-    let mut col = vec![0.0f32; rows * hw];
+    let mut col = vec![0.0f32; rows * band_len];
     let zeros = vec![0.0f32; s_len];
     for step in (0..dims.t).rev() {
         let g = &gates[step * g_len..(step + 1) * g_len];
@@ -472,17 +657,54 @@ fn backward_video(
         };
         let dout = &grad_out[step * s_len..(step + 1) * s_len];
         let dpre = &mut dgx[step * g_len..(step + 1) * g_len];
-        simd_dispatch!(gates_backward(g, c, c_prev, dout, &mut dh_next, &mut dc_next, dpre));
-        if step > 0 {
-            // The hidden half saw h_{t-1}: its weight gradient and the gradient into h_{t-1}.
-            let h_prev = &hidden[(step - 1) * s_len..step * s_len];
-            im2col(h_prev, &mut col, h, dims.height, dims.width, dims.k);
-            let dpre = &dgx[step * g_len..(step + 1) * g_len];
-            matmul(&mut dw, dpre, &col, (4 * h, hw, rows), false, true, true);
-            matmul(&mut col, weight, dpre, (rows, 4 * h, hw), true, false, false);
-            dh_next.fill(0.0);
-            col2im_add(&col, &mut dh_next, h, dims.height, dims.width, dims.k);
+        dh_prev.fill(0.0);
+        for start in (0..hw).step_by(band_len) {
+            let len = band_len.min(hw - start);
+            {
+                let mut planes: Vec<&mut [f32]> = dpre.chunks_mut(hw).collect();
+                let (di, rest) = planes.split_at_mut(h);
+                let (df, rest) = rest.split_at_mut(h);
+                let (d_o, dg) = rest.split_at_mut(h);
+                for ch in 0..h {
+                    let at = |q: usize| (q * h + ch) * hw + start;
+                    let r = ch * hw + start..ch * hw + start + len;
+                    let seg = start..start + len;
+                    simd_dispatch!(gates_backward(
+                        [0, 1, 2, 3].map(|q| &g[at(q)..at(q) + len]),
+                        &c[r.clone()],
+                        &c_prev[r.clone()],
+                        &dout[r.clone()],
+                        &dh_next[r.clone()],
+                        &mut dc_next[r],
+                        [
+                            &mut di[ch][seg.clone()],
+                            &mut df[ch][seg.clone()],
+                            &mut d_o[ch][seg.clone()],
+                            &mut dg[ch][seg]
+                        ]
+                    ));
+                }
+            }
+            if step > 0 {
+                // The hidden half saw h_{t-1}: its weight gradient and the gradient into h_{t-1}.
+                let h_prev = &hidden[(step - 1) * s_len..step * s_len];
+                let band = start / dims.width..(start + len) / dims.width;
+                let col = &mut col[..rows * len];
+                im2col_rows(h_prev, col, h, (dims.height, dims.width), dims.k, band.clone());
+                // The band's d pre-activations: 4h rows of `len`, row stride HW.
+                let dpre_band = View {
+                    data: &dpre[start..],
+                    rows: 4 * h,
+                    cols: len,
+                    rs: hw,
+                    cs: 1,
+                };
+                matmul_view(&mut dw, rows, dpre_band, View::row_major(col, rows, len).t(), true);
+                matmul_view(col, len, View::row_major(weight, 4 * h, rows).t(), dpre_band, false);
+                col2im_add_rows(col, &mut dh_prev, h, (dims.height, dims.width), dims.k, band);
+            }
         }
+        std::mem::swap(&mut dh_next, &mut dh_prev);
     }
     dw
 }
@@ -757,6 +979,46 @@ mod tests {
             p[idx] += eps;
             m[idx] -= eps;
             check(dw[idx], loss(&gx, &p), loss(&gx, &m), &format!("w[{idx}]"));
+        }
+    }
+
+    #[test]
+    fn bands_do_not_change_the_recurrence() {
+        // 7 rows of 5: bands of 1 and 3 rows (the last one short) against one band, for one
+        // video (bands shared out over threads) and two (bands in turn on each video's thread).
+        for b in [1, 2] {
+            let dims = Dims {
+                b,
+                t: 5,
+                h: 3,
+                height: 7,
+                width: 5,
+                k: 3,
+            };
+            let gx: Vec<f32> = values(dims.gx_len(), 11).iter().map(|v| v * 1.5).collect();
+            let w: Vec<f32> = values(dims.weight_len(), 12).iter().map(|v| v * 0.6).collect();
+            let r = values(dims.out_len(), 13);
+            let whole = 7 * 5;
+            let (h_ref, saved_ref) = forward_in_bands(gx.clone(), &w, dims, true, whole);
+            let saved_ref = saved_ref.unwrap();
+            let (dgx_ref, dw_ref) = backward_in_bands(&saved_ref, &h_ref, &r, whole);
+            for band_len in [5, 15] {
+                let (h, saved) = forward_in_bands(gx.clone(), &w, dims, true, band_len);
+                let saved = saved.unwrap();
+                assert_close(&h, &h_ref, 1e-6, &format!("b {b}, band {band_len}: hidden"));
+                assert_close(&saved.gates, &saved_ref.gates, 1e-6, "gates");
+                assert_close(&saved.cell, &saved_ref.cell, 1e-6, "cell");
+                let (dgx, dw) = backward_in_bands(&saved, &h, &r, band_len);
+                assert_close(&dgx, &dgx_ref, 1e-5, &format!("b {b}, band {band_len}: d gx"));
+                assert_close(&dw, &dw_ref, 1e-5, &format!("b {b}, band {band_len}: d w"));
+            }
+        }
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
         }
     }
 
