@@ -3,22 +3,33 @@
 //! burn's `GradientClippingConfig::Norm` clips every parameter tensor by its own norm, which
 //! is a different rule. Here the norms of all gradients are combined first:
 //! `total = ‖(‖g_1‖, …, ‖g_n‖)‖`, and every gradient is multiplied by
-//! `min(1, max_norm / (total + 1e-6))`. The scale stays a device tensor, so clipping costs
-//! no host round trip.
+//! `min(1, max_norm / (total + 1e-6))`. On the flex CPU device the sums of squares and the
+//! scaling are single in-place passes ([`super::fused`]); elsewhere the scale stays a device
+//! tensor, so clipping costs no host round trip.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
+
+use super::fused;
 
 /// Norms of the gradients present in `grads` for the float parameters of a module.
 struct NormCollector<'a> {
     grads: &'a GradientsParams,
     sq_norms: Vec<Tensor<1>>,
+    /// Sums of squares computed on the host (flex gradients), added in visit order.
+    host: Option<(f64, Device)>,
 }
 
 impl ModuleVisitor for NormCollector<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
+            if let Some(ss) = fused::sum_squares(&g) {
+                let device = g.device();
+                let (sum, _) = self.host.get_or_insert((0.0, device));
+                *sum += ss;
+                return;
+            }
             // Per-tensor norm first, then squared, as PyTorch stacks per-tensor norms.
             let norm = g.square().sum().sqrt();
             self.sq_norms.push(norm.square());
@@ -30,13 +41,25 @@ impl ModuleVisitor for NormCollector<'_> {
 struct Scaler<'a> {
     grads: &'a mut GradientsParams,
     scale: Tensor<1>,
+    /// The scale's value when it is on the flex device (reading it costs nothing there):
+    /// gradients are then scaled in place, and not at all when it is 1.
+    host: Option<f32>,
 }
 
 impl ModuleVisitor for Scaler<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.host == Some(1.0) {
+            return;
+        }
         if let Some(g) = self.grads.remove::<D>(param.id) {
-            let scale = self.scale.clone().to_device(&g.device()).reshape([1; D]);
-            self.grads.register::<D>(param.id, g * scale);
+            let g = match self.host {
+                Some(s) if fused::is_plain_flex(&g) => fused::scale(g, s),
+                _ => {
+                    let scale = self.scale.clone().to_device(&g.device()).reshape([1; D]);
+                    g * scale
+                }
+            };
+            self.grads.register::<D>(param.id, g);
         }
     }
 }
@@ -47,8 +70,13 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Optio
     let mut collector = NormCollector {
         grads,
         sq_norms: Vec::new(),
+        host: None,
     };
     module.visit(&mut collector);
+    if let Some((sum, device)) = collector.host {
+        // Gradients live on one device, so the tensor list is empty here.
+        collector.sq_norms.push(Tensor::<1>::from_floats([sum as f32], &device));
+    }
     if collector.sq_norms.is_empty() {
         return None;
     }
@@ -72,7 +100,8 @@ pub fn clip_grad_global_norm<M: Module>(module: &M, grads: &mut GradientsParams,
         .recip()
         .mul_scalar(max_norm)
         .clamp_max(1.0);
-    module.visit(&mut Scaler { grads, scale });
+    let host = fused::is_plain_flex(&scale).then(|| scale.clone().into_scalar());
+    module.visit(&mut Scaler { grads, scale, host });
     Some(total)
 }
 

@@ -72,7 +72,7 @@ impl ModuleMapper for Blend {
             let m: Tensor<D> = m
                 .to_device(&device)
                 .reshape(<[usize; D]>::try_from(dims).unwrap_or([1; D]));
-            e.mul_scalar(decay) + m.mul_scalar(1.0 - decay)
+            super::fused::blend(e, m, decay)
         })
     }
 }

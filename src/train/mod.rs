@@ -5,6 +5,7 @@ pub mod assign;
 pub mod checkpoint;
 pub mod clip;
 pub mod ema;
+pub mod fused;
 pub mod interrupt;
 pub mod loss;
 pub mod optim;

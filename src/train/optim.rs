@@ -4,11 +4,14 @@
 //! burn 0.22's `ModuleOptimizer` supports parameter groups (`with_group(ParamGroup, …)`,
 //! the last matching group wins), and its `AdamW` is PyTorch's algorithm: decoupled decay
 //! `p ← p·(1 − lr·wd)`, then `p ← p − lr·m̂/(√v̂ + ε)` with bias-corrected moments. Only its
-//! defaults differ (ε 1e-5, decay 1e-4), so both are set explicitly here.
+//! defaults differ (ε 1e-5, decay 1e-4), so both are set explicitly here. The per-parameter
+//! update is [`FusedAdamW`], the same arithmetic in one pass on the flex device.
 //! Global-norm clipping is in [`super::clip`], the weight EMA in [`super::ema`].
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
+
+use super::fused::FusedAdamW;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -35,26 +38,28 @@ impl Default for AdamWSettings {
 }
 
 impl AdamWSettings {
-    fn config(&self, weight_decay: f32) -> AdamWConfig {
-        AdamWConfig::new()
-            .with_beta_1(self.beta_1)
-            .with_beta_2(self.beta_2)
-            .with_epsilon(self.epsilon)
-            .with_weight_decay(weight_decay)
+    fn optimizer(&self, weight_decay: f32) -> FusedAdamW {
+        FusedAdamW {
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay,
+        }
     }
 }
 
 /// AdamW with two groups, as the original's `make_optimizer`: the parameters in `decay_ids`
 /// get `settings.weight_decay`, every other parameter 0. The learning rate is passed to each
 /// `step` (see [`LrSchedule`]). No clipping is attached: clip globally with
-/// [`super::clip::clip_grad_global_norm`] before stepping.
+/// [`super::clip::clip_grad_global_norm`] before stepping. Each parameter's update is
+/// [`FusedAdamW`]: burn's AdamW arithmetic, in one pass on the flex device.
 ///
 /// The state is keyed by [`ParamId`], so the model must keep its ids across save and load
 /// for a resumed optimiser to find its moments.
 pub fn adamw_with_decay_group(decay_ids: Vec<ParamId>, settings: &AdamWSettings) -> ModuleOptimizer {
-    settings.config(0.0).init().with_group(
+    ModuleOptimizer::from(settings.optimizer(0.0)).with_group(
         ParamGroup::from_ids(decay_ids),
-        settings.config(settings.weight_decay).build(),
+        settings.optimizer(settings.weight_decay),
         None,
     )
 }
