@@ -14,7 +14,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::s;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig};
+use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, conv1d_dense};
 
 /// Score added to keys on padded steps in local attention (the original's value).
 pub const PAD_KEY_PENALTY: f64 = -1e4;
@@ -126,9 +126,9 @@ impl Mhca {
         let (v, _) = self.value_conv.forward(x, mask);
         let v = self.value_norm.forward(v);
 
-        let q = self.query.forward(q);
-        let k = self.key.forward(k);
-        let v = self.value.forward(v);
+        let q = conv1d_dense(&self.query, q);
+        let k = conv1d_dense(&self.key, k);
+        let v = conv1d_dense(&self.value, v);
         let t = q.dims()[2];
         let nh = self.n_head;
         let hs = c / nh;
@@ -142,7 +142,7 @@ impl Mhca {
             global_attention(q, k, v, kv_mask, &self.attn_drop)
         }; // [B, nh, T, hs]
         let out = out.swap_dims(2, 3).reshape([b, c, t]); // [B, C, T]
-        let out = self.proj_drop.forward(self.proj.forward(out));
+        let out = self.proj_drop.forward(conv1d_dense(&self.proj, out));
         let out = out * qx_mask.clone().float().unsqueeze_dim::<3>(1);
         (out, qx_mask)
     }

@@ -152,6 +152,8 @@ pub fn downsample_mask(mask: Tensor<2, Bool>, stride: usize) -> Tensor<2, Bool> 
 /// anything else goes to burn's conv. The embedding (4096 → 512, k = 3) and the head convs
 /// are such convs: on flex the matmul form is as fast forward and ~2× faster backward than
 /// burn's conv (whose weight gradient is a slow loop), and it is one GEMM on any back-end.
+/// The transformer's pointwise (k = 1) convs use it too: burn's conv hands back their weight
+/// gradients as transposed views, which the optimiser step then has to read across memory.
 ///
 /// # Shapes
 /// - x: `[B, C, T]`

@@ -16,7 +16,7 @@ use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Bool, Device, Distribution, Tensor};
 
 use super::attention::{Mhca, MhcaConfig, pointwise};
-use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig};
+use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, conv1d_dense};
 
 /// Configuration of [`AffineDropPath`].
 #[derive(Config, Debug)]
@@ -164,8 +164,8 @@ impl TransformerBlock {
         let out = skip * m.clone() + drop_path(&self.drop_path_attn, out);
         let h = self
             .mlp_drop
-            .forward(gelu(self.mlp_fc1.forward(self.ln2.forward(out.clone()))));
-        let h = self.mlp_drop.forward(self.mlp_fc2.forward(h));
+            .forward(gelu(conv1d_dense(&self.mlp_fc1, self.ln2.forward(out.clone()))));
+        let h = self.mlp_drop.forward(conv1d_dense(&self.mlp_fc2, h));
         let out = out + drop_path(&self.drop_path_mlp, h * m);
         (out, out_mask)
     }
