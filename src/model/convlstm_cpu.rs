@@ -53,7 +53,7 @@ impl Dims {
     }
     /// Values per band of a step: whole rows, about [`BAND_PIXELS`].
     fn band_len(&self) -> usize {
-        (BAND_PIXELS / self.width).clamp(1, self.height) * self.width
+        band_len(self.height, self.width)
     }
     /// Values of the weight `[4h, h, k, k]`.
     pub fn weight_len(&self) -> usize {
@@ -208,7 +208,9 @@ fn matmul_view(dst: &mut [f32], dst_rs: usize, a: View, b: View, acc: bool) {
     }
 }
 
-/// im2col of a `[c, H, W]` image for a k×k kernel with padding k / 2: `col[(c·k + ky)·k + kx][y·W + x]`.
+/// im2col of a `[c, H, W]` image for a k×k kernel with padding k / 2: `col[(c·k + ky)·k + kx][y·W + x]`
+/// (the whole-image form, for the tests).
+#[cfg(test)]
 fn im2col(img: &[f32], col: &mut [f32], c: usize, height: usize, width: usize, k: usize) {
     im2col_rows(img, col, c, (height, width), k, 0..height);
 }
@@ -260,6 +262,7 @@ fn shift_row(out: &mut [f32], src: &[f32], dx: isize) {
 }
 
 /// The adjoint of [`im2col`]: add every column entry back onto the pixel it was read from.
+#[cfg(test)]
 fn col2im_add(col: &[f32], img: &mut [f32], c: usize, height: usize, width: usize, k: usize) {
     col2im_add_rows(col, img, c, (height, width), k, 0..height);
 }
@@ -458,6 +461,11 @@ fn forward_in_bands(
 /// threading (measured in issue #6: splitting each step's whole GEMM across threads left
 /// im2col and the gates on one thread and cost a rayon round trip inside the GEMM).
 const BAND_PIXELS: usize = 256;
+
+/// Whole image rows of about [`BAND_PIXELS`] values (at least one row).
+fn band_len(height: usize, width: usize) -> usize {
+    (BAND_PIXELS / width).clamp(1, height) * width
+}
 
 /// One band's share of a step: its segment of each of the 4h gate planes (gate-major,
 /// as in `gx`) and of the h cell and hidden planes.
@@ -768,9 +776,10 @@ pub fn input_forward(x: &[f32], w: &[f32], bias: &[f32], d: InputDims) -> Vec<f3
         "ConvLSTM input-half sizes"
     );
     let (hw, rows) = (d.hw(), d.col_rows());
+    let band = band_len(d.height, d.width);
     let mut gx = vec![0.0f32; d.frames * d.out * hw];
     // A 1×1 conv's im2col is the frame itself.
-    let col_len = if d.k == 1 { 0 } else { rows * hw };
+    let col_len = if d.k == 1 { 0 } else { rows * band };
     gx.par_chunks_mut(d.out * hw).zip(x.par_chunks(d.c * hw)).for_each_init(
         || vec![0.0f32; col_len],
         |col, (g, xf)| {
@@ -779,9 +788,17 @@ pub fn input_forward(x: &[f32], w: &[f32], bias: &[f32], d: InputDims) -> Vec<f3
             }
             if d.k == 1 {
                 matmul(g, w, xf, (d.out, rows, hw), false, false, true);
-            } else {
-                im2col(xf, col, d.c, d.height, d.width, d.k);
-                matmul(g, w, col, (d.out, rows, hw), false, false, true);
+                return;
+            }
+            // Band by band, as the recurrence (see `BAND_PIXELS`): a whole frame's columns
+            // (c·k·k × H·W) do not fit in L2.
+            for start in (0..hw).step_by(band) {
+                let len = band.min(hw - start);
+                let col = &mut col[..rows * len];
+                let band_rows = start / d.width..(start + len) / d.width;
+                im2col_rows(xf, col, d.c, (d.height, d.width), d.k, band_rows);
+                let (wv, cv) = (View::row_major(w, d.out, rows), View::row_major(col, rows, len));
+                matmul_view(&mut g[start..], hw, wv, cv, true);
             }
         },
     );
@@ -819,7 +836,8 @@ pub fn input_backward(
             let mut dw = vec![0.0f32; d.weight_len()];
             let mut db = vec![0.0f32; d.out];
             // A 1×1 conv needs no im2col/col2im: the frame is its own column matrix.
-            let mut col = vec![0.0f32; if d.k == 1 { 0 } else { rows * hw }];
+            let band = band_len(d.height, d.width);
+            let mut col = vec![0.0f32; if d.k == 1 { 0 } else { rows * band }];
             let first = ci * FRAME_CHUNK;
             for f in first..(first + FRAME_CHUNK).min(d.frames) {
                 let g = &dgx[f * d.out * hw..(f + 1) * d.out * hw];
@@ -827,19 +845,35 @@ pub fn input_backward(
                     *acc += sum(plane);
                 }
                 let xf = &x[f * d.c * hw..(f + 1) * d.c * hw];
-                if d.k != 1 {
-                    im2col(xf, &mut col, d.c, d.height, d.width, d.k);
-                }
-                let cols = if d.k == 1 { xf } else { &col[..] };
-                matmul(&mut dw, g, cols, (d.out, hw, rows), false, true, true);
-                if let Some(dxc) = dx_chunk.as_deref_mut() {
+                let mut dxf = dx_chunk.as_deref_mut().map(|dxc| {
                     let j = f - first;
-                    let dxf = &mut dxc[j * d.c * hw..(j + 1) * d.c * hw];
-                    if d.k == 1 {
+                    &mut dxc[j * d.c * hw..(j + 1) * d.c * hw]
+                });
+                if d.k == 1 {
+                    matmul(&mut dw, g, xf, (d.out, hw, rows), false, true, true);
+                    if let Some(dxf) = dxf {
                         matmul(dxf, w, g, (rows, d.out, hw), true, false, false);
-                    } else {
-                        matmul(&mut col, w, g, (rows, d.out, hw), true, false, false);
-                        col2im_add(&col, dxf, d.c, d.height, d.width, d.k);
+                    }
+                    continue;
+                }
+                // Band by band, as the forward; d x gets each band's col2im in turn (a band
+                // reaches into its neighbours' rows).
+                for start in (0..hw).step_by(band) {
+                    let len = band.min(hw - start);
+                    let col = &mut col[..rows * len];
+                    let band_rows = start / d.width..(start + len) / d.width;
+                    im2col_rows(xf, col, d.c, (d.height, d.width), d.k, band_rows.clone());
+                    let gv = View {
+                        data: &g[start..],
+                        rows: d.out,
+                        cols: len,
+                        rs: hw,
+                        cs: 1,
+                    };
+                    matmul_view(&mut dw, rows, gv, View::row_major(col, rows, len).t(), true);
+                    if let Some(dxf) = dxf.as_deref_mut() {
+                        matmul_view(col, len, View::row_major(w, d.out, rows).t(), gv, false);
+                        col2im_add_rows(col, dxf, d.c, (d.height, d.width), d.k, band_rows);
                     }
                 }
             }
@@ -1028,8 +1062,9 @@ mod tests {
             frames: 11, // more than one FRAME_CHUNK, not a multiple of it
             c: 2,
             out: 4,
-            height: 4,
-            width: 5,
+            // Rows of 100 make bands of 2 rows (the last one short): 2 + 2 + 2 + 1.
+            height: 7,
+            width: 100,
             k: 3,
         };
         let x = values(d.x_len(), 21);
@@ -1061,7 +1096,7 @@ mod tests {
         let dx = dx.unwrap();
         let eps = 1e-2f32;
         let fd = |f: &dyn Fn(f32) -> f64| (f(eps) - f(-eps)) / (2.0 * eps as f64);
-        for i in (0..x.len()).step_by(13) {
+        for i in (0..x.len()).step_by(37) {
             let num = fd(&|e| {
                 let mut xx = x.clone();
                 xx[i] += e;
