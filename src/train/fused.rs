@@ -25,7 +25,7 @@ enum Order {
     /// Row-major, as the logical tensor (element-wise with other tensors).
     RowMajor,
     /// Any order that covers every value exactly once (sums, scaling): a transposed
-    /// gradient — the pointwise convs' weight gradients are — is then used as it is.
+    /// gradient (burn's own convs return their weight gradients so) is used as it is.
     Any,
     /// Row-major, or the transpose of a row-major matrix (see [`transposed_2d`]).
     RowMajorOrTransposed,

@@ -10,10 +10,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::ModuleOptimizer;
-
-use super::fused::FusedAdamW;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+use super::fused::FusedAdamW;
 
 /// AdamW hyper-parameters (PyTorch defaults except the learning rate and decay).
 #[derive(Debug, Clone, Copy, PartialEq)]
