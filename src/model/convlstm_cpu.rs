@@ -5,8 +5,9 @@
 //! arithmetic. As tensor ops each step is ~20 small kernels, each allocating and recorded
 //! for autodiff, and the framework's per-op overhead dominates the arithmetic (measured in
 //! issue #6). Here each step is one im2col + one GEMM (the `gemm` crate, which picks AVX2/
-//! AVX-512/NEON at run time) and one fused pass over the gates; videos of a batch run on
-//! separate threads, as their recurrences are independent.
+//! AVX-512/NEON at run time) and one fused pass over the gates, done band by band so each
+//! band's operands stay in cache (see [`BAND_PIXELS`]); videos of a batch run on separate
+//! threads, as their recurrences are independent, and a lone video shares out its bands.
 //!
 //! A layer's conv over `concat(x_t, h_{t-1})` is split by linearity: the input half
 //! `conv_x(x_t)` (with the bias) does not depend on the state, so [`input_forward`] runs it
