@@ -11,6 +11,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
+#[cfg(feature = "flex")]
 use super::fused;
 
 /// Norms of the gradients present in `grads` for the float parameters of a module.
@@ -24,6 +25,7 @@ struct NormCollector<'a> {
 impl ModuleVisitor for NormCollector<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
+            #[cfg(feature = "flex")]
             if let Some(ss) = fused::sum_squares(&g) {
                 let device = g.device();
                 let (sum, _) = self.host.get_or_insert((0.0, device));
@@ -53,6 +55,7 @@ impl ModuleVisitor for Scaler<'_> {
         }
         if let Some(g) = self.grads.remove::<D>(param.id) {
             let g = match self.host {
+                #[cfg(feature = "flex")]
                 Some(s) if fused::is_plain_flex(&g) => fused::scale(g, s),
                 _ => {
                     let scale = self.scale.clone().to_device(&g.device()).reshape([1; D]);
@@ -100,7 +103,10 @@ pub fn clip_grad_global_norm<M: Module>(module: &M, grads: &mut GradientsParams,
         .recip()
         .mul_scalar(max_norm)
         .clamp_max(1.0);
+    #[cfg(feature = "flex")]
     let host = fused::is_plain_flex(&scale).then(|| scale.clone().into_scalar());
+    #[cfg(not(feature = "flex"))]
+    let host = None;
     module.visit(&mut Scaler { grads, scale, host });
     Some(total)
 }

@@ -13,7 +13,15 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "flex")]
 use super::fused::FusedAdamW;
+
+/// The per-parameter AdamW: the fused one where the flex back-end is built in, burn's
+/// otherwise (the same arithmetic and state).
+#[cfg(feature = "flex")]
+type AdamWImpl = FusedAdamW;
+#[cfg(not(feature = "flex"))]
+type AdamWImpl = burn::optim::AdamW;
 
 /// AdamW hyper-parameters (PyTorch defaults except the learning rate and decay).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -38,13 +46,21 @@ impl Default for AdamWSettings {
 }
 
 impl AdamWSettings {
-    fn optimizer(&self, weight_decay: f32) -> FusedAdamW {
-        FusedAdamW {
+    fn optimizer(&self, weight_decay: f32) -> AdamWImpl {
+        #[cfg(feature = "flex")]
+        return FusedAdamW {
             beta_1: self.beta_1,
             beta_2: self.beta_2,
             epsilon: self.epsilon,
             weight_decay,
-        }
+        };
+        #[cfg(not(feature = "flex"))]
+        return burn::optim::AdamWConfig::new()
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_epsilon(self.epsilon)
+            .with_weight_decay(weight_decay)
+            .build();
     }
 }
 
