@@ -598,19 +598,33 @@ struct Band<'a> {
     hidden: Vec<&'a mut [f32]>,
 }
 
-/// Per-thread scratch of [`band_forward`].
+/// Scratch of [`band_forward`]; every value it reads was written in the same call.
+#[derive(Default)]
 struct BandScratch {
     col: Vec<f32>,
     hh: Vec<f32>,
 }
 
 impl BandScratch {
-    fn new(dims: Dims, band_len: usize) -> Self {
-        BandScratch {
-            col: vec![0.0; dims.col_rows() * band_len],
-            hh: vec![0.0; 4 * dims.h * band_len],
+    /// At least the sizes one band of `dims` needs (grown once, then reused).
+    fn fit(&mut self, dims: Dims, band_len: usize) -> &mut Self {
+        let (col, hh) = (dims.col_rows() * band_len, 4 * dims.h * band_len);
+        if self.col.len() < col {
+            self.col.resize(col, 0.0);
         }
+        if self.hh.len() < hh {
+            self.hh.resize(hh, 0.0);
+        }
+        self
     }
+}
+
+thread_local! {
+    /// Each thread's band scratch: a step hands its bands to whichever threads are free, so
+    /// the buffers live with the thread rather than with one video's loop (allocating them
+    /// per task cost an allocation and a zero-fill per band task per step). `band_forward`
+    /// starts no parallel work, so a thread never re-enters its own borrow.
+    static BAND_SCRATCH: std::cell::RefCell<BandScratch> = std::cell::RefCell::default();
 }
 
 /// One video's recurrence; `gates` holds the input half on entry and the activated gates
@@ -625,7 +639,6 @@ fn forward_video(
 ) {
     let (g_len, s_len, hw) = (dims.gates(), dims.state(), dims.hw());
     let zeros = vec![0.0f32; s_len];
-    let mut scratch = BandScratch::new(dims, band_len);
     for step in 0..dims.t {
         let (h_done, h_rest) = hidden.split_at_mut(step * s_len);
         let (c_done, c_rest) = cell.split_at_mut(step * s_len);
@@ -653,13 +666,13 @@ fn forward_video(
         for plane in planes(&mut h_rest[..s_len]) {
             bands.iter_mut().zip(plane).for_each(|(b, seg)| b.hidden.push(seg));
         }
-        let run = |scratch: &mut BandScratch, band: Band| band_forward(band, h_prev, c_prev, weight, dims, scratch);
+        let run = |band: Band| {
+            BAND_SCRATCH.with_borrow_mut(|s| band_forward(band, h_prev, c_prev, weight, dims, s.fit(dims, band_len)))
+        };
         if parallel {
-            bands
-                .into_par_iter()
-                .for_each_init(|| BandScratch::new(dims, band_len), run);
+            bands.into_par_iter().for_each(run);
         } else {
-            bands.into_iter().for_each(|band| run(&mut scratch, band));
+            bands.into_iter().for_each(run);
         }
     }
 }
