@@ -277,7 +277,9 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        let on_flex = is_plain_flex(&tensor) && is_plain_flex(&grad);
+        // f32 on the plain flex device, or burn's step (so `into_flex` below cannot refuse).
+        let f32_flex = |t: &Tensor<D>| is_plain_flex(t) && t.dtype() == DType::F32;
+        let on_flex = f32_flex(&tensor) && f32_flex(&grad);
         if !on_flex || state.as_ref().is_some_and(|s| s.momentum.max_moment_2.is_some()) {
             return self.burn().step(lr, tensor, grad, state);
         }
@@ -292,7 +294,7 @@ impl Optimizer for FusedAdamW {
             into_flex(m, row),
             into_flex(v, row),
         ) else {
-            unreachable!("all four tensors were checked to be on the flex device")
+            unreachable!("p and g were checked to be f32 on flex; m and v are zeros like g, or earlier output")
         };
         let t = time as i32;
         let decay_rate = lr * self.weight_decay as f64;
