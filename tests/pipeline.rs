@@ -210,6 +210,28 @@ fn train_select_eval_from_the_command_line() {
         "eval of the chosen checkpoint reproduces select's test numbers"
     );
     assert_eq!(e["full"], s["test_full"]);
+    // The CONFIG CKPT form, with the checkpoint named as the paper's README writes it
+    // (no extension), gives the same numbers.
+    let ev2 = dir.path().join("eval2.json");
+    xca()
+        .arg("eval")
+        .arg(&config)
+        .arg(run.join(format!("epoch_{chosen:03}")))
+        .args(["--quiet", "--json"])
+        .arg(&ev2)
+        .assert()
+        .success();
+    let e2: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ev2).unwrap()).unwrap();
+    assert_eq!(e2, e);
+    let out = xca()
+        .arg("eval")
+        .arg(&config)
+        .arg(run.join("epoch_009"))
+        .arg("--quiet")
+        .assert()
+        .code(2);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains("epoch_009 does not exist"), "{err}");
     // The detections file scores to the same numbers with `xca score`.
     let sc = dir.path().join("score.json");
     xca()

@@ -160,6 +160,21 @@ pub fn load_model(cfg: &Config, ckpt: &Path, device: &Device) -> Result<Network>
     }
 }
 
+/// A checkpoint as the user named it: the path itself if it exists, else, for a name without
+/// an extension such as `ckpt/vessel_reproduce/epoch_049`, the `.safetensors` file `xca train`
+/// wrote under that name. A missing file stays as given, so the error names what was typed.
+pub fn resolve_checkpoint(ckpt: &Path) -> PathBuf {
+    if ckpt.exists() || ckpt.extension().is_some() {
+        return ckpt.to_path_buf();
+    }
+    let with_ext = ckpt.with_extension("safetensors");
+    if with_ext.is_file() {
+        with_ext
+    } else {
+        ckpt.to_path_buf()
+    }
+}
+
 /// Config of a run folder (written by `xca train`), for commands given only a checkpoint.
 pub fn run_config_of(ckpt: &Path) -> Result<PathBuf> {
     let dir = ckpt.parent().unwrap_or(Path::new("."));

@@ -14,8 +14,8 @@ use super::{InputError, common, score};
 
 /// Evaluate a checkpoint: mAP at tIoU 0.3–0.7 (paper protocol first, then the full
 /// ActivityNet protocol) and the keyframe table P/R/F/AD/CI. CKPT is an xca checkpoint
-/// (`epoch_049.safetensors`) or one of the original's `.pth.tar` files; with CKPT alone the
-/// config is read from the run folder `xca train` wrote.
+/// (`epoch_049.safetensors`, or just `epoch_049`) or one of the original's `.pth.tar` files;
+/// with CKPT alone the config is read from the run folder `xca train` wrote.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// [CONFIG] CKPT.
@@ -41,8 +41,8 @@ pub struct Args {
 /// Split the 1–2 positional paths into (config, checkpoint).
 pub fn config_and_ckpt(paths: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
     match paths {
-        [ckpt] => Ok((common::run_config_of(ckpt)?, ckpt.clone())),
-        [config, ckpt] => Ok((config.clone(), ckpt.clone())),
+        [ckpt] => Ok((common::run_config_of(ckpt)?, common::resolve_checkpoint(ckpt))),
+        [config, ckpt] => Ok((config.clone(), common::resolve_checkpoint(ckpt))),
         _ => Err(InputError("expected [CONFIG] CKPT".into()).into()),
     }
 }

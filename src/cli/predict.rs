@@ -24,7 +24,8 @@ pub const FALLBACK_FPS: f64 = 15.0;
 /// `T·feat_stride/fps` seconds (SPEC §2.1); keyframes are frame indices `⌊fps·t⌋`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Checkpoint: an xca `epoch_NNN.safetensors` or one of the original's `.pth.tar` files.
+    /// Checkpoint: an xca `epoch_NNN.safetensors` (the extension may be left off) or one of
+    /// the original's `.pth.tar` files.
     #[arg(value_name = "CKPT")]
     pub checkpoint: PathBuf,
     /// Feature files, one video each.
@@ -282,7 +283,8 @@ fn render(p: &Prediction, fps: f64, top: usize) -> String {
     s
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(mut args: Args) -> Result<()> {
+    args.checkpoint = common::resolve_checkpoint(&args.checkpoint);
     let config_path = match &args.config {
         Some(c) => c.clone(),
         None => common::run_config_of(&args.checkpoint)?,
