@@ -29,7 +29,29 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let cfg = super::config::load_config(&args.config)?;
-    if !cfg.dataset.json_file.exists() {
+    let defaults = xca::synth::SynthConfig::default();
+    if cfg.dataset.json_file.exists() {
+        // An existing dataset is used as it is; say so when it is not the default synthetic
+        // one, since the README's demo numbers are for that one.
+        let ann = super::common::annotations(&cfg)?;
+        let counts = [&cfg.train_split, &cfg.val_split, &cfg.test_split].map(|s| ann.split(s).len());
+        let note = if counts != [defaults.train, defaults.val, defaults.test] {
+            format!(
+                " (the README's demo numbers are for `xca synth`'s default {}/{}/{}; \
+                 `xca synth --force` regenerates it)",
+                defaults.train, defaults.val, defaults.test
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "xca demo: using the dataset of {}: {}/{}/{} videos (train/validation/test){note}",
+            cfg.dataset.json_file.display(),
+            counts[0],
+            counts[1],
+            counts[2]
+        );
+    } else {
         let out = cfg
             .dataset
             .json_file
@@ -43,10 +65,10 @@ pub fn run(args: Args) -> Result<()> {
         );
         super::synth::run(super::synth::Args {
             out,
-            train: 48,
-            val: 16,
-            test: 16,
-            seed: xca::synth::DEFAULT_SEED,
+            train: defaults.train,
+            val: defaults.val,
+            test: defaults.test,
+            seed: defaults.seed,
             force: false,
             preview: None,
             preview_video: None,

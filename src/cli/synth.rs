@@ -18,13 +18,13 @@ pub struct Args {
     #[arg(long, default_value = "data/vessel")]
     pub out: PathBuf,
     /// Number of training videos.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = SynthConfig::default().train)]
     pub train: usize,
     /// Number of validation videos.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = SynthConfig::default().val)]
     pub val: usize,
     /// Number of test videos.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = SynthConfig::default().test)]
     pub test: usize,
     /// Random seed; each video has its own stream, so adding videos keeps earlier ones.
     #[arg(long, default_value_t = synth::DEFAULT_SEED)]
