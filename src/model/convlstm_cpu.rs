@@ -554,11 +554,14 @@ fn forward_in_bands(
     assert_eq!(weight.len(), dims.weight_len(), "ConvLSTM weight size");
     let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
     let mut hidden = vec![0.0f32; dims.out_len()];
-    let mut cell = vec![0.0f32; dims.out_len()];
+    // The backward needs every step's cell state; inference only the previous one, so it
+    // alternates between two planes that stay in cache instead of filling T of them.
+    let cell_slots = if save { t } else { t.min(2) };
+    let mut cell = vec![0.0f32; dims.b * cell_slots * s_len];
     let jobs: Vec<_> = gx
         .chunks_mut(t * g_len)
         .zip(hidden.chunks_mut(t * s_len))
-        .zip(cell.chunks_mut(t * s_len))
+        .zip(cell.chunks_mut((cell_slots * s_len).max(1)))
         .map(|((gx_b, h_b), c_b)| (gx_b, h_b, c_b))
         .collect();
     // Videos run on separate threads; with fewer videos than threads (inference), the
@@ -627,8 +630,27 @@ thread_local! {
     static BAND_SCRATCH: std::cell::RefCell<BandScratch> = std::cell::RefCell::default();
 }
 
+/// The cell state `[h, H, W]` of the previous step (zeros at the first) and the plane this
+/// step writes, from a video's cell buffer of `slots` planes: step t uses plane `t % slots`
+/// (every step its own plane when the buffer holds all T, two alternating ones otherwise).
+fn cell_planes<'a>(cell: &'a mut [f32], zeros: &'a [f32], step: usize, slots: usize) -> (&'a [f32], &'a mut [f32]) {
+    let len = zeros.len();
+    let now = step % slots;
+    if step == 0 {
+        return (zeros, &mut cell[now * len..(now + 1) * len]);
+    }
+    let prev = (step - 1) % slots;
+    if prev < now {
+        let (a, b) = cell.split_at_mut(now * len);
+        (&a[prev * len..(prev + 1) * len], &mut b[..len])
+    } else {
+        let (a, b) = cell.split_at_mut(prev * len);
+        (&b[..len], &mut a[now * len..(now + 1) * len])
+    }
+}
+
 /// One video's recurrence; `gates` holds the input half on entry and the activated gates
-/// on return.
+/// on return; `cell` holds T planes (all kept) or two (alternating).
 fn forward_video(
     gates: &mut [f32],
     weight: &[f32],
@@ -639,15 +661,11 @@ fn forward_video(
 ) {
     let (g_len, s_len, hw) = (dims.gates(), dims.state(), dims.hw());
     let zeros = vec![0.0f32; s_len];
+    let slots = cell.len() / s_len;
     for step in 0..dims.t {
         let (h_done, h_rest) = hidden.split_at_mut(step * s_len);
-        let (c_done, c_rest) = cell.split_at_mut(step * s_len);
         let h_prev = (step > 0).then(|| &h_done[(step - 1) * s_len..]);
-        let c_prev = if step > 0 {
-            &c_done[(step - 1) * s_len..]
-        } else {
-            &zeros[..]
-        };
+        let (c_prev, c_now) = cell_planes(cell, &zeros, step, slots);
         let mut bands: Vec<Band> = (0..hw.div_ceil(band_len))
             .map(|i| Band {
                 y0: i * band_len / dims.width,
@@ -660,7 +678,7 @@ fn forward_video(
         for plane in planes(&mut gates[step * g_len..(step + 1) * g_len]) {
             bands.iter_mut().zip(plane).for_each(|(b, seg)| b.gates.push(seg));
         }
-        for plane in planes(&mut c_rest[..s_len]) {
+        for plane in planes(c_now) {
             bands.iter_mut().zip(plane).for_each(|(b, seg)| b.cell.push(seg));
         }
         for plane in planes(&mut h_rest[..s_len]) {
@@ -1227,6 +1245,29 @@ mod tests {
                 assert_close(&dgx, &dgx_ref, 1e-5, &format!("b {b}, band {band_len}: d gx"));
                 assert_close(&dw, &dw_ref, 1e-5, &format!("b {b}, band {band_len}: d w"));
             }
+        }
+    }
+
+    #[test]
+    fn inference_with_two_cell_planes_gives_the_same_hidden_states() {
+        // Without `save` the cell state alternates between two planes; the hidden states
+        // must equal those of the run that keeps all T planes, bit for bit, for T = 1
+        // (one plane), 2 and an odd T.
+        for (b, t) in [(1, 1), (2, 2), (1, 5), (2, 6)] {
+            let dims = Dims {
+                b,
+                t,
+                h: 3,
+                height: 7,
+                width: 5,
+                k: 3,
+            };
+            let gx: Vec<f32> = values(dims.gx_len(), 21).iter().map(|v| v * 1.5).collect();
+            let w: Vec<f32> = values(dims.weight_len(), 22).iter().map(|v| v * 0.6).collect();
+            let (h_all, saved) = forward_in_bands(gx.clone(), &w, dims, true, 5);
+            let (h_two, none) = forward_in_bands(gx, &w, dims, false, 5);
+            assert!(saved.is_some() && none.is_none());
+            assert_eq!(h_two, h_all, "b {b}, t {t}");
         }
     }
 
