@@ -30,28 +30,8 @@ pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let cfg = super::config::load_config(&args.config)?;
     let defaults = xca::synth::SynthConfig::default();
-    if cfg.dataset.json_file.exists() {
-        // An existing dataset is used as it is; say so when it is not the default synthetic
-        // one, since the README's demo numbers are for that one.
-        let ann = super::common::annotations(&cfg)?;
-        let counts = [&cfg.train_split, &cfg.val_split, &cfg.test_split].map(|s| ann.split(s).len());
-        let note = if counts != [defaults.train, defaults.val, defaults.test] {
-            format!(
-                " (the README's demo numbers are for `xca synth`'s default {}/{}/{}; \
-                 `xca synth --force` regenerates it)",
-                defaults.train, defaults.val, defaults.test
-            )
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "xca demo: using the dataset of {}: {}/{}/{} videos (train/validation/test){note}",
-            cfg.dataset.json_file.display(),
-            counts[0],
-            counts[1],
-            counts[2]
-        );
-    } else {
+    let generate = !cfg.dataset.json_file.exists();
+    if generate {
         let out = cfg
             .dataset
             .json_file
@@ -74,6 +54,28 @@ pub fn run(args: Args) -> Result<()> {
             preview_video: None,
             json: false,
         })?;
+    }
+    let ann = super::common::annotations(&cfg)?;
+    let counts = [&cfg.train_split, &cfg.val_split, &cfg.test_split].map(|s| ann.split(s).len());
+    if !generate {
+        // An existing dataset is used as it is; say so when it is not the default synthetic
+        // one, since the README's demo numbers are for that one.
+        let note = if counts != [defaults.train, defaults.val, defaults.test] {
+            format!(
+                " (the README's demo numbers are for `xca synth`'s default {}/{}/{}; \
+                 `xca synth --force` regenerates it)",
+                defaults.train, defaults.val, defaults.test
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "xca demo: using the dataset of {}: {}/{}/{} videos (train/validation/test){note}",
+            cfg.dataset.json_file.display(),
+            counts[0],
+            counts[1],
+            counts[2]
+        );
     }
     let run_dir = super::common::run_dir(&cfg, &args.config, &args.output);
     if run_dir.exists() {
@@ -103,10 +105,8 @@ pub fn run(args: Args) -> Result<()> {
         },
     })?;
     // Training drew its curves before selection existed; redraw them with the validation mAP.
-    let iters = super::common::annotations(&cfg)
-        .map(|a| a.split(&cfg.train_split).len() / cfg.loader.batch_size.max(1))
-        .unwrap_or(1);
-    if let Err(e) = super::train::write_curves(&run_dir, iters.max(1)) {
+    let iters = (counts[0] / cfg.loader.batch_size.max(1)).max(1);
+    if let Err(e) = super::train::write_curves(&run_dir, iters) {
         eprintln!("xca demo: warning: could not redraw curves.png: {e}");
     }
     println!(
