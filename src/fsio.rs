@@ -1,6 +1,8 @@
-//! Crash-safe writes: everything xca writes goes to a temporary file (or folder) beside
-//! its destination and is renamed into place, so an interrupted run or a full disk never
-//! leaves a half-written checkpoint, result or dataset behind.
+//! Crash-safe writes and bounded reads. Everything xca writes goes to a temporary file (or
+//! folder) beside its destination and is renamed into place, so an interrupted run or a full
+//! disk never leaves a half-written checkpoint, result or dataset behind. Everything it reads
+//! from a user-named path goes through [`read_bounded`]: regular files only, no larger than
+//! their format can need, so a path to `/dev/zero`, a FIFO or a huge file is refused at once.
 
 use std::fs;
 use std::io::Write;
@@ -224,6 +226,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bounded_reads_refuse_devices_fifos_folders_and_large_files_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.txt");
+        fs::write(&p, b"\xEF\xBB\xBFkey: 1\n").unwrap();
+        assert_eq!(read_text_bounded(&p, 100).unwrap(), "key: 1\n");
+        assert_eq!(read_bounded(&p, 10).unwrap().len(), 10);
+        let e = read_bounded(&p, 9).unwrap_err().to_string();
+        assert!(e.contains("10 bytes") && e.contains("a.txt"), "{e}");
+        // A symlink to /dev/zero: refused by type, nothing read.
+        let z = dir.path().join("zero.npy");
+        std::os::unix::fs::symlink("/dev/zero", &z).unwrap();
+        let e = read_bounded(&z, u64::MAX).unwrap_err().to_string();
+        assert!(e.contains("character device") && e.contains("zero.npy"), "{e}");
+        // A FIFO with no writer: refused, not waited on.
+        let f = dir.path().join("fifo");
+        let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert!(read_bounded(&f, 100).unwrap_err().to_string().contains("FIFO"));
+        assert!(read_bounded(dir.path(), 100).unwrap_err().to_string().contains("folder"));
+        let e = read_text_bounded(&{
+            let q = dir.path().join("bin");
+            fs::write(&q, b"ab\xFFcd").unwrap();
+            q
+        }, 100)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("offset 2"), "{e}");
+    }
+
+    #[test]
     fn atomic_write_replaces_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("sub/out.json");
@@ -332,11 +364,126 @@ mod tests {
     }
 }
 
+/// How large each kind of file xca reads may be: generous for any real file of that kind,
+/// small enough that a wrong path is refused before it costs memory.
+pub mod limits {
+    const MIB: u64 = 1 << 20;
+    /// A YAML config (the paper's is 1.5 KB).
+    pub const CONFIG: u64 = 4 * MIB;
+    /// An annotation file (ActivityNet's 20k videos are ~10 MB).
+    pub const ANNOTATIONS: u64 = 256 * MIB;
+    /// A detection (prediction) file for `xca score`.
+    pub const PREDICTIONS: u64 = 1024 * MIB;
+    /// Small JSON sidecars: a checkpoint's metadata, a run's `state.json`, `select.json`.
+    pub const SIDECAR: u64 = 16 * MIB;
+    /// A run's `log.jsonl` (about 1 KB a logged step).
+    pub const LOG: u64 = 512 * MIB;
+    /// A `.npy` feature file: 2²⁰ rows of 4096 float32 (16 GiB) would be a 19-hour video at
+    /// 15 fps; this allows 65,536 rows of float64.
+    pub const FEATURES: u64 = 2048 * MIB;
+    /// A checkpoint (the paper's model is 150 MB as float32, 300 MB as float64, and a
+    /// PyTorch `.pth.tar` adds the optimiser's two moments).
+    pub const CHECKPOINT: u64 = 4096 * MIB;
+}
+
+/// A read refused or failed, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {}: it is {kind}, not a regular file", path.display())]
+    NotAFile { path: PathBuf, kind: &'static str },
+    #[error("cannot read {}: {size} bytes, more than the {limit} bytes such a file can need", path.display())]
+    TooLarge { path: PathBuf, size: u64, limit: u64 },
+}
+
+/// What kind of non-regular file this is, in words.
+fn file_kind(ft: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_char_device() {
+            return "a character device";
+        }
+        if ft.is_block_device() {
+            return "a block device";
+        }
+        if ft.is_fifo() {
+            return "a FIFO";
+        }
+        if ft.is_socket() {
+            return "a socket";
+        }
+    }
+    if ft.is_dir() { "a folder" } else { "not a regular file" }
+}
+
+/// Read a whole regular file of at most `limit` bytes. Symlinks are followed; devices,
+/// FIFOs, sockets and folders are refused before any byte is read, and so is a file larger
+/// than `limit` (also one that grows past it while being read).
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let io = |source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut opts = fs::OpenOptions::new();
+    opts.read(true);
+    // A FIFO would block `open` until a writer came: open without waiting, then refuse it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = opts.open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotAFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    let too_large = |size| ReadError::TooLarge {
+        path: path.to_path_buf(),
+        size,
+        limit,
+    };
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] as UTF-8 text. A leading byte-order mark is skipped (editors on Windows
+/// write one); other invalid UTF-8 is an error naming the file and the byte offset.
+pub fn read_text_bounded(path: &Path, limit: u64) -> Result<String, ReadError> {
+    let mut bytes = read_bounded(path, limit)?;
+    if bytes.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        bytes.drain(..3);
+    }
+    String::from_utf8(bytes).map_err(|e| ReadError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+        ),
+    })
+}
+
 /// Another live process holds a run folder.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{} is in use by another xca process (pid {pid}); wait for it to finish, or remove the lock file if that process is gone", path.display())]
-    Busy { path: PathBuf, pid: u32 },
+    #[error("{} is in use by another xca process{}; wait for it to finish", path.display(), owner_text(*pid))]
+    Busy { path: PathBuf, pid: Option<u32> },
     #[error("cannot lock {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -345,22 +492,19 @@ pub enum LockError {
     },
 }
 
-/// An exclusive lock on a run folder: the file `lock` holding the owner's pid, removed when
-/// the lock is dropped. A lock left by a process that no longer exists (killed, crashed) is
-/// taken over.
+fn owner_text(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
+
+/// An exclusive lock on a run folder: an OS advisory lock (`flock`) on the file `lock`,
+/// held for as long as this value lives, the file holding the owner's pid for people to
+/// read. The kernel releases the lock when its owner exits however it exits, so a lock left
+/// by a killed run is free, and a lock whose owner is alive can never be taken over — the
+/// file's content (empty, garbage, a dead pid) plays no part in the decision.
 #[derive(Debug)]
 pub struct RunLock {
     path: PathBuf,
-}
-
-/// Whether a process with this pid is alive. Where that cannot be known (no `/proc`), assume
-/// it is, so a lock is never stolen from a live run.
-fn process_alive(pid: u32) -> bool {
-    let proc = Path::new("/proc");
-    if !proc.exists() {
-        return true;
-    }
-    proc.join(pid.to_string()).exists()
+    file: fs::File,
 }
 
 impl RunLock {
@@ -372,36 +516,62 @@ impl RunLock {
             source,
         };
         fs::create_dir_all(dir).map_err(io)?;
-        for _ in 0..3 {
-            match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    f.write_all(std::process::id().to_string().as_bytes()).map_err(io)?;
-                    return Ok(Self { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = fs::read_to_string(&path)
+        // The owner removes the file when it drops the lock. A process that opened the old
+        // file just before can then win the lock on a file no longer in the folder, while a
+        // third creates and locks a new one; so after locking, check that the locked file is
+        // still the one at `path`, and start over when it is not.
+        for _ in 0..100 {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    let pid = fs::read_to_string(&path)
                         .ok()
                         .and_then(|s| s.trim().parse::<u32>().ok());
-                    match owner {
-                        Some(pid) if process_alive(pid) => return Err(LockError::Busy { path, pid }),
-                        // Stale (dead owner) or unreadable: take it over.
-                        _ => match fs::remove_file(&path) {
-                            Ok(()) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                            Err(e) => return Err(io(e)),
-                        },
-                    }
+                    return Err(LockError::Busy { path, pid });
                 }
-                Err(e) => return Err(io(e)),
+                Err(fs::TryLockError::Error(e)) => return Err(io(e)),
             }
+            if !same_file(&file, &path) {
+                continue;
+            }
+            let mut f = &file;
+            f.set_len(0).map_err(io)?;
+            f.write_all(std::process::id().to_string().as_bytes()).map_err(io)?;
+            return Ok(Self { path, file });
         }
-        Err(io(std::io::Error::other("the lock file keeps reappearing")))
+        Err(io(std::io::Error::other("the lock file keeps being replaced")))
+    }
+}
+
+/// Whether the open `file` is the file now at `path`.
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        true
     }
 }
 
 impl Drop for RunLock {
     fn drop(&mut self) {
+        // Remove the file while still holding the lock (see `acquire`), then release it.
         let _ = fs::remove_file(&self.path);
+        let _ = self.file.unlock();
     }
 }
 
@@ -423,10 +593,15 @@ mod lock_tests {
             err.contains(&format!("pid {}", std::process::id())) && err.contains("run"),
             "{err}"
         );
+        // The owner is alive: whatever the file says, the lock is not taken over.
+        for text in ["", "not a pid", "1"] {
+            fs::write(run.join("lock"), text).unwrap();
+            assert!(matches!(RunLock::acquire(&run), Err(LockError::Busy { .. })), "{text:?}");
+        }
         drop(lock);
         assert!(!run.join("lock").exists());
 
-        // A lock written by a process that has exited is stale.
+        // A lock file left by a process that has exited holds no lock: taken over.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
@@ -437,8 +612,39 @@ mod lock_tests {
             std::process::id().to_string()
         );
         drop(taken);
-        // Garbage in the lock file is treated as stale too.
-        fs::write(run.join("lock"), "not a pid").unwrap();
+        // So is an empty or garbled one.
+        fs::write(run.join("lock"), "").unwrap();
         assert!(RunLock::acquire(&run).is_ok());
+    }
+
+    #[test]
+    fn of_many_simultaneous_acquirers_exactly_one_wins_each_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        for _round in 0..50 {
+            let barrier = std::sync::Barrier::new(8);
+            let held = std::sync::atomic::AtomicUsize::new(0);
+            let max_held = std::sync::atomic::AtomicUsize::new(0);
+            let wins = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        barrier.wait();
+                        // Acquire, hold briefly, release; count how many hold at once.
+                        if let Ok(lock) = RunLock::acquire(&run) {
+                            wins.fetch_add(1, SeqCst);
+                            let now = held.fetch_add(1, SeqCst) + 1;
+                            max_held.fetch_max(now, SeqCst);
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                            held.fetch_sub(1, SeqCst);
+                            drop(lock);
+                        }
+                    });
+                }
+            });
+            assert_eq!(max_held.into_inner(), 1, "two holders at once");
+            assert!(wins.into_inner() >= 1);
+        }
     }
 }
