@@ -19,4 +19,5 @@ pub mod model;
 pub mod report;
 pub mod runtime;
 pub mod synth;
+pub mod text;
 pub mod train;

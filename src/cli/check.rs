@@ -70,8 +70,11 @@ pub fn check(cfg: &Config, quiet: bool) -> Result<Report, DatasetError> {
         for (i, s) in v.segments.iter().enumerate() {
             if s.label_id >= cfg.dataset.num_classes {
                 problems.push(format!(
-                    "{json}: video '{}': annotation {i}: label_id {} ('{}') is not below num_classes {}",
-                    v.id, s.label_id, s.label, cfg.dataset.num_classes
+                    "{json}: video '{}': annotation {i}: label_id {} ({}) is not below num_classes {}",
+                    v.id,
+                    s.label_id,
+                    xca::text::quoted(&s.label),
+                    cfg.dataset.num_classes
                 ));
             }
             if s.start < 0.0 || v.duration.is_some_and(|d| s.end > d + 1e-6) {
@@ -86,7 +89,9 @@ pub fn check(cfg: &Config, quiet: bool) -> Result<Report, DatasetError> {
         }
         let path = dataset::feature_path(cfg, &v.id);
         match Features::load(&path, cfg.dataset.input_dim) {
-            Err(DatasetError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(DatasetError::Bounded(xca::fsio::ReadError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
                 problems.push(format!("{}: missing feature file for video '{}'", path.display(), v.id));
             }
             Err(e) => problems.push(e.to_string()),

@@ -34,6 +34,79 @@ pub struct Annotations {
     pub videos: Vec<Video>,
 }
 
+/// Why `id` cannot name a feature file inside the feature folder, if it cannot: empty, `.`
+/// or `..`, a path separator, or a control character (`../../x`, `/abs/x` would read
+/// outside the folder).
+pub fn check_video_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("an empty video id".into());
+    }
+    if id == "." || id == ".." || id.contains(['/', '\\']) || id.chars().any(char::is_control) {
+        return Err(
+            "the id is not a plain file name (no '/', '\\', '..' or control characters); it names the feature file in feat_folder"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// The first key that occurs twice in the JSON object under the top-level key `field`
+/// (e.g. a video listed twice in `database`). `None` when there is none, and also when the
+/// text is not such JSON: the caller's parser reports that.
+pub fn duplicate_key_in(bytes: &[u8], field: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+    use std::collections::HashSet;
+    use std::fmt;
+
+    /// Visits the root object, descending only into `field`.
+    struct Root<'a>(&'a str);
+    /// Visits `field`'s object and returns its first repeated key.
+    struct Keys;
+
+    impl<'de> Visitor<'de> for Keys {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = HashSet::new();
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if dup.is_none() && !seen.insert(k.clone()) {
+                    dup = Some(k);
+                }
+            }
+            Ok(dup)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Keys {
+        type Value = Option<String>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Root<'_> {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut dup = None;
+            while let Some(k) = map.next_key::<String>()? {
+                if k == self.0 && dup.is_none() {
+                    dup = map.next_value_seed(Keys)?;
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(dup)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde::Deserializer::deserialize_map(&mut de, Root(field)).ok().flatten()
+}
+
 #[derive(Deserialize)]
 struct RawVideo {
     subset: String,
@@ -60,10 +133,7 @@ pub const CLASS_NAMES: [&str; 2] = ["filling", "washout"];
 impl Annotations {
     /// Read and check the structure of an annotation file.
     pub fn load(path: &Path) -> Result<Self, DatasetError> {
-        let bytes = std::fs::read(path).map_err(|source| DatasetError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::fsio::read_bounded(path, crate::fsio::limits::ANNOTATIONS)?;
         Self::from_slice(&bytes, path)
     }
 
@@ -73,7 +143,14 @@ impl Annotations {
             path: path.to_path_buf(),
             message,
         };
+        // Editors on Windows start UTF-8 files with a byte-order mark; JSON has no place for it.
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         let root: Value = serde_json::from_slice(bytes).map_err(|e| fmt(format!("not valid JSON: {e}")))?;
+        // serde_json keeps the last of two equal keys: two entries for one video would be
+        // merged silently, so find them in the text first.
+        if let Some(id) = duplicate_key_in(bytes, "database") {
+            return Err(fmt(format!("video {} appears twice in \"database\"", crate::text::quoted(&id))));
+        }
         let db = root
             .get("database")
             .and_then(Value::as_object)
@@ -82,9 +159,13 @@ impl Annotations {
         for (id, raw) in db {
             let entry = |message: String| DatasetError::Entry {
                 path: path.to_path_buf(),
-                video: id.clone(),
+                video: crate::text::escaped(id, crate::text::MAX_QUOTED),
                 message,
             };
+            // The id names the feature file `<feat_folder>/<id><ext>`: one path component only.
+            if let Err(why) = check_video_id(id) {
+                return Err(entry(why));
+            }
             let rv: RawVideo = serde_json::from_value(raw.clone()).map_err(|e| entry(e.to_string()))?;
             if let Some(d) = rv.duration
                 && !(d.is_finite() && d > 0.0)
@@ -110,7 +191,8 @@ impl Annotations {
                         .position(|n| n.eq_ignore_ascii_case(name))
                         .ok_or_else(|| {
                             entry(format!(
-                                "annotation {i}: label '{name}' has no label_id and is not one of {CLASS_NAMES:?}"
+                                "annotation {i}: label {} has no label_id and is not one of {CLASS_NAMES:?}",
+                                crate::text::quoted(name)
                             ))
                         })?,
                     (None, None) => return Err(entry(format!("annotation {i}: needs a label or a label_id"))),
@@ -168,6 +250,33 @@ mod tests {
 
     fn parse(s: &str) -> Result<Annotations, DatasetError> {
         Annotations::from_slice(s.as_bytes(), Path::new("vessel.json"))
+    }
+
+    #[test]
+    fn ids_that_leave_the_feature_folder_duplicates_and_a_bom() {
+        for id in ["../../x", "/abs/x", "a/b", "a\\b", "..", ".", "", "a\nb"] {
+            let text = format!(
+                r#"{{"database": {{{}: {{"subset": "train", "annotations": []}}}}}}"#,
+                serde_json::to_string(id).unwrap()
+            );
+            let e = parse(&text).unwrap_err().to_string();
+            assert!(e.contains("vessel.json") && e.contains("id"), "{id:?}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = parse(
+            r#"{"database": {"v1": {"subset": "train"}, "v2": {"subset": "test"}, "v1": {"subset": "test"}}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("'v1' appears twice"), "{e}");
+        // Equal keys in different videos' objects are no duplicates.
+        assert!(
+            parse(r#"{"version": 1, "database": {"v1": {"subset": "train"}, "v2": {"subset": "train"}}, "x": {"v1": 1, "v1": 2}}"#)
+                .is_ok()
+        );
+        let with_bom = "\u{feff}{\"database\": {\"v1\": {\"subset\": \"train\"}}}";
+        assert_eq!(parse(with_bom).unwrap().videos.len(), 1);
+        assert_eq!(duplicate_key_in(b"[1, 2]", "database"), None);
     }
 
     #[test]

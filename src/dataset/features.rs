@@ -20,10 +20,7 @@ pub struct Features {
 impl Features {
     /// Read a feature file whose rows must hold `dim` values (`[T, dim]` or `[T, s, s]`).
     pub fn load(path: &Path, dim: usize) -> Result<Self, DatasetError> {
-        let bytes = std::fs::read(path).map_err(|source| DatasetError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let bytes = crate::fsio::read_bounded(path, crate::fsio::limits::FEATURES)?;
         Self::from_npy_bytes(&bytes, path, dim)
     }
 
@@ -40,7 +37,13 @@ impl Features {
             return Err(fmt("has a header whose shape does not fit in memory".into()));
         }
         let mut cursor = std::io::Cursor::new(bytes);
-        let header = NpyHeader::from_reader(&mut cursor).map_err(|e| fmt(format!("not a valid .npy file: {e}")))?;
+        let header = NpyHeader::from_reader(&mut cursor).map_err(|e| {
+            // npyz quotes the whole header: cut it to one short line.
+            fmt(format!(
+                "not a valid .npy file: {}",
+                crate::text::escaped(&e.to_string(), crate::text::MAX_QUOTED)
+            ))
+        })?;
         let data_start = cursor.position() as usize;
         let shape: Vec<u64> = header.shape().to_vec();
         let (kind, width) = match header.dtype() {

@@ -18,12 +18,8 @@ pub use grid::Grid;
 /// Anything wrong with the data a config points at, naming the file and the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bounded(#[from] crate::fsio::ReadError),
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
     #[error("{}: video '{video}': {message}", path.display())]
@@ -138,8 +134,10 @@ pub fn load_split(
                     path: ann.path.clone(),
                     video: v.id.clone(),
                     message: format!(
-                        "label_id {} ('{}') is not below num_classes {}",
-                        s.label_id, s.label, cfg.dataset.num_classes
+                        "label_id {} ({}) is not below num_classes {}",
+                        s.label_id,
+                        crate::text::quoted(&s.label),
+                        cfg.dataset.num_classes
                     ),
                 });
             }

@@ -25,6 +25,9 @@ pub enum ReadError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not a regular file, too large, or not UTF-8.
+    #[error(transparent)]
+    Bounded(#[from] crate::fsio::ReadError),
     /// The file is not JSON.
     #[error("{}: not valid JSON: {msg}", path.display())]
     Json {
@@ -212,14 +215,12 @@ fn quote_non_finite(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-fn read_text(path: &Path) -> Result<String, ReadError> {
-    std::fs::read_to_string(path).map_err(|source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
+    Ok(crate::fsio::read_text_bounded(path, limit)?)
 }
 
 fn parse_json(text: &str, path: &Path) -> Result<Value, ReadError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     serde_json::from_str(&quote_non_finite(text)).map_err(|e| ReadError::Json {
         path: path.to_path_buf(),
         msg: e.to_string(),
@@ -305,7 +306,7 @@ fn kind(v: &Value) -> &'static str {
 /// that name has elsewhere in the file, or else the next free id (in order of first
 /// appearance). A name used with two ids, or an id with two names, is an error.
 pub fn read_ground_truth(path: &Path) -> Result<GroundTruth, ReadError> {
-    parse_ground_truth(&read_text(path)?, path)
+    parse_ground_truth(&read_text(path, crate::fsio::limits::ANNOTATIONS)?, path)
 }
 
 /// [`read_ground_truth`] from text already in memory; `path` is only used in messages.
@@ -318,6 +319,12 @@ pub fn parse_ground_truth(text: &str, path: &Path) -> Result<GroundTruth, ReadEr
         msg: "no \"database\" key: not a ground-truth file in the layout {\"database\": {video: {...}}}".into(),
     })?;
     let db = ctx.object(db, "database")?;
+    if let Some(vid) = crate::dataset::annotations::duplicate_key_in(text.as_bytes(), "database") {
+        return Err(ReadError::Format {
+            path: path.to_path_buf(),
+            msg: format!("video {} appears twice in \"database\"", crate::text::quoted(&vid)),
+        });
+    }
 
     // Pass 1: the values as written.
     struct RawAnn {
@@ -461,7 +468,7 @@ pub fn parse_ground_truth(text: &str, path: &Path) -> Result<GroundTruth, ReadEr
 /// `gt`; an unknown name is an error) or class ids (`label_id`, or an integer `label`);
 /// `label_id` wins when both are given. The score is `score` or `scores` in either layout.
 pub fn read_predictions(path: &Path, gt: &GroundTruth) -> Result<Predictions, ReadError> {
-    parse_predictions(&read_text(path)?, path, gt)
+    parse_predictions(&read_text(path, crate::fsio::limits::PREDICTIONS)?, path, gt)
 }
 
 /// [`read_predictions`] from text already in memory; `path` is only used in messages.
@@ -495,6 +502,13 @@ pub fn parse_predictions(text: &str, path: &Path, gt: &GroundTruth) -> Result<Pr
         });
     };
 
+    // Two lists for one video would be merged silently (the last one kept).
+    if let Some(vid) = crate::dataset::annotations::duplicate_key_in(text.as_bytes(), key) {
+        return Err(ReadError::Format {
+            path: path.to_path_buf(),
+            msg: format!("video {} appears twice in \"{key}\"", crate::text::quoted(&vid)),
+        });
+    }
     let mut detections = Vec::new();
     for (vid, list) in body {
         let ve = format!("{key}[{vid:?}]");
