@@ -14,12 +14,8 @@ use serde_json::{Map, Value};
 /// A configuration that cannot be used, naming the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bounded(#[from] crate::fsio::ReadError),
     #[error("{}: not valid YAML: {message}", path.display())]
     Yaml { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
@@ -515,13 +511,14 @@ fn closest<'a>(key: &str, candidates: impl IntoIterator<Item = &'a String>) -> O
 // ---------------------------------------------------------------------------------------
 // Loading.
 
+/// The longest training crop a config may ask for (`dataset.max_seq_len`); inference takes
+/// sequences of any length.
+pub const MAX_SEQ_LEN: usize = 1 << 16;
+
 impl Config {
     /// Read, merge over defaults and validate a YAML config file.
     pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::fsio::read_text_bounded(path, crate::fsio::limits::CONFIG)?;
         Self::from_yaml_str(&text, path)
     }
 
@@ -649,8 +646,66 @@ impl Config {
                 return Err(bad(key, "must be at least 1".into()));
             }
         }
+        // Upper bounds: far above any real setting, low enough that a typo (an extra few
+        // zeros) is an error here instead of a 16 GB allocation or an overflow later.
+        for (key, v, max, why) in [
+            ("dataset.num_classes", d.num_classes, 1024, "classes"),
+            ("dataset.input_dim", d.input_dim, 1 << 16, "values per row (a 256×256 image)"),
+            ("dataset.feat_stride", d.feat_stride, 1024, "frames per row"),
+            ("dataset.num_frames", d.num_frames, 1024, "frames per row"),
+            ("dataset.downsample_rate", d.downsample_rate, 1024, "rows"),
+            (
+                "dataset.max_seq_len",
+                d.max_seq_len,
+                MAX_SEQ_LEN,
+                "rows per training crop (training keeps ~7 MB of activations per row and video)",
+            ),
+            ("model.backbone_arch", m.backbone_arch.into_iter().max().unwrap_or(0), 32, "blocks per stage"),
+            ("model.scale_factor", m.scale_factor, 64, "(stride between levels)"),
+            ("model.n_head", m.n_head, 1024, "heads"),
+            ("model.embd_dim", m.embd_dim, 16384, "channels"),
+            ("model.fpn_dim", m.fpn_dim, 16384, "channels"),
+            ("model.head_dim", m.head_dim, 16384, "channels"),
+            ("model.embd_kernel_size", m.embd_kernel_size, 255, "taps"),
+            ("model.head_kernel_size", m.head_kernel_size, 255, "taps"),
+            ("model.head_num_layers", m.head_num_layers, 64, "layers"),
+            (
+                "model.n_mha_win_size",
+                m.n_mha_win_size.unsigned_abs().try_into().unwrap_or(usize::MAX),
+                MAX_SEQ_LEN,
+                "steps",
+            ),
+            ("loader.batch_size", self.loader.batch_size, 4096, "videos per step"),
+            ("opt.epochs", self.opt.epochs, 1_000_000, "epochs"),
+            ("opt.warmup_epochs", self.opt.warmup_epochs, 1_000_000, "epochs"),
+            ("test_cfg.max_seg_num", self.test_cfg.max_seg_num, 1_000_000, "segments"),
+            ("test_cfg.pre_nms_topk", self.test_cfg.pre_nms_topk, 10_000_000, "segments"),
+            ("xca.save_last_epochs", self.xca.save_last_epochs, 1_000_000, "epochs"),
+            (
+                "xca.convlstm_hidden",
+                self.xca.convlstm_hidden.iter().copied().max().unwrap_or(0),
+                1024,
+                "channels",
+            ),
+            ("xca.convlstm_hidden", self.xca.convlstm_hidden.len(), 64, "layers"),
+        ] {
+            if v > max {
+                return Err(bad(key, format!("{v} is too large: at most {max} {why}")));
+            }
+        }
         if m.scale_factor < 2 {
             return Err(bad("model.scale_factor", "must be at least 2".into()));
+        }
+        // The coarsest level's stride must fit a training crop (and so cannot overflow).
+        let top = m.backbone_arch[2] as u32;
+        if m.scale_factor.checked_pow(top).is_none_or(|s| s > d.max_seq_len) {
+            return Err(bad(
+                "model.backbone_arch",
+                format!(
+                    "{} downsampling blocks of scale_factor {} give a coarsest stride above max_seq_len {}",
+                    top, m.scale_factor, d.max_seq_len
+                ),
+            ));
         }
         for (key, k) in [
             ("model.embd_kernel_size", m.embd_kernel_size),

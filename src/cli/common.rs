@@ -75,6 +75,25 @@ pub fn annotations(cfg: &Config) -> Result<Annotations> {
     })
 }
 
+/// A run name (`--output`): it becomes part of one folder's name, so it must be a single
+/// path component — no `/`, `\\`, `..` or control characters — lest the run land outside
+/// `output_folder`.
+pub fn run_name(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a run name cannot be empty".into());
+    }
+    if s.len() > 200 {
+        return Err(format!("a run name is at most 200 bytes, got {}", s.len()));
+    }
+    if s == "." || s == ".." || s.contains(['/', '\\']) || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{} is not a plain name (no '/', '\\', '..' or control characters): the run folder is <output_folder>/<config stem>_<NAME>",
+            xca::text::quoted(s)
+        ));
+    }
+    Ok(s.to_string())
+}
+
 /// `<output_folder>/<config stem>_<output>`.
 pub fn run_dir(cfg: &Config, config_path: &Path, output: &str) -> PathBuf {
     let stem = config_path

@@ -16,7 +16,7 @@ pub struct Args {
     #[arg(long, default_value = "configs/vessel_demo.yaml")]
     pub config: PathBuf,
     /// Run name (the run folder is ckpt/<config stem>_<NAME>; replaced if it exists).
-    #[arg(long, default_value = "demo")]
+    #[arg(long, default_value = "demo", value_parser = super::common::run_name)]
     pub output: String,
     /// cpu (flex), ndarray or wgpu.
     #[arg(long, default_value = "cpu")]

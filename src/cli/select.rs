@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long)]
     pub ckpt_dir: Option<PathBuf>,
     /// Run name used to find the default checkpoint folder.
-    #[arg(long, default_value = "reproduce")]
+    #[arg(long, default_value = "reproduce", value_parser = super::common::run_name)]
     pub output: String,
     /// Epochs to consider, e.g. 31..50 (default: the epochs the config saves).
     #[arg(long, value_name = "A..B")]
@@ -63,6 +63,44 @@ pub fn find_epoch(dir: &std::path::Path, epoch: usize) -> Option<PathBuf> {
     [ours, theirs].into_iter().find(|p| p.exists())
 }
 
+/// The checkpoints in `dir` whose epoch lies in `epochs`, by epoch (xca's file preferred).
+/// Found by listing the folder once, so the cost follows the files present, not the range
+/// asked for (`--epochs 1..4000000000` is as quick as `31..50`).
+pub fn checkpoints_in(
+    dir: &std::path::Path,
+    epochs: &std::ops::RangeInclusive<usize>,
+) -> Vec<(usize, PathBuf)> {
+    let mut found = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix("epoch_") else { continue };
+        let (digits, ours) = if let Some(d) = rest.strip_suffix(".safetensors") {
+            (d, true)
+        } else if let Some(d) = rest.strip_suffix(".pth.tar") {
+            (d, false)
+        } else {
+            continue;
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(epoch) = digits.parse::<usize>() else { continue };
+        // The canonical name only (epoch_007, not epoch_7 or epoch_0007): what find_epoch reads.
+        if !epochs.contains(&epoch) || format!("{epoch:03}") != digits {
+            continue;
+        }
+        let slot = found.entry(epoch).or_insert((ours, entry.path()));
+        if ours && !slot.0 {
+            *slot = (ours, entry.path());
+        }
+    }
+    found.into_iter().map(|(e, (_, p))| (e, p)).collect()
+}
+
 /// One validation row.
 #[derive(Debug, Clone)]
 pub struct ValRow {
@@ -91,10 +129,12 @@ pub fn run(args: Args) -> Result<()> {
         Some(s) => parse_epochs(s)?,
         None => cfg.saved_epochs(),
     };
-    let ckpts: Vec<(usize, PathBuf)> = epochs
-        .clone()
-        .filter_map(|e| find_epoch(&dir, e).map(|p| (e, p)))
-        .collect();
+    let ckpts = checkpoints_in(&dir, &epochs);
+    if let Some(out) = &args.json {
+        let mut ins: Vec<(&str, &std::path::Path)> = vec![("config", &args.config)];
+        ins.extend(ckpts.iter().map(|(_, p)| ("checkpoint", p.as_path())));
+        xca::fsio::check_outputs(&[("--json", out)], &ins).map_err(InputError)?;
+    }
     if ckpts.is_empty() {
         return Err(InputError(format!(
             "no checkpoints epoch_{:03}..epoch_{:03} in {} (train first: `xca train {}`)",
@@ -178,6 +218,38 @@ mod tests {
         assert_eq!(parse_epochs("7").unwrap(), 7..=7);
         assert!(parse_epochs("9..2").is_err());
         assert!(parse_epochs("x").is_err());
+        assert_eq!(parse_epochs("1..4000000000").unwrap(), 1..=4_000_000_000);
+    }
+
+    #[test]
+    fn checkpoints_are_listed_not_probed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "epoch_002.pth.tar",
+            "epoch_002.safetensors",
+            "epoch_003.pth.tar",
+            "epoch_7.safetensors",
+            "epoch_010.safetensors",
+            "epoch_011.json",
+            "notes.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"").unwrap();
+        }
+        let got = checkpoints_in(dir.path(), &(1..=4_000_000_000));
+        let names: Vec<(usize, String)> = got
+            .iter()
+            .map(|(e, p)| (*e, p.file_name().unwrap().to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (2, "epoch_002.safetensors".to_string()),
+                (3, "epoch_003.pth.tar".to_string()),
+                (10, "epoch_010.safetensors".to_string())
+            ]
+        );
+        assert_eq!(checkpoints_in(dir.path(), &(3..=9)).len(), 1);
+        assert!(checkpoints_in(&dir.path().join("missing"), &(1..=9)).is_empty());
         let r = |epoch, m| ValRow {
             epoch,
             average_map: m,

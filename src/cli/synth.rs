@@ -86,6 +86,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }));
     }
 
+    // Refuse a dataset that cannot fit on the disk before writing any of it.
+    let need = cfg.estimated_bytes();
+    if let Some(free) = xca::fsio::available_disk(&args.out)
+        && need > free
+    {
+        let gb = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(InputError(format!(
+            "{} videos need up to {:.1} GB but {} has {:.1} GB free",
+            cfg.train + cfg.val + cfg.test,
+            gb(need),
+            args.out.display(),
+            gb(free)
+        ))
+        .into());
+    }
     let started = std::time::Instant::now();
     let summary = synth::generate(&cfg, &args.out, !args.json)
         .map_err(input)

@@ -22,7 +22,7 @@ pub struct Args {
     /// YAML config, e.g. configs/vessel.yaml.
     pub config: PathBuf,
     /// Run name: the run folder is `<output_folder>/<config stem>_<NAME>`.
-    #[arg(long, default_value = "reproduce")]
+    #[arg(long, default_value = "reproduce", value_parser = super::common::run_name)]
     pub output: String,
     /// Continue an interrupted run from its last saved state (an epoch end, or the step
     /// where Ctrl-C stopped it).
@@ -51,6 +51,22 @@ pub fn run(args: Args) -> Result<()> {
     let ann = common::annotations(&cfg)?;
     let data = common::load_data(&cfg, &ann, &cfg.train_split, args.quiet)?;
     let run_dir = common::run_dir(&cfg, &args.config, &args.output);
+    // Config errors that only the data reveal, before anything is created on disk.
+    if data.videos.len() < cfg.loader.batch_size {
+        return Err(InputError(format!(
+            "{}: loader.batch_size {} is larger than the training split ({} videos in {:?})",
+            args.config.display(),
+            cfg.loader.batch_size,
+            data.videos.len(),
+            cfg.train_split
+        ))
+        .into());
+    }
+    check_memory(&cfg, &args.config)?;
+    // One trainer per run folder: a second `xca train` into it is refused while the first
+    // lives; a lock left by a killed run is free. Everything below looks at the folder only
+    // while holding the lock: checked before it, a run finishing in between would be missed.
+    let lock = xca::fsio::RunLock::acquire(&run_dir).map_err(|e| InputError(e.to_string()))?;
     // A kill in the middle of swapping in a new state leaves the previous one aside.
     xca::fsio::recover_dir(&run_dir.join("state"))?;
     if !args.resume && run_dir.join("state").exists() {
@@ -60,9 +76,6 @@ pub fn run(args: Args) -> Result<()> {
         ))
         .into());
     }
-    // One trainer per run folder: a second `xca train` into it is refused while the first
-    // lives; a lock left by a killed run is taken over.
-    let lock = xca::fsio::RunLock::acquire(&run_dir).map_err(|e| InputError(e.to_string()))?;
     // Half-written files of a killed run (never mistaken for results, but they take space).
     xca::fsio::remove_stale_temps(&run_dir)?;
     interrupt::install()?;
@@ -189,17 +202,45 @@ pub fn val_points(select_json: &serde_json::Value) -> Vec<ValPoint> {
         .collect()
 }
 
+/// Refuse a config whose training step cannot fit in this machine's memory, before any
+/// allocation: the estimate is per crop row (activations kept for the backward, ~1.1 KB per
+/// input value and row, measured on the paper's configuration: 1.7 GB peak for 2 × 128 rows
+/// of 4096) plus the weights with their gradients and AdamW moments.
+fn check_memory(cfg: &xca::config::Config, path: &std::path::Path) -> Result<()> {
+    const BYTES_PER_VALUE_AND_ROW: u64 = 1100;
+    let rows = (cfg.loader.batch_size as u64).saturating_mul(cfg.dataset.max_seq_len as u64);
+    let need = rows
+        .saturating_mul(cfg.dataset.input_dim as u64)
+        .saturating_mul(BYTES_PER_VALUE_AND_ROW);
+    let Some(avail) = xca::memory::available_bytes() else {
+        return Ok(());
+    };
+    if need > avail {
+        let gb = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(InputError(format!(
+            "{}: dataset.max_seq_len {} × loader.batch_size {} needs about {:.1} GB for a training step; {:.1} GB of memory is available (lower max_seq_len or batch_size)",
+            path.display(),
+            cfg.dataset.max_seq_len,
+            cfg.loader.batch_size,
+            gb(need),
+            gb(avail)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Redraw `run_dir/curves.png` from `run_dir/log.jsonl` (and `select.json` when present).
 pub fn write_curves(run_dir: &Path, iters_per_epoch: usize) -> Result<()> {
     let log_path = run_dir.join("log.jsonl");
-    let text = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
+    let text = xca::fsio::read_text_bounded(&log_path, xca::fsio::limits::LOG)?;
     let log: Vec<LogLine> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", log_path.display()))?;
-    let val = std::fs::read_to_string(run_dir.join("select.json"))
+    let val = xca::fsio::read_text_bounded(&run_dir.join("select.json"), xca::fsio::limits::SIDECAR)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .map(|v| val_points(&v))

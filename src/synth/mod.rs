@@ -85,7 +85,7 @@ impl Default for SynthConfig {
 pub enum SynthError {
     #[error("invalid synth settings: {0}")]
     Config(String),
-    #[error("no video '{id}' in this dataset (ids look like {example})")]
+    #[error("no video {} in this dataset (ids look like {example})", crate::text::quoted(id))]
     UnknownVideo { id: String, example: String },
     #[error("cannot draw preview {}: {msg}", path.display())]
     Preview { path: PathBuf, msg: String },
@@ -199,12 +199,29 @@ pub fn frame_to_seconds(frame: usize, fps: f64) -> f64 {
     ((frame as f64 + 1e-3) / fps * 1e4).ceil() / 1e4
 }
 
+/// The most videos one `xca synth` writes.
+pub const MAX_VIDEOS: usize = 100_000;
+
 impl SynthConfig {
+    /// An upper estimate of the dataset's size on disk, in bytes (every video as long as
+    /// `max_frames` allows, float32 rows, plus the annotation file).
+    pub fn estimated_bytes(&self) -> u64 {
+        let videos = (self.train + self.val + self.test) as u64;
+        let row = (self.side * self.side * 4) as u64;
+        videos * (self.rows_for(self.max_frames) as u64 * row + 128 + 1024)
+    }
+
     /// Check the settings; every later step relies on them.
     pub fn validate(&self) -> Result<(), SynthError> {
         let bad = |m: String| Err(SynthError::Config(m));
-        if self.train + self.val + self.test == 0 {
+        let total = self.train.saturating_add(self.val).saturating_add(self.test);
+        if total == 0 {
             return bad("at least one video is needed (train + val + test = 0)".into());
+        }
+        if total > MAX_VIDEOS {
+            return bad(format!(
+                "{total} videos is too many: at most {MAX_VIDEOS} (about 0.6 MB of disk each, 60 GB in all)"
+            ));
         }
         if !(self.fps.is_finite() && self.fps > 0.0) {
             return bad(format!("fps must be positive, got {}", self.fps));
