@@ -175,6 +175,58 @@ fn predict_eval_plots_and_training_curves() {
         assert!(colors > 10, "{name} looks empty");
     }
 
+    // An output that is an input is refused and the input left as it was.
+    let ckpt_bytes = std::fs::read(&ckpt).unwrap();
+    for target in [&ckpt, &short] {
+        let out = xca()
+            .arg("predict")
+            .arg(&ckpt)
+            .arg(&short)
+            .arg("--json")
+            .arg(target)
+            .assert()
+            .code(2);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(err.contains("refusing to overwrite an input"), "{err}");
+    }
+    assert_eq!(std::fs::read(&ckpt).unwrap(), ckpt_bytes);
+    assert_eq!(
+        Features::load(&short, 256).unwrap().rows,
+        20,
+        "the input .npy is intact"
+    );
+    // Two inputs with one file name in different folders: two pictures. A file name that is
+    // not UTF-8 is no reason to fail.
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::copy(&short, dir.path().join(sub).join("same.npy")).unwrap();
+    }
+    let odd = {
+        use std::os::unix::ffi::OsStrExt;
+        dir.path().join(std::ffi::OsStr::from_bytes(b"odd\xff.npy"))
+    };
+    std::fs::copy(&short, &odd).unwrap();
+    let twin_plots = dir.path().join("twin_plots");
+    let out = xca()
+        .arg("predict")
+        .arg(&ckpt)
+        .arg(dir.path().join("a/same.npy"))
+        .arg(dir.path().join("b/same.npy"))
+        .arg(&odd)
+        .args(["--quiet", "--json", "-", "--plot"])
+        .arg(&twin_plots)
+        .assert()
+        .success();
+    let docs: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(docs.as_array().unwrap().len(), 3);
+    assert!(docs[2]["input"].as_str().unwrap().ends_with("odd\u{fffd}.npy"), "{docs}");
+    let mut names: Vec<String> = std::fs::read_dir(&twin_plots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["odd_.png", "same.png", "same~2.png"]);
+
     // Without --config the run folder's config.yaml is used; `--json -` prints only JSON on
     // stdout, the same as the file (same seed, same inputs).
     let out = xca()

@@ -123,6 +123,14 @@ pub fn evaluate_loaded(
 
 pub fn run(args: Args) -> Result<()> {
     let (config_path, ckpt) = config_and_ckpt(&args.paths)?;
+    let mut outputs: Vec<(&str, &Path)> = Vec::new();
+    if let Some(p) = &args.json {
+        outputs.push(("--json", p));
+    }
+    if let Some(p) = &args.detections {
+        outputs.push(("--detections", p));
+    }
+    xca::fsio::check_outputs(&outputs, &[("checkpoint", &ckpt), ("config", &config_path)]).map_err(InputError)?;
     let cfg = super::config::load_config(&config_path)?;
     let device = common::device(args.run.device)?;
     let model = common::load_model(&cfg, &ckpt, &device)?;
@@ -177,7 +185,10 @@ pub fn evaluate_with_plots(
     let b = common::bar(data.videos.len(), &format!("eval+plots {split}"), quiet);
     let mut dets = Vec::with_capacity(data.videos.len());
     let mut videos = Vec::new();
-    for (v, centre) in data.videos.iter().zip(centres) {
+    // One picture per video: ids that make the same file name (`a b`, `a_b`, `summary`) get
+    // ~2, ~3, … instead of overwriting each other.
+    let stems = xca::text::unique_file_stems(data.videos.iter().map(|v| v.id.as_str()), &["summary"]);
+    for ((v, centre), stem) in data.videos.iter().zip(centres).zip(&stems) {
         b.set_message(v.id.clone());
         let raw = run_video(model, cfg, &v.feats, centre, device, &v.id)?;
         let cands = detect(cfg, &raw, v.fps, Some(v.duration))?;
@@ -196,7 +207,7 @@ pub fn evaluate_with_plots(
                 fallback,
             });
         }
-        let png = dir.join(format!("{}.png", super::predict::file_stem_safe(&v.id)));
+        let png = dir.join(format!("{stem}.png"));
         super::predict::plot_one(cfg, &v.id, v.fps, frames, &v.feats, &raw, &cands, pred, truth, &png)?;
         dets.push((v.id.clone(), cands));
         b.inc(1);

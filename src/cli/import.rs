@@ -85,6 +85,14 @@ fn summary_json(ckpt: &Path, out: &Path, r: &ImportReport) -> serde_json::Value 
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| default_out(&args.ckpt));
+    let sidecar = checkpoint::meta_path(&out);
+    let mut outputs: Vec<(&str, &Path)> = vec![("--out", &out), ("its metadata file", &sidecar)];
+    if let Some(j) = &args.json {
+        outputs.push(("--json", j));
+    }
+    xca::fsio::check_outputs(&outputs, &[("checkpoint", &args.ckpt), ("--config", &args.config)])
+        .map_err(InputError)?;
     let cfg = Config::load(&args.config)
         .map_err(|e| InputError(e.to_string()))?
         .config;
@@ -127,7 +135,6 @@ pub fn run(args: Args) -> Result<()> {
             .into());
         }
     };
-    let out = args.out.clone().unwrap_or_else(|| default_out(&args.ckpt));
     let meta = CheckpointMeta {
         epoch: epoch_of(&args.ckpt),
         config_hash: checkpoint::config_hash(&cfg),

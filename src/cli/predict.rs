@@ -180,25 +180,6 @@ pub fn plot_one(
     Ok(())
 }
 
-/// A file name made of the safe characters of `s` (others become `_`).
-pub fn file_stem_safe(s: &str) -> String {
-    let t: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if t.is_empty() || t.chars().all(|c| c == '.') {
-        "video".into()
-    } else {
-        t
-    }
-}
-
 /// The JSON object of one prediction (the documented keys).
 pub fn prediction_json(p: &Prediction, fps: f64, config: &Path, ckpt: &Path) -> serde_json::Value {
     let k = &p.keyframes;
@@ -214,7 +195,9 @@ pub fn prediction_json(p: &Prediction, fps: f64, config: &Path, ckpt: &Path) -> 
         })
         .collect();
     json!({
-        "input": p.input,
+        // Paths as text (lossy): a non-UTF-8 path must not stop the output (`json!` panics on
+        // a PathBuf it cannot turn into a string).
+        "input": p.input.to_string_lossy(),
         "rows": p.rows,
         "keyframes": {
             "start_frame": k.start,
@@ -226,8 +209,8 @@ pub fn prediction_json(p: &Prediction, fps: f64, config: &Path, ckpt: &Path) -> 
             "fallback": p.fallback.used(),
         },
         "detections": dets,
-        "config": config,
-        "checkpoint": ckpt,
+        "config": config.to_string_lossy(),
+        "checkpoint": ckpt.to_string_lossy(),
     })
 }
 
@@ -298,6 +281,25 @@ pub fn run(mut args: Args) -> Result<()> {
     if !(fps.is_finite() && fps > 0.0) {
         return Err(InputError(format!("fps must be positive, got {fps} ({fps_source})")).into());
     }
+    // No output may replace an input (`--json` naming the checkpoint or a .npy).
+    let mut ins: Vec<(&str, &Path)> = vec![("checkpoint", &args.checkpoint), ("config", &config_path)];
+    ins.extend(args.inputs.iter().map(|p| ("input", p.as_path())));
+    if let Some(j) = &args.json {
+        xca::fsio::check_outputs(&[("--json", j)], &ins).map_err(InputError)?;
+    }
+    // One picture per input, named after its file; equal names get ~2, ~3, …
+    let names: Vec<String> = args
+        .inputs
+        .iter()
+        .map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+        .collect();
+    let stems = xca::text::unique_file_stems(names.iter().map(String::as_str), &[]);
+    if let Some(dir) = &args.plot {
+        for stem in &stems {
+            let png = dir.join(format!("{stem}.png"));
+            xca::fsio::check_outputs(&[("--plot picture", &png)], &ins).map_err(InputError)?;
+        }
+    }
     // Read every input before the model: a bad file fails fast, naming the file.
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for path in &args.inputs {
@@ -320,7 +322,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let bar = common::bar(inputs.len(), "predict", args.run.quiet);
     let mut docs = Vec::with_capacity(inputs.len());
     let mut tables = Vec::with_capacity(inputs.len());
-    for ((path, (rows, feats)), centre) in args.inputs.iter().zip(&inputs).zip(centres) {
+    for (((path, (rows, feats)), centre), stem) in args.inputs.iter().zip(&inputs).zip(centres).zip(&stems) {
         let name = path.display().to_string();
         bar.set_message(name.clone());
         let duration = (feats.rows * cfg.dataset.feat_stride * cfg.dataset.downsample_rate) as f64 / fps;
@@ -353,11 +355,7 @@ pub fn run(mut args: Args) -> Result<()> {
             detections: cands,
         };
         if let Some(dir) = &args.plot {
-            let stem = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let png = dir.join(format!("{}.png", file_stem_safe(&stem)));
+            let png = dir.join(format!("{stem}.png"));
             plot_one(
                 &cfg,
                 &name,
@@ -402,12 +400,5 @@ mod tests {
         assert_eq!(in_video_order(k(6, 2, 8), 10), (k(2, 6, 8), true));
         assert_eq!(in_video_order(k(-1, 0, 0), 1), (k(0, 0, 0), true));
         assert_eq!(in_video_order(k(0, 0, 0), 0), (k(0, 0, 0), false));
-    }
-
-    #[test]
-    fn safe_stems() {
-        assert_eq!(file_stem_safe("video_01"), "video_01");
-        assert_eq!(file_stem_safe("a/b c"), "a_b_c");
-        assert_eq!(file_stem_safe(".."), "video");
     }
 }
