@@ -94,10 +94,14 @@ fn full_protocol_matches_hand_computation() {
             "average_mAP",
             "recall1x",
             "recall5x",
-            "keyframes"
+            "keyframes",
+            "suspect",
+            "notes"
         ]
     );
     assert_eq!(v["split"], "test");
+    // v9 is not in the ground-truth file.
+    assert_eq!(v["suspect"]["unknown_videos"], 1);
     assert_close(&nums(&v["tious"]), &[0.3, 0.4, 0.5, 0.6, 0.7]);
     assert_close(&nums(&v["mAP"]), &[5.0 / 6.0, 5.0 / 6.0, 5.0 / 6.0, 5.0 / 6.0, 0.75]);
     assert_close(&[v["average_mAP"].as_f64().unwrap()], &[49.0 / 60.0]);
@@ -204,4 +208,61 @@ fn help_documents_the_formats() {
         .assert()
         .success()
         .stdout(predicate::str::contains("--protocol").and(predicate::str::contains("ActionFormer")));
+}
+
+#[test]
+fn impossible_detections_are_counted_and_refused_under_strict() {
+    // One detection each: a video not in the ground truth (ghost), a class id it lacks (7),
+    // a segment leaving its video ([-1e308, 1e308]).
+    let (v, stdout) = score_json("pred_suspect.json", &[]);
+    assert_eq!(v["suspect"]["unknown_videos"], 1, "{v}");
+    assert_eq!(v["suspect"]["unknown_labels"], 1, "{v}");
+    assert_eq!(v["suspect"]["outside_video"], 1, "{v}");
+    for want in [
+        "1 detections for videos that are not in the ground-truth file",
+        "1 detections with a class id that the ground-truth file does not have",
+        "1 detections whose segment leaves its video",
+    ] {
+        assert!(stdout.contains(want), "{stdout}");
+        assert!(v["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains(want)), "{v}");
+    }
+    // A clean file has none (v9 of pred_anet.json is in no split but also not in the file).
+    let (clean, _) = score_json("pred_actionformer.json", &[]);
+    assert_eq!(clean["suspect"]["outside_video"], 0);
+    assert_eq!(clean["suspect"]["unknown_labels"], 0);
+    fails_with(
+        "pred_suspect.json",
+        &["--strict"],
+        "pred_suspect.json (--strict): 1 detections for videos that are not in the ground-truth file; 1 detections with a class id",
+    );
+}
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_left_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let pred = dir.path().join("pred.json");
+    std::fs::copy(data("pred_anet.json"), &pred).unwrap();
+    let before = std::fs::read(&pred).unwrap();
+    cargo_bin_cmd!("xca")
+        .args(["score", "--gt", &data("gt.json"), "--pred"])
+        .arg(&pred)
+        .arg("--json")
+        .arg(dir.path().join(".").join("pred.json"))
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is the --pred file: refusing to overwrite an input"));
+    assert_eq!(std::fs::read(&pred).unwrap(), before);
+}
+
+#[test]
+fn unreadable_kinds_of_file_are_refused_at_once() {
+    // A device, a folder: refused by type, before any byte is read (/dev/zero never ends).
+    for (gt, want) in [("/dev/zero", "character device"), ("/", "folder")] {
+        cargo_bin_cmd!("xca")
+            .args(["score", "--gt", gt, "--pred", &data("pred_anet.json")])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(want))
+            .stderr(predicate::function(|s: &str| s.trim_end().lines().count() == 1));
+    }
 }

@@ -40,6 +40,11 @@ pub struct Args {
     /// per video first, as the paper's evaluation did.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Full)]
     pub protocol: ProtocolArg,
+    /// Refuse (exit 2) a detection file with detections no correct detector writes: videos
+    /// the ground truth does not have, class ids it does not have, segments that leave their
+    /// video. Without it they are scored as they are, counted in a note and in the JSON.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// The `--json` document (fractions in [0, 1], AD and CI in frames).
@@ -63,6 +68,12 @@ pub fn report_json(r: &ScoreReport) -> serde_json::Value {
         "recall1x": recall(0),
         "recall5x": recall(1),
         "keyframes": keyframes,
+        "suspect": {
+            "unknown_videos": r.suspect.unknown_videos,
+            "unknown_labels": r.suspect.unknown_labels,
+            "outside_video": r.suspect.outside_video,
+        },
+        "notes": r.notes,
     })
 }
 
@@ -143,12 +154,27 @@ pub fn render(r: &ScoreReport, method: &str, format: PredictionFormat) -> String
 
 /// Run `xca score`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(out) = &args.json {
+        xca::fsio::check_outputs(&[("--json", out)], &[("--gt file", &args.gt), ("--pred file", &args.pred)])
+            .map_err(InputError)?;
+    }
     let gt = read_ground_truth(&args.gt).map_err(|e| InputError(e.to_string()))?;
     let preds = read_predictions(&args.pred, &gt).map_err(|e| InputError(e.to_string()))?;
     let protocol = match args.protocol {
         ProtocolArg::Full => Protocol::Full,
         ProtocolArg::Paper => Protocol::Paper,
     };
+    if args.strict {
+        let suspect = xca::metrics::score::Suspect::of(&gt, &preds.detections);
+        if suspect.any() {
+            return Err(InputError(format!(
+                "{} (--strict): {}",
+                args.pred.display(),
+                suspect.lines().join("; ")
+            ))
+            .into());
+        }
+    }
     let report = score(&gt, &args.split, &preds.detections, protocol).map_err(|e| InputError(e.to_string()))?;
     let method = args
         .pred

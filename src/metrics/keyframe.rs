@@ -108,10 +108,13 @@ pub struct VideoKeyframes {
 impl VideoKeyframes {
     /// |pred − truth| of start, apex and end, in frames.
     pub fn deviations(&self) -> [f64; 3] {
+        // In f64: a detection far outside the video (a segment of ±1e308 s) puts its frame
+        // at i64::MAX, where the i64 difference would overflow.
+        let d = |p: i64, t: i64| (p as f64 - t as f64).abs();
         [
-            (self.pred.start - self.truth.start).abs() as f64,
-            (self.pred.apex - self.truth.apex).abs() as f64,
-            (self.pred.end - self.truth.end).abs() as f64,
+            d(self.pred.start, self.truth.start),
+            d(self.pred.apex, self.truth.apex),
+            d(self.pred.end, self.truth.end),
         ]
     }
 

@@ -61,6 +61,86 @@ pub struct ScoreReport {
     pub keyframes: Option<KeyframeMetrics>,
     /// Remarks on the input (detections for other videos, skipped videos, …), one line each.
     pub notes: Vec<String>,
+    /// Detections of the file that cannot be right, counted (all of them, before the protocol).
+    pub suspect: Suspect,
+}
+
+/// Detections that no correct detector would write. They are scored as they are (a
+/// detection for an unknown video or class is a false positive, an overlong segment still
+/// overlaps); `xca score --strict` refuses the file instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Suspect {
+    /// Detections for videos that the ground-truth file does not have at all.
+    pub unknown_videos: usize,
+    /// Detections whose class id is no class of the ground-truth file.
+    pub unknown_labels: usize,
+    /// Detections whose segment leaves its video: start below 0, or end beyond the video's
+    /// duration (when the ground truth gives one) by more than [`SEGMENT_SLACK_S`].
+    pub outside_video: usize,
+}
+
+/// How far (seconds) a segment may overhang its video before it counts as outside: decoding
+/// on a grid can overshoot the last frame a little.
+pub const SEGMENT_SLACK_S: f64 = 1.0;
+
+impl Suspect {
+    /// Count the suspect detections of `dets` against the whole of `gt`.
+    pub fn of(gt: &GroundTruth, dets: &[Detection]) -> Self {
+        let durations: HashMap<&str, Option<f64>> =
+            gt.videos.iter().map(|v| (v.id.as_str(), v.duration)).collect();
+        let classes: HashSet<usize> = gt
+            .label_ids
+            .values()
+            .copied()
+            .chain(gt.videos.iter().flat_map(|v| v.annotations.iter().map(|a| a.label)))
+            .collect();
+        let mut s = Self::default();
+        for d in dets {
+            match durations.get(d.video.as_str()) {
+                None => s.unknown_videos += 1,
+                Some(dur) => {
+                    let [a, b] = d.segment;
+                    let past_end = dur.is_some_and(|t| b > t + SEGMENT_SLACK_S);
+                    if a < -SEGMENT_SLACK_S || past_end {
+                        s.outside_video += 1;
+                    }
+                }
+            }
+            if !classes.contains(&d.label) {
+                s.unknown_labels += 1;
+            }
+        }
+        s
+    }
+
+    /// Whether any detection is suspect.
+    pub fn any(&self) -> bool {
+        self.unknown_videos + self.unknown_labels + self.outside_video > 0
+    }
+
+    /// One line per kind present.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.unknown_videos > 0 {
+            out.push(format!(
+                "{} detections for videos that are not in the ground-truth file",
+                self.unknown_videos
+            ));
+        }
+        if self.unknown_labels > 0 {
+            out.push(format!(
+                "{} detections with a class id that the ground-truth file does not have",
+                self.unknown_labels
+            ));
+        }
+        if self.outside_video > 0 {
+            out.push(format!(
+                "{} detections whose segment leaves its video (starts before 0 s or ends more than {SEGMENT_SLACK_S} s after its duration)",
+                self.outside_video
+            ));
+        }
+        out
+    }
 }
 
 /// Class ids of `filling` and `washout`: by name when the ground truth names them, else
@@ -87,7 +167,8 @@ fn top_segment<'a>(dets: impl Iterator<Item = &'a Detection>, class: usize) -> O
 pub fn score(gt: &GroundTruth, split: &str, dets: &[Detection], protocol: Protocol) -> Result<ScoreReport, ScoreError> {
     let gt_segments: Vec<GtSegment> = gt.split_segments(split)?;
     let videos = gt.split_videos(split);
-    let mut notes = Vec::new();
+    let suspect = Suspect::of(gt, dets);
+    let mut notes: Vec<String> = suspect.lines().into_iter().map(|l| format!("suspect input: {l}")).collect();
 
     let scored: Vec<Detection> = match protocol {
         Protocol::Full => dets.to_vec(),
@@ -194,6 +275,7 @@ pub fn score(gt: &GroundTruth, split: &str, dets: &[Detection], protocol: Protoc
         detection,
         keyframes,
         notes,
+        suspect,
     })
 }
 
