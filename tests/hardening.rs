@@ -697,3 +697,147 @@ fn fuzz_seeds_and_regressions_are_read_without_panic() {
     }
     assert!(read >= 3, "the well-formed .npy seeds are read");
 }
+
+/// Many `xca train` started at the same instant into one run folder: exactly one trains;
+/// every other one is refused (exit 2) — while the winner runs ("in use") or after it has
+/// finished ("already holds a run") — and never runs a second training into the folder.
+#[test]
+fn of_many_simultaneous_trainers_into_one_folder_exactly_one_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::setup(dir.path(), 2);
+    for round in 0..3 {
+        let output = format!("race{round}");
+        let barrier = Arc::new(std::sync::Barrier::new(6));
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                let mut cmd = train_cmd(&config, &output, false, None);
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let out = cmd.output().unwrap();
+                    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+                })
+            })
+            .collect();
+        let results: Vec<(Option<i32>, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let winners = results.iter().filter(|(c, _)| *c == Some(0)).count();
+        assert_eq!(winners, 1, "round {round}: {results:#?}");
+        for (code, err) in results.iter().filter(|(c, _)| *c != Some(0)) {
+            assert_eq!(*code, Some(2), "{err}");
+            assert!(
+                err.contains("is in use by another xca process") || err.contains("already holds a run"),
+                "{err}"
+            );
+        }
+        let log = std::fs::read_to_string(run_dir(dir.path(), &output).join("log.jsonl")).unwrap();
+        let epochs = log.lines().filter(|l| l.contains("\"kind\":\"epoch\"")).count();
+        assert_eq!(epochs, 2, "one training's epochs in the log: {log}");
+    }
+}
+
+/// Runs `xca args…` and returns (exit code, stderr), checking that stderr is one
+/// `xca: error:` line.
+fn one_line_error(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xca"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].starts_with("xca: error: "), "{err}");
+    (out.status.code(), err)
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+#[test]
+fn bounded_reads_sizes_and_names_are_refused_with_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::setup(dir.path(), 2);
+    let cfg = config.as_os_str();
+
+    // A config that is a device: refused by type.
+    let (code, err) = one_line_error(&[os("config"), os("/dev/zero")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/dev/zero") && err.contains("character device"), "{err}");
+
+    // A feature file that is a symlink to /dev/zero: `check` names it (and reads nothing).
+    let feats = dir.path().join("data/image");
+    let victim = std::fs::read_dir(&feats).unwrap().next().unwrap().unwrap().path();
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xca")).arg("check").arg(cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains(victim.file_name().unwrap().to_str().unwrap()) && all.contains("character device"), "{all}");
+
+    // Sizes a config or flag may not ask for.
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, "dataset: {max_seq_len: 1073741824}\n").unwrap();
+    let (code, err) = one_line_error(&[os("config"), big.as_os_str()]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("dataset.max_seq_len") && err.contains("too large"), "{err}");
+    let out_dir = dir.path().join("huge");
+    let (code, err) = one_line_error(&[
+        os("synth"),
+        os("--out"),
+        out_dir.as_os_str(),
+        os("--train"),
+        os("1000000000"),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("too many") && err.contains("100000"), "{err}");
+    assert!(!out_dir.exists());
+
+    // A run name that leaves output_folder.
+    let (code, err) = one_line_error(&[os("train"), cfg, os("--output"), os("../../x")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("'../../x' is not a plain name"), "{err}");
+    assert!(!dir.path().join("x").exists() && !dir.path().join("ckpt").exists());
+
+    // clap's own errors: one line, exit 2.
+    let (code, err) = one_line_error(&[os("train"), cfg, os("--bogus")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unexpected argument '--bogus'") && err.contains("usage: xca train"), "{err}");
+
+    // A batch larger than the training split: a config error, and no run folder is left.
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml.push_str("loader: {batch_size: 5}\n");
+    let b5 = dir.path().join("b5.yaml");
+    std::fs::write(&b5, yaml).unwrap();
+    let (code, err) = one_line_error(&[os("train"), b5.as_os_str(), os("--output"), os("x")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("batch_size 5 is larger than the training split (4 videos"), "{err}");
+    assert!(!dir.path().join("ckpt").exists(), "no run folder may be left");
+
+    // `select --epochs` over a huge range lists the folder instead of probing each epoch.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, err) = one_line_error(&[
+        os("select"),
+        cfg,
+        os("--ckpt-dir"),
+        empty.as_os_str(),
+        os("--epochs"),
+        os("1..4000000000"),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no checkpoints epoch_001..epoch_4000000000"), "{err}");
+
+    // Two outputs of one command that are the same file.
+    let (code, err) = one_line_error(&[
+        os("eval"),
+        cfg,
+        os("missing.safetensors"),
+        os("--json"),
+        os("x.json"),
+        os("--detections"),
+        os("./x.json"),
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--json and --detections are both"), "{err}");
+}

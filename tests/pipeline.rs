@@ -301,7 +301,11 @@ fn a_non_finite_loss_stops_training_naming_the_step_and_videos_and_keeps_the_las
     assert_eq!(errors.len(), 1, "one error line: {err}");
     assert!(errors[0].contains("non-finite loss at epoch 3, step 5"), "{err}");
     assert!(errors[0].contains("(cls NaN, reg NaN, contrastive NaN)"), "{err}");
-    assert!(err.contains("videos of the batch: [\"train"), "{err}");
+    assert!(err.contains("videos of the batch: 'train"), "{err}");
+    assert!(
+        err.contains("Nothing of epoch 3 was saved; the state after epoch 2 is kept"),
+        "{err}"
+    );
     let run = dir.path().join("ckpt/tiny_nan");
     // Epoch 2 finished cleanly: its checkpoint and state stay, and the checkpoint loads; the
     // log ends before the bad step.

@@ -69,15 +69,48 @@ fn is_input_error(err: &anyhow::Error) -> bool {
         .any(|e| e.is::<InputError>() || e.is::<xca::device::DeviceError>())
 }
 
+/// Help and version as clap prints them (exit 0); `xca` alone gets the help on stderr
+/// (exit 2); every other usage error is one `xca: error:` line like the rest (exit 2).
+fn clap_exit(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(e.exit_code() as u8)
+        }
+        _ => {
+            eprintln!("xca: error: {}", clap_one_line(&e.render().to_string()));
+            ExitCode::from(EXIT_INPUT)
+        }
+    }
+}
+
+/// clap's multi-line error as one line: the message, its tip, and the usage line.
+fn clap_one_line(text: &str) -> String {
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(msg) = line.strip_prefix("error:") {
+            parts.push(msg.trim().to_string());
+        } else if let Some(tip) = line.strip_prefix("tip:") {
+            parts.push(tip.trim().to_string());
+        } else if let Some(usage) = line.strip_prefix("Usage:") {
+            parts.push(format!("usage: {}", usage.trim()));
+        } else if line.starts_with("For more information") {
+            parts.push(line.trim_end_matches('.').to_lowercase().replace("for more information, ", ""));
+        } else {
+            parts.push(line.to_string());
+        }
+    }
+    parts.join("; ")
+}
+
 pub fn main() -> ExitCode {
     xca::memory::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap prints help/version to stdout with exit 0, usage errors with exit 2.
-            let _ = e.print();
-            return ExitCode::from(e.exit_code() as u8);
-        }
+        Err(e) => return clap_exit(e),
     };
     let result: anyhow::Result<()> = match cli.command {
         Command::Config(a) => config::run(a),

@@ -57,9 +57,19 @@ pub enum TrainError {
     #[error("the training split has {videos} videos, fewer than loader.batch_size {batch}")]
     TooFewVideos { videos: usize, batch: usize },
     #[error(
-        "non-finite loss at epoch {epoch}, step {step} (cls {cls}, reg {reg}, contrastive {c}); videos of the batch: {videos:?}. \
-         The last good checkpoint is kept.",
-        c = con.map_or_else(|| "off".to_string(), |v| v.to_string())
+        "non-finite loss at epoch {epoch}, {where_}(cls {cls}, reg {reg}, contrastive {c}){batch}. {kept}",
+        where_ = if videos.is_empty() { format!("in the epoch's mean up to step {step} ") } else { format!("step {step} ") },
+        c = con.map_or_else(|| "off".to_string(), |v| v.to_string()),
+        batch = if videos.is_empty() {
+            String::new()
+        } else {
+            format!("; videos of the batch: {}", videos.iter().map(|v| crate::text::quoted(v)).collect::<Vec<_>>().join(", "))
+        },
+        kept = if *epoch > 1 {
+            format!("Nothing of epoch {epoch} was saved; the state after epoch {} is kept and --resume continues from it", epoch - 1)
+        } else {
+            "Nothing was saved: no epoch had finished".to_string()
+        }
     )]
     NonFinite {
         epoch: usize,
@@ -67,6 +77,7 @@ pub enum TrainError {
         cls: f64,
         reg: f64,
         con: Option<f64>,
+        /// The batch's videos (empty when the non-finite value showed only in the epoch's mean).
         videos: Vec<String>,
     },
     #[error("cannot resume from {}: {reason}", path.display())]
