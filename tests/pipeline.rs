@@ -267,9 +267,8 @@ fn a_live_lock_refuses_a_second_trainer() {
     let dir = tempfile::tempdir().unwrap();
     let config = setup(dir.path(), 2);
     let run = dir.path().join("ckpt/tiny_busy");
-    std::fs::create_dir_all(&run).unwrap();
-    // This test process is alive: its pid in the lock means "in use".
-    std::fs::write(run.join("lock"), std::process::id().to_string()).unwrap();
+    // This test process holds the run folder's lock, as a running trainer would.
+    let _held = xca::fsio::RunLock::acquire(&run).unwrap();
     let out = xca()
         .args(["train", config.to_str().unwrap(), "--output", "busy", "--quiet"])
         .assert()
