@@ -243,6 +243,9 @@ impl Backbone {
                 window = Some(w);
             }
         }
+        // The input (input_dim values per step) is not needed any more: free it before the
+        // transformer's full-length activations exist.
+        drop((x, window, state));
         let y = Tensor::cat(pieces, 2); // [B, C', T]
         let (mut x, mut mask, rest) = match first {
             Some(_) => {
