@@ -17,17 +17,27 @@ fn bench_times_every_piece_and_writes_the_json_schema() {
             "2",
             "--warmup",
             "1",
+            "--long-t",
+            "1000",
             "--json",
         ])
         .arg(&out)
         .assert()
         .success()
         .stdout(predicates::str::contains("training step"))
-        .stdout(predicates::str::contains("ConvLSTM fwd+bwd"));
+        .stdout(predicates::str::contains("ConvLSTM fwd+bwd"))
+        .stdout(predicates::str::contains("inference T=1000"))
+        .stdout(predicates::str::contains("inference T=1000 in its own process"));
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["config"], cfg.to_str().unwrap());
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
-    for key in ["train_step_ms", "infer_ms_t128", "infer_ms_t512", "convlstm_ms"] {
+    for key in [
+        "train_step_ms",
+        "infer_ms_t128",
+        "infer_ms_t512",
+        "convlstm_ms",
+        "infer_ms_long",
+    ] {
         let s = &v[key];
         let (med, min, max) = (
             s["median"].as_f64().unwrap(),
@@ -40,6 +50,11 @@ fn bench_times_every_piece_and_writes_the_json_schema() {
     assert!(v["infer_ms_t512"]["median"].as_f64().unwrap() > v["infer_ms_t128"]["min"].as_f64().unwrap());
     assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
     assert!(v["train_step_cpu_ms"]["median"].as_f64().unwrap() > 0.0);
+    // The long video ran in a child process: its own peak memory, its own timing.
+    assert_eq!(v["infer_long_t"], 1000);
+    assert!(v["peak_rss_mb_long"].as_f64().unwrap() > 1.0);
+    assert!(v["infer_cpu_ms_long"]["median"].as_f64().unwrap() > 0.0);
+    assert!(v["infer_ms_long"]["median"].as_f64().unwrap() > v["infer_ms_t128"]["min"].as_f64().unwrap());
 }
 
 #[test]
@@ -54,6 +69,8 @@ fn bench_json_to_stdout_is_only_json() {
             "1",
             "--warmup",
             "0",
+            "--long-t",
+            "0",
             "--json",
             "-",
         ])
@@ -62,6 +79,8 @@ fn bench_json_to_stdout_is_only_json() {
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["train_step_ms"]["median"].as_f64().unwrap() > 0.0);
+    // `--long-t 0` skips the long inference.
+    assert!(v["infer_ms_long"].is_null() && v["peak_rss_mb_long"].is_null());
 }
 
 #[test]

@@ -12,8 +12,10 @@ use super::common;
 /// Time, after warm-up, (a) one full training iteration (forward, losses, backward, clip,
 /// AdamW, EMA) on a synthetic batch of the config's shape, (b) inference of one video of
 /// T = 128 and T = 512 including decoding and NMS, and (c) the ConvLSTM alone, forward and
-/// backward. Prints median/min/max wall milliseconds, process CPU milliseconds (all
-/// threads) and the peak resident memory. Needs no dataset.
+/// backward; then (d) inference of one long video (`--long-t`, 20,000 steps) in a child
+/// process of its own, whose peak resident memory is that inference's alone. Prints
+/// median/min/max wall milliseconds, process CPU milliseconds (all threads) and the peak
+/// resident memory. Needs no dataset.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// YAML config whose model and batch shape to time.
@@ -34,6 +36,64 @@ pub struct Args {
     /// Seed of the model initialisation and the synthetic inputs.
     #[arg(long, default_value_t = 2023)]
     pub seed: u64,
+    /// Steps of the long inference video, timed (without warm-up) in a child process so
+    /// that its peak resident memory is measured alone; 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    pub long_t: usize,
+    /// Timed runs of the long inference.
+    #[arg(long, default_value_t = 1)]
+    pub long_iters: usize,
+    /// Run only the long inference and print its numbers as JSON on stdout (what the parent
+    /// `xca bench` runs in its child process).
+    #[arg(long, hide = true)]
+    pub long_only: bool,
+}
+
+/// What the child process reports of the long inference.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct LongInfer {
+    /// Steps of the video.
+    t: usize,
+    /// Wall milliseconds: median, min, max.
+    wall_ms: [f64; 3],
+    /// Process CPU milliseconds (all threads): median, min, max, where the OS says.
+    cpu_ms: Option<[f64; 3]>,
+    /// The child's peak resident memory (model, synthetic input, inference, NMS), MiB.
+    peak_rss_mb: Option<f64>,
+}
+
+/// The long inference alone, in this process (the child side of `--long-only`).
+fn long_infer(cfg: &xca::config::Config, device: &burn::tensor::Device, args: &Args) -> Result<LongInfer> {
+    let b = InferBench::new(cfg, device, args.long_t, args.seed).context("building the inference model")?;
+    let t = time_it(0, args.long_iters.max(1), || b.run().map(|_| ()))
+        .with_context(|| format!("inference T = {}", args.long_t))?;
+    Ok(LongInfer {
+        t: args.long_t,
+        wall_ms: [t.wall_ms.median, t.wall_ms.min, t.wall_ms.max],
+        cpu_ms: t.cpu_ms.map(|c| [c.median, c.min, c.max]),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// Run the long inference in a child process (this binary with `--long-only`) and read
+/// its report.
+fn long_infer_child(args: &Args) -> Result<LongInfer> {
+    let exe = std::env::current_exe().context("finding this program to run the long inference")?;
+    let out = std::process::Command::new(exe)
+        .arg("bench")
+        .arg(&args.config)
+        .args(["--device", &args.device.to_string()])
+        .args(["--seed", &args.seed.to_string()])
+        .args(["--long-t", &args.long_t.to_string()])
+        .args(["--long-iters", &args.long_iters.to_string()])
+        .arg("--long-only")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running the long inference")?;
+    if !out.status.success() {
+        anyhow::bail!("the long inference (T = {}) failed: {}", args.long_t, out.status);
+    }
+    serde_json::from_slice(&out.stdout).context("reading the long inference's report")
 }
 
 fn stats_json(t: &Timing) -> serde_json::Value {
@@ -50,6 +110,11 @@ fn cpu_json(t: &Timing) -> serde_json::Value {
 pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&args.config)?;
     let device = common::device(args.device)?;
+    if args.long_only {
+        let report = long_infer(&cfg, &device, &args)?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     let say = |s: &str| {
         if to_stdout {
@@ -67,7 +132,7 @@ pub fn run(args: Args) -> Result<()> {
         args.warmup,
         iters
     ));
-    let bar = common::bar(4, "bench", false);
+    let bar = common::bar(4 + usize::from(args.long_t > 0), "bench", false);
 
     bar.set_message("training step");
     let mut train = TrainStepBench::new(&cfg, &device, args.seed).context("building the training step")?;
@@ -91,8 +156,18 @@ pub fn run(args: Args) -> Result<()> {
         Err(e) => return Err(e).context("building the ConvLSTM"),
     };
     bar.inc(1);
-    bar.finish_and_clear();
+    // Read before the child runs (the child's memory is not this process's anyway).
     let peak = peak_rss_mb();
+
+    let long = if args.long_t > 0 {
+        bar.set_message(format!("inference T = {} (own process)", args.long_t));
+        let l = long_infer_child(&args)?;
+        bar.inc(1);
+        Some(l)
+    } else {
+        None
+    };
+    bar.finish_and_clear();
 
     let rows: Vec<(&str, Option<&Timing>)> = vec![
         ("training step", Some(&train_t)),
@@ -117,12 +192,29 @@ pub fn run(args: Args) -> Result<()> {
             None => say(&format!("{name:<18} (not in this config)")),
         }
     }
+    if let Some(l) = &long {
+        say(&format!(
+            "{:<18} {:>10.1} {:>10.1} {:>10.1} {:>12}",
+            format!("inference T={}", l.t),
+            l.wall_ms[0],
+            l.wall_ms[1],
+            l.wall_ms[2],
+            l.cpu_ms.map_or("-".into(), |c| format!("{:.1}", c[0]))
+        ));
+    }
     let mb = |m: Option<f64>| m.map_or("unknown".into(), |m| format!("{m:.0} MiB"));
     say(&format!(
         "peak resident memory: {} after the training step, {} in all",
         mb(peak_train),
         mb(peak)
     ));
+    if let Some(l) = &long {
+        say(&format!(
+            "peak resident memory of inference T={} in its own process (model, input, NMS): {}",
+            l.t,
+            mb(l.peak_rss_mb)
+        ));
+    }
 
     if let Some(path) = &args.json {
         let value = json!({
@@ -141,6 +233,10 @@ pub fn run(args: Args) -> Result<()> {
             "convlstm_cpu_ms": lstm_t.as_ref().map(cpu_json),
             "peak_rss_mb": peak,
             "peak_rss_mb_train": peak_train,
+            "infer_long_t": long.as_ref().map(|l| l.t),
+            "infer_ms_long": long.as_ref().map(|l| json!({"median": l.wall_ms[0], "min": l.wall_ms[1], "max": l.wall_ms[2]})),
+            "infer_cpu_ms_long": long.as_ref().and_then(|l| l.cpu_ms).map(|c| json!({"median": c[0], "min": c[1], "max": c[2]})),
+            "peak_rss_mb_long": long.as_ref().and_then(|l| l.peak_rss_mb),
         });
         common::write_json_out(path, &value)?;
     }

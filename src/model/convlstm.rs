@@ -118,18 +118,87 @@ impl ConvLstm {
     fn forward_fused(&self, x: Tensor<5>) -> Tensor<5> {
         let mut seq = x; // [B, T, C, H, W]
         for cell in &self.cells {
-            let wx = cell.conv_x.weight.val();
-            let bias = match &cell.conv_x.bias {
-                Some(b) => b.val(),
-                None => Tensor::zeros([4 * cell.hidden], &seq.device()),
-            };
+            let (wx, bias) = cell.input_weights(&seq.device());
             seq = super::convlstm_op::layer(seq, wx, bias, cell.conv_h.weight.val()); // [B, T, h, H, W]
         }
         seq
     }
+
+    /// [`Self::forward`] from the state the frames before `x` ended in (`None`: zero, the
+    /// start of a sequence), also returning the state after its last frame. A sequence run in
+    /// pieces this way, each from the previous piece's state, gives the same numbers as run
+    /// whole; inference streams long videos so (training runs [`Self::forward`]).
+    ///
+    /// On a plain flex device each layer is one fused operation (no backward); on an
+    /// autodiff device, and on other back-ends, the tensor-op path runs.
+    ///
+    /// # Shapes
+    /// - x: `[B, T, C_in, H, W]`; state: one `([B, h, H, W], [B, h, H, W])` per layer
+    /// - output: `[B, T, h_last, H, W]` and the state after step T
+    pub fn forward_from(&self, x: Tensor<5>, state: Option<LstmState>) -> (Tensor<5>, LstmState) {
+        let [b, t, c, hgt, wid] = x.dims();
+        let device = x.device();
+        let initial = |l: usize| -> (Tensor<4>, Tensor<4>) {
+            match &state {
+                Some(s) => s.layers[l].clone(),
+                None => {
+                    let z = Tensor::zeros([b, self.cells[l].hidden, hgt, wid], &device);
+                    (z.clone(), z)
+                }
+            }
+        };
+        if let Some(s) = &state {
+            debug_assert_eq!(s.layers.len(), self.cells.len(), "one state per layer");
+        }
+        let h_last = self.cells.last().map_or(c, |cell| cell.hidden);
+        if t == 0 {
+            let layers = (0..self.cells.len()).map(initial).collect();
+            return (Tensor::zeros([b, 0, h_last, hgt, wid], &device), LstmState { layers });
+        }
+        let mut layers = Vec::with_capacity(self.cells.len());
+        #[cfg(feature = "flex")]
+        if self.fused && super::convlstm_op::is_flex(&device) && !device.is_autodiff() {
+            let mut seq = x; // [B, T, C, H, W]
+            for (l, cell) in self.cells.iter().enumerate() {
+                let (wx, bias) = cell.input_weights(&device);
+                let (h, c_last) = super::convlstm_op::layer_from(seq, wx, bias, cell.conv_h.weight.val(), initial(l));
+                let h_t = h.clone().narrow(1, t - 1, 1).reshape([b, cell.hidden, hgt, wid]); // [B, h, H, W]
+                layers.push((h_t, c_last));
+                seq = h; // [B, T, h, H, W]
+            }
+            return (seq, LstmState { layers });
+        }
+        // Frames time-major so that step s is rows s·B..(s+1)·B: [T·B, C, H, W].
+        let seq = x.swap_dims(0, 1).reshape([t * b, c, hgt, wid]);
+        let mut steps = split_steps(seq, t, b);
+        for (l, cell) in self.cells.iter().enumerate() {
+            let (out, last) = cell.run_from(steps, self.input_chunk, state.as_ref().map(|s| s.layers[l].clone()));
+            steps = out;
+            layers.push(last.unwrap_or_else(|| initial(l)));
+        }
+        (Tensor::stack::<5>(steps, 1), LstmState { layers }) // [B, T, h, H, W]
+    }
+}
+
+/// What a [`ConvLstm`] carries from one piece of a sequence to the next: each layer's
+/// hidden and cell state after the last frame, first layer first.
+#[derive(Debug, Clone)]
+pub struct LstmState {
+    /// `(h, c)` per layer, each `[B, h, H, W]`.
+    pub layers: Vec<(Tensor<4>, Tensor<4>)>,
 }
 
 impl ConvLstmCell {
+    /// The input half's weight `[4h, C, k, k]` and bias `[4h]` (zero when the conv has none).
+    #[cfg(feature = "flex")]
+    fn input_weights(&self, device: &Device) -> (Tensor<4>, Tensor<1>) {
+        let bias = match &self.conv_x.bias {
+            Some(b) => b.val(),
+            None => Tensor::zeros([4 * self.hidden], device),
+        };
+        (self.conv_x.weight.val(), bias)
+    }
+
     /// Run this cell over a sequence and return the hidden state per step.
     ///
     /// The input half of the gates is computed `chunk` frames per conv call (all T when
@@ -139,10 +208,25 @@ impl ConvLstmCell {
     /// - steps: T tensors `[B, C_in, H, W]`
     /// - output: T tensors `[B, h, H, W]`
     pub fn run(&self, steps: Vec<Tensor<4>>, chunk: usize) -> Vec<Tensor<4>> {
+        self.run_from(steps, chunk, None).0
+    }
+
+    /// [`Self::run`] from the state `(h, c)` the previous steps ended in (`None`: zero), also
+    /// returning the state after the last step (`None` when there are no steps and no state).
+    ///
+    /// # Shapes
+    /// - steps: T tensors `[B, C_in, H, W]`; state: `([B, h, H, W], [B, h, H, W])`
+    /// - output: T tensors `[B, h, H, W]` and the last state
+    pub fn run_from(
+        &self,
+        steps: Vec<Tensor<4>>,
+        chunk: usize,
+        state: Option<(Tensor<4>, Tensor<4>)>,
+    ) -> (Vec<Tensor<4>>, Option<(Tensor<4>, Tensor<4>)>) {
         let t = steps.len();
         let h = self.hidden;
         let mut out = Vec::with_capacity(t);
-        let mut state: Option<(Tensor<4>, Tensor<4>)> = None;
+        let mut state = state;
         let mut steps = steps.into_iter().peekable();
         while steps.peek().is_some() {
             let frames: Vec<Tensor<4>> = steps.by_ref().take(chunk.max(1)).collect();
@@ -169,7 +253,7 @@ impl ConvLstmCell {
                 state = Some((h_next, c_next));
             }
         }
-        out
+        (out, state)
     }
 }
 
@@ -267,6 +351,56 @@ mod tests {
         fused.fused = true;
         let xv = x.inner();
         assert!(max_diff(fused.forward(xv.clone()), plain.forward(xv)) < 1e-6);
+    }
+
+    #[test]
+    fn a_sequence_run_in_pieces_from_the_carried_state_equals_it_run_whole() {
+        // T = 7 as pieces of 3, 3 and 1 frames (not a multiple of the piece), B = 1 and 2,
+        // on the fused flex layers and on the tensor-op path (what ndarray and wgpu run):
+        // the hidden states equal the whole run's, and so does the state after the last
+        // frame (checked by continuing with one more frame). Breaking the carry (starting
+        // the second piece from zero) changes its outputs, which the last check shows.
+        let dev = Device::flex();
+        dev.seed(5);
+        let mut lstm = ConvLstmConfig::new()
+            .with_hidden_dims(vec![3, 2, 1])
+            .with_input_chunk(2)
+            .init(&dev);
+        for (b, fused) in [(1, true), (2, true), (1, false), (2, false)] {
+            lstm.fused = fused;
+            let x = Tensor::<5>::random([b, 8, 1, 6, 5], Distribution::Uniform(0.0, 1.0), &dev);
+            let whole = lstm.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+            let mut state = None;
+            let mut pieces = Vec::new();
+            for (t0, n) in [(0, 3), (3, 3), (6, 1), (7, 1)] {
+                let (h, next) = lstm.forward_from(x.clone().narrow(1, t0, n), state.take());
+                assert_eq!(h.dims(), [b, n, 1, 6, 5]);
+                assert_eq!(next.layers.len(), 3);
+                pieces.push(h);
+                state = Some(next);
+            }
+            let pieces = Tensor::cat(pieces, 1).into_data().try_to_vec::<f32>().unwrap();
+            let diff = pieces
+                .iter()
+                .zip(&whole)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert_eq!(diff, 0.0, "b {b}, fused {fused}");
+            assert!(whole.iter().any(|v| v.abs() > 1e-3), "non-trivial outputs");
+            // Carry broken: frames 3..6 from a zero state.
+            let (cold, _) = lstm.forward_from(x.clone().narrow(1, 3, 3), None);
+            let cold = cold.into_data().try_to_vec::<f32>().unwrap();
+            let n = b * 3 * 30;
+            let warm: Vec<f32> = (0..b)
+                .flat_map(|v| whole[(v * 8 + 3) * 30..(v * 8 + 6) * 30].to_vec())
+                .collect();
+            let broken = cold.iter().zip(&warm).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert_eq!(cold.len(), n);
+            assert!(
+                broken > 1e-3,
+                "b {b}, fused {fused}: a zero state gave the same outputs ({broken})"
+            );
+        }
     }
 
     #[test]

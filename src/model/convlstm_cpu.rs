@@ -539,43 +539,82 @@ mod avx2_forward {
 /// # Panics
 /// If `gx` or `weight` do not have the sizes `dims` implies (callers check shapes).
 pub fn forward(gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
-    forward_in_bands(gx, weight, dims, save, dims.band_len())
+    let (hidden, saved, _) = forward_in_bands(gx, weight, dims, save, None, dims.band_len());
+    (hidden, saved)
 }
 
-/// [`forward`] with bands of `band_len` values (whole rows).
+/// [`forward`] for inference (nothing saved) from the state `(h0, c0)`, each `[B, h, H, W]`,
+/// that a previous call over the frames before these ended in: returns the hidden state of
+/// every step `[B, T, h, H, W]` and the last step's cell state `[B, h, H, W]`. Running a
+/// sequence in pieces this way gives the same numbers as running it whole.
+///
+/// # Panics
+/// If `gx`, `weight`, `h0` or `c0` do not have the sizes `dims` implies.
+pub fn forward_from(gx: Vec<f32>, weight: &[f32], dims: Dims, h0: &[f32], c0: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (hidden, _, c_last) = forward_in_bands(gx, weight, dims, false, Some((h0, c0)), dims.band_len());
+    (hidden, c_last)
+}
+
+/// [`forward`] with bands of `band_len` values (whole rows), from the state `init` (zero
+/// when `None`); also returns the last step's cell state `[B, h, H, W]` when started from
+/// `init` (empty otherwise: training does not need it).
 fn forward_in_bands(
     mut gx: Vec<f32>,
     weight: &[f32],
     dims: Dims,
     save: bool,
+    init: Option<(&[f32], &[f32])>,
     band_len: usize,
-) -> (Vec<f32>, Option<Saved>) {
+) -> (Vec<f32>, Option<Saved>, Vec<f32>) {
     assert_eq!(gx.len(), dims.gx_len(), "ConvLSTM gates size");
     assert_eq!(weight.len(), dims.weight_len(), "ConvLSTM weight size");
     let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
+    let state_len = dims.b * s_len;
+    if let Some((h0, c0)) = init {
+        assert!(
+            h0.len() == state_len && c0.len() == state_len,
+            "ConvLSTM initial state size"
+        );
+    }
     let mut hidden = vec![0.0f32; dims.out_len()];
     // The backward needs every step's cell state; inference only the previous one, so it
     // alternates between two planes that stay in cache instead of filling T of them.
     let cell_slots = if save { t } else { t.min(2) };
     let mut cell = vec![0.0f32; dims.b * cell_slots * s_len];
+    // Each video's slice of the initial state.
+    let init_of = |v: usize| init.map(|(h0, c0)| (&h0[v * s_len..][..s_len], &c0[v * s_len..][..s_len]));
     let jobs: Vec<_> = gx
         .chunks_mut(t * g_len)
         .zip(hidden.chunks_mut(t * s_len))
         .zip(cell.chunks_mut((cell_slots * s_len).max(1)))
-        .map(|((gx_b, h_b), c_b)| (gx_b, h_b, c_b))
+        .enumerate()
+        .map(|(v, ((gx_b, h_b), c_b))| (gx_b, h_b, c_b, init_of(v)))
         .collect();
     // Videos run on separate threads; with fewer videos than threads (inference), the
     // bands of each step are shared out instead.
     let parallel_bands = dims.b < rayon::current_num_threads();
-    jobs.into_par_iter()
-        .for_each(|(gx_b, h_b, c_b)| forward_video(gx_b, weight, dims, h_b, c_b, (band_len, parallel_bands)));
+    jobs.into_par_iter().for_each(|(gx_b, h_b, c_b, init_b)| {
+        forward_video(gx_b, weight, dims, h_b, c_b, init_b, (band_len, parallel_bands))
+    });
+    // The last step wrote plane (T − 1) mod slots of each video's cell buffer.
+    let c_last = match init {
+        None => Vec::new(),
+        Some((_, c0)) if t == 0 => c0.to_vec(),
+        Some(_) => {
+            let last = (t - 1) % cell_slots;
+            cell.chunks(cell_slots * s_len)
+                .flat_map(|c_b| &c_b[last * s_len..][..s_len])
+                .copied()
+                .collect()
+        }
+    };
     let saved = save.then(|| Saved {
         dims,
         gates: gx,
         cell,
         weight: weight.to_vec(),
     });
-    (hidden, saved)
+    (hidden, saved, c_last)
 }
 
 /// Pixels per band of a recurrence step (whole image rows, at least one). Each step runs
@@ -630,14 +669,15 @@ thread_local! {
     static BAND_SCRATCH: std::cell::RefCell<BandScratch> = std::cell::RefCell::default();
 }
 
-/// The cell state `[h, H, W]` of the previous step (zeros at the first) and the plane this
-/// step writes, from a video's cell buffer of `slots` planes: step t uses plane `t % slots`
-/// (every step its own plane when the buffer holds all T, two alternating ones otherwise).
-fn cell_planes<'a>(cell: &'a mut [f32], zeros: &'a [f32], step: usize, slots: usize) -> (&'a [f32], &'a mut [f32]) {
-    let len = zeros.len();
+/// The cell state `[h, H, W]` of the previous step (`c0`, the initial state, at the first)
+/// and the plane this step writes, from a video's cell buffer of `slots` planes: step t uses
+/// plane `t % slots` (every step its own plane when the buffer holds all T, two alternating
+/// ones otherwise).
+fn cell_planes<'a>(cell: &'a mut [f32], c0: &'a [f32], step: usize, slots: usize) -> (&'a [f32], &'a mut [f32]) {
+    let len = c0.len();
     let now = step % slots;
     if step == 0 {
-        return (zeros, &mut cell[now * len..(now + 1) * len]);
+        return (c0, &mut cell[now * len..(now + 1) * len]);
     }
     let prev = (step - 1) % slots;
     if prev < now {
@@ -649,23 +689,37 @@ fn cell_planes<'a>(cell: &'a mut [f32], zeros: &'a [f32], step: usize, slots: us
     }
 }
 
-/// One video's recurrence; `gates` holds the input half on entry and the activated gates
-/// on return; `cell` holds T planes (all kept) or two (alternating).
+/// One video's recurrence from the state `init` (`(h0, c0)`, zero when `None`); `gates`
+/// holds the input half on entry and the activated gates on return; `cell` holds T planes
+/// (all kept) or two (alternating).
 fn forward_video(
     gates: &mut [f32],
     weight: &[f32],
     dims: Dims,
     hidden: &mut [f32],
     cell: &mut [f32],
+    init: Option<(&[f32], &[f32])>,
     (band_len, parallel): (usize, bool),
 ) {
     let (g_len, s_len, hw) = (dims.gates(), dims.state(), dims.hw());
-    let zeros = vec![0.0f32; s_len];
+    let zeros;
+    let (h0, c0) = match init {
+        Some((h0, c0)) => (Some(h0), c0),
+        None => {
+            zeros = vec![0.0f32; s_len];
+            (None, &zeros[..])
+        }
+    };
     let slots = cell.len() / s_len;
     for step in 0..dims.t {
         let (h_done, h_rest) = hidden.split_at_mut(step * s_len);
-        let h_prev = (step > 0).then(|| &h_done[(step - 1) * s_len..]);
-        let (c_prev, c_now) = cell_planes(cell, &zeros, step, slots);
+        // A zero initial state skips the hidden half of the first step (it is exactly zero).
+        let h_prev = if step > 0 {
+            Some(&h_done[(step - 1) * s_len..])
+        } else {
+            h0
+        };
+        let (c_prev, c_now) = cell_planes(cell, c0, step, slots);
         let mut bands: Vec<Band> = (0..hw.div_ceil(band_len))
             .map(|i| Band {
                 y0: i * band_len / dims.width,
@@ -1232,11 +1286,11 @@ mod tests {
             let w: Vec<f32> = values(dims.weight_len(), 12).iter().map(|v| v * 0.6).collect();
             let r = values(dims.out_len(), 13);
             let whole = 7 * 5;
-            let (h_ref, saved_ref) = forward_in_bands(gx.clone(), &w, dims, true, whole);
+            let (h_ref, saved_ref, _) = forward_in_bands(gx.clone(), &w, dims, true, None, whole);
             let saved_ref = saved_ref.unwrap();
             let (dgx_ref, dw_ref) = backward_in_bands(&saved_ref, &h_ref, &r, whole);
             for band_len in [5, 15] {
-                let (h, saved) = forward_in_bands(gx.clone(), &w, dims, true, band_len);
+                let (h, saved, _) = forward_in_bands(gx.clone(), &w, dims, true, None, band_len);
                 let saved = saved.unwrap();
                 assert_close(&h, &h_ref, 1e-6, &format!("b {b}, band {band_len}: hidden"));
                 assert_close(&saved.gates, &saved_ref.gates, 1e-6, "gates");
@@ -1264,10 +1318,60 @@ mod tests {
             };
             let gx: Vec<f32> = values(dims.gx_len(), 21).iter().map(|v| v * 1.5).collect();
             let w: Vec<f32> = values(dims.weight_len(), 22).iter().map(|v| v * 0.6).collect();
-            let (h_all, saved) = forward_in_bands(gx.clone(), &w, dims, true, 5);
-            let (h_two, none) = forward_in_bands(gx, &w, dims, false, 5);
+            let (h_all, saved, _) = forward_in_bands(gx.clone(), &w, dims, true, None, 5);
+            let (h_two, none, _) = forward_in_bands(gx, &w, dims, false, None, 5);
             assert!(saved.is_some() && none.is_none());
             assert_eq!(h_two, h_all, "b {b}, t {t}");
+        }
+    }
+
+    #[test]
+    fn a_sequence_run_in_pieces_from_the_carried_state_equals_it_run_whole() {
+        // T = 7 as 3 + 1 + 3 steps, each piece from the state the previous one ended in
+        // (the first from zeros): the same hidden states bit for bit, and the last cell state
+        // equals the whole run's. A piece started from zeros instead differs (the test can
+        // tell a broken carry).
+        for b in [1, 2] {
+            let dims = Dims {
+                b,
+                t: 7,
+                h: 3,
+                height: 6,
+                width: 5,
+                k: 3,
+            };
+            let (s_len, g_len) = (dims.state(), dims.gates());
+            let gx: Vec<f32> = values(dims.gx_len(), 31).iter().map(|v| v * 1.5).collect();
+            let w: Vec<f32> = values(dims.weight_len(), 32).iter().map(|v| v * 0.6).collect();
+            let (whole, saved, _) = forward_in_bands(gx.clone(), &w, dims, true, None, dims.band_len());
+            let cell_all = saved.unwrap().cell;
+            // Steps [t0, t1) of every video: [B, n, …].
+            let steps = |buf: &[f32], per: usize, t0: usize, t1: usize| -> Vec<f32> {
+                (0..b)
+                    .flat_map(|v| buf[(v * 7 + t0) * per..(v * 7 + t1) * per].to_vec())
+                    .collect()
+            };
+            let (mut h, mut c) = (vec![0.0f32; b * s_len], vec![0.0f32; b * s_len]);
+            let mut pieces = vec![Vec::new(); b];
+            for (t0, t1) in [(0, 3), (3, 4), (4, 7)] {
+                let d = Dims { t: t1 - t0, ..dims };
+                let (hp, c_last) = forward_from(steps(&gx, g_len, t0, t1), &w, d, &h, &c);
+                for (v, piece) in pieces.iter_mut().enumerate() {
+                    piece.extend_from_slice(&hp[v * d.t * s_len..(v + 1) * d.t * s_len]);
+                }
+                // The last step's hidden state of every video: [B, h, H, W].
+                h = (0..b)
+                    .flat_map(|v| hp[((v + 1) * d.t - 1) * s_len..(v + 1) * d.t * s_len].to_vec())
+                    .collect();
+                c = c_last;
+            }
+            assert_eq!(pieces.concat(), whole, "b {b}: hidden states");
+            assert_eq!(c, steps(&cell_all, s_len, 6, 7), "b {b}: last cell state");
+            // Without the carry (the last piece from zeros) the numbers change.
+            let d = Dims { t: 3, ..dims };
+            let zeros = vec![0.0f32; b * s_len];
+            let (cold, _) = forward_from(steps(&gx, g_len, 4, 7), &w, d, &zeros, &zeros);
+            assert_ne!(cold, steps(&whole, s_len, 4, 7));
         }
     }
 

@@ -15,7 +15,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Dispatch, Flex, backend_extension};
+use burn::backend::{Autodiff, AutodiffBackend, Dispatch, Flex, backend_extension};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::convlstm_cpu::{self, Dims, InputDims, Saved};
@@ -32,6 +32,18 @@ pub trait ConvLstmOps: burn::backend::Backend {
         bias: FloatTensor<Self>,
         wh: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// [`Self::convlstm_layer`] for inference, from the state `h0`, `c0` (each `[B, h, H, W]`)
+    /// that the frames before `x` ended in: returns the hidden states `[B, T, h, H, W]` and
+    /// the last step's cell state `[B, h, H, W]`. Has no backward: the outputs are constants.
+    fn convlstm_layer_from(
+        x: FloatTensor<Self>,
+        wx: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        wh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
 /// The values of a flex tensor as contiguous `f32`, borrowed when they already are.
@@ -105,6 +117,21 @@ impl ConvLstmOps for Flex {
         let gx = convlstm_cpu::input_forward(&values(&x), &values(&wx), &values(&bias), input);
         let (hidden, _) = convlstm_cpu::forward(gx, &values(&wh), dims, false);
         tensor(hidden, out_shape(dims))
+    }
+
+    fn convlstm_layer_from(
+        x: FlexTensor,
+        wx: FlexTensor,
+        bias: FlexTensor,
+        wh: FlexTensor,
+        h0: FlexTensor,
+        c0: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let (input, dims) = dims_of(&x, &wx, &bias, &wh);
+        let gx = convlstm_cpu::input_forward(&values(&x), &values(&wx), &values(&bias), input);
+        let (hidden, c_last) = convlstm_cpu::forward_from(gx, &values(&wh), dims, &values(&h0), &values(&c0));
+        let state = vec![dims.b, dims.h, dims.height, dims.width];
+        (tensor(hidden, out_shape(dims)), tensor(c_last, state))
     }
 }
 
@@ -186,6 +213,27 @@ impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
             )),
         }
     }
+
+    fn convlstm_layer_from(
+        x: FloatTensor<Self>,
+        wx: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        wh: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        c0: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // Inference only: no graph node, so no gradient flows (`ConvLstm` runs its tensor-op
+        // path instead when a state is carried on an autodiff device).
+        let (h, c) = <Flex as ConvLstmOps>::convlstm_layer_from(
+            x.into_primitive(),
+            wx.into_primitive(),
+            bias.into_primitive(),
+            wh.into_primitive(),
+            h0.into_primitive(),
+            c0.into_primitive(),
+        );
+        (Self::from_inner(h), Self::from_inner(c))
+    }
 }
 
 /// Whether `device` is the flex back-end (with or without autodiff), where the fused
@@ -207,4 +255,29 @@ pub fn layer(x: Tensor<5>, wx: Tensor<4>, bias: Tensor<1>, wh: Tensor<4>) -> Ten
         bias.into_dispatch(),
         wh.into_dispatch(),
     ))
+}
+
+/// One fused ConvLSTM layer for inference from a carried state (see
+/// [`ConvLstmOps::convlstm_layer_from`]); returns the hidden states and the last cell state.
+///
+/// # Shapes
+/// - x: `[B, T, C, H, W]`; h0, c0: `[B, h, H, W]`
+/// - wx: `[4h, C, k, k]`, bias: `[4h]`, wh: `[4h, h, k, k]`
+/// - output: `[B, T, h, H, W]` and `[B, h, H, W]`
+pub fn layer_from(
+    x: Tensor<5>,
+    wx: Tensor<4>,
+    bias: Tensor<1>,
+    wh: Tensor<4>,
+    (h0, c0): (Tensor<4>, Tensor<4>),
+) -> (Tensor<5>, Tensor<4>) {
+    let (h, c) = <Dispatch as ConvLstmOps>::convlstm_layer_from(
+        x.into_dispatch(),
+        wx.into_dispatch(),
+        bias.into_dispatch(),
+        wh.into_dispatch(),
+        h0.into_dispatch(),
+        c0.into_dispatch(),
+    );
+    (Tensor::from_dispatch(h), Tensor::from_dispatch(c))
 }

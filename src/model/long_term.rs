@@ -9,7 +9,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, Pa
 use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Tensor};
 
-use super::convlstm::{ConvLstm, ConvLstmConfig};
+use super::convlstm::{ConvLstm, ConvLstmConfig, LstmState};
 
 /// Configuration of [`SpatialAttention`].
 #[derive(Config, Debug)]
@@ -206,6 +206,13 @@ pub struct LongTermAttentionConfig {
     pub proj_dim: usize,
 }
 
+/// What [`LongTermAttention::forward_piece`] carries from one piece of a video to the next.
+#[derive(Debug, Clone, Default)]
+pub struct LongTermState {
+    /// The ConvLSTM's state after the last frame so far (`None` before the first piece).
+    lstm: Option<LstmState>,
+}
+
 /// Steps 1–4 of SPEC §3.1. Which parts exist follows the flags; all off is the identity.
 #[derive(Module, Debug)]
 pub struct LongTermAttention {
@@ -263,6 +270,36 @@ impl LongTermAttention {
     ///
     /// `project` = false skips the fg/bg projections (inference needs none).
     pub fn forward(&self, x: Tensor<3>, project: bool) -> LongTermOutput {
+        self.attend(x, project, |lstm, x_img| lstm.forward(x_img))
+    }
+
+    /// The re-weighted input (the `x` of [`Self::forward`]) of the next `n` frames of the
+    /// videos, for inference: the ConvLSTM starts from the state the previous call left in
+    /// `state` (start each video with `LongTermState::default()`) and leaves its own there.
+    /// A video run in pieces gives the numbers of one run over it all (the recurrence is
+    /// sequential anyway; the spatial stack and, in eval, its BatchNorm work per frame),
+    /// while the activations (the ConvLSTM's gates and hidden states, the stack's 16-channel
+    /// maps: ~1 MB per frame) exist for one piece only.
+    ///
+    /// # Shapes
+    /// - x: `[B, C, n]`, the frames after those of the previous call
+    /// - output: `[B, C, n]`
+    pub fn forward_piece(&self, x: Tensor<3>, state: &mut LongTermState) -> Tensor<3> {
+        self.attend(x, false, |lstm, x_img| {
+            let (h, next) = lstm.forward_from(x_img, state.lstm.take());
+            state.lstm = Some(next);
+            h
+        })
+        .x
+    }
+
+    /// [`Self::forward`] with `lstm` running the ConvLSTM over `[B, T, 1, H, W]`.
+    fn attend(
+        &self,
+        x: Tensor<3>,
+        project: bool,
+        lstm_run: impl FnOnce(&ConvLstm, Tensor<5>) -> Tensor<5>,
+    ) -> LongTermOutput {
         let [b, c, t] = x.dims();
         let s = self.image_side;
         let mut out = LongTermOutput {
@@ -277,7 +314,7 @@ impl LongTermAttention {
         match (&self.convlstm, &self.spatial) {
             (Some(lstm), Some(spatial)) => {
                 let x_img = x_btc.reshape([b, t, 1, s, s]); // [B, T, 1, H, W]
-                let h = lstm.forward(x_img.clone());
+                let h = lstm_run(lstm, x_img.clone());
                 let x_lstm = (h.clone() + x_img).reshape([b * t, 1, s, s]); // [B·T, 1, H, W]
                 let a_btc = spatial.forward(x_lstm.clone()).reshape([b, t, c]); // [B, T, C]
                 let attention = a_btc.clone().swap_dims(1, 2); // [B, C, T]
@@ -301,7 +338,7 @@ impl LongTermAttention {
             }
             (Some(lstm), None) => {
                 let x_img = x_btc.reshape([b, t, 1, s, s]); // [B, T, 1, H, W]
-                let h = lstm.forward(x_img.clone());
+                let h = lstm_run(lstm, x_img.clone());
                 let a = sigmoid(h.clone());
                 let y = a.clone() * x_img.clone() + x_img; // [B, T, 1, H, W]
                 out.x = y.reshape([b, t, c]).swap_dims(1, 2); // [B, C, T]
@@ -319,6 +356,54 @@ mod tests {
     use super::*;
     use burn::module::Module;
     use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn the_input_layer_run_in_pieces_equals_it_run_whole() {
+        // Inference streams the input layer (`forward_piece`); T = 11 in pieces of 4 (the
+        // last one short), B = 1 and 2, fused flex ConvLSTM and the tensor-op path, each
+        // combination of the attentions. BatchNorm with non-trivial running statistics, so
+        // that eval mode (per frame) is what is compared.
+        let dev = Device::flex();
+        dev.seed(8);
+        for (sp, te) in [(true, true), (false, true), (true, false)] {
+            let cfg = LongTermAttentionConfig::new(8, sp, te, false)
+                .with_convlstm(ConvLstmConfig::new().with_hidden_dims(vec![3, 1]));
+            let mut lt = cfg.init(&dev);
+            if let Some(spatial) = lt.spatial.as_mut() {
+                for bn in [&mut spatial.bn1, &mut spatial.bn2] {
+                    let c = bn.gamma.dims()[0];
+                    bn.running_mean =
+                        burn::module::RunningState::new(Tensor::random([c], Distribution::Uniform(-0.5, 0.5), &dev));
+                    bn.running_var =
+                        burn::module::RunningState::new(Tensor::random([c], Distribution::Uniform(0.5, 2.0), &dev));
+                }
+            }
+            let mut lt = lt.valid();
+            for (b, fused) in [(1, true), (2, true), (1, false), (2, false)] {
+                if let Some(l) = lt.convlstm.as_mut() {
+                    l.fused = fused;
+                }
+                let x = Tensor::<3>::random([b, 64, 11], Distribution::Uniform(0.0, 1.0), &dev);
+                let whole = lt.forward(x.clone(), false).x;
+                let mut state = LongTermState::default();
+                let pieces: Vec<Tensor<3>> = [(0, 4), (4, 4), (8, 3)]
+                    .into_iter()
+                    .map(|(t0, n)| lt.forward_piece(x.clone().narrow(2, t0, n), &mut state))
+                    .collect();
+                let pieces = Tensor::cat(pieces, 2);
+                let what = format!("sp {sp}, te {te}, b {b}, fused {fused}");
+                assert_eq!(pieces.dims(), [b, 64, 11], "{what}");
+                let (p, w) = (
+                    pieces.into_data().try_to_vec::<f32>().unwrap(),
+                    whole.into_data().try_to_vec::<f32>().unwrap(),
+                );
+                assert_eq!(p, w, "{what}");
+                // The layer changed the input: the comparison is not of two identities.
+                let xv = x.into_data().try_to_vec::<f32>().unwrap();
+                assert!(p.iter().zip(&xv).any(|(a, b)| (a - b).abs() > 1e-3), "{what}");
+            }
+        }
+    }
 
     #[test]
     fn batch_norm_training_uses_batch_statistics_and_updates_running_ones() {

@@ -385,6 +385,22 @@ pub struct Intermediates {
     pub fpn_feats: Vec<Tensor<3>>,
 }
 
+/// Frames per piece of streamed inference ([`Network::infer`]): the input layer's
+/// activations (~1 MB per 64×64 frame) exist for this many frames at a time.
+pub const INFER_CHUNK: usize = 128;
+
+/// What the neck and heads give per output level l.
+struct HeadOutputs {
+    /// `[B, T_l, num_classes]`.
+    cls_logits: Vec<Tensor<3>>,
+    /// `[B, T_l, 2]`.
+    offsets: Vec<Tensor<3>>,
+    /// `[B, T_l]`.
+    masks: Vec<Tensor<2, Bool>>,
+    /// Neck outputs `[B, fpn_dim, T_l]`.
+    fpn_feats: Vec<Tensor<3>>,
+}
+
 impl Network {
     /// Run the network.
     ///
@@ -408,6 +424,9 @@ impl Network {
     /// are `None`): what detection needs. The projections feed only the contrastive loss,
     /// and at T = 128 they are two 128×4096×1024 matmuls, a tenth of the inference time.
     ///
+    /// The input layer runs [`INFER_CHUNK`] frames at a time, so memory grows with T only
+    /// by the embedding-sized features (see [`Network::infer_chunked`]).
+    ///
     /// # Shapes
     /// - as [`Network::forward`]
     pub fn infer(
@@ -416,7 +435,32 @@ impl Network {
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<NetworkOutput, ModelError> {
-        self.run(feats, mask, patch_centres, false).map(|(o, _)| o)
+        self.infer_chunked(feats, mask, patch_centres, INFER_CHUNK)
+    }
+
+    /// [`Network::infer`] with the input layer streamed `chunk` frames at a time (see
+    /// [`super::backbone::Backbone::infer`]): the same outputs to float rounding, for any
+    /// chunk ≥ 1.
+    ///
+    /// # Shapes
+    /// - as [`Network::forward`]
+    pub fn infer_chunked(
+        &self,
+        feats: Tensor<3>,
+        mask: Tensor<2, Bool>,
+        patch_centres: Option<&[(usize, usize)]>,
+        chunk: usize,
+    ) -> Result<NetworkOutput, ModelError> {
+        self.check_inputs(&feats, &mask)?;
+        let (feats, masks) = self.backbone.infer(feats, mask, patch_centres, chunk)?;
+        let h = self.heads(&feats, &masks);
+        Ok(NetworkOutput {
+            cls_logits: h.cls_logits,
+            offsets: h.offsets,
+            masks: h.masks,
+            fg: None,
+            bg: None,
+        })
     }
 
     /// [`Network::forward`] that also returns the intermediates.
@@ -440,24 +484,14 @@ impl Network {
         patch_centres: Option<&[(usize, usize)]>,
         project: bool,
     ) -> Result<(NetworkOutput, Intermediates), ModelError> {
-        let [b, _, t] = feats.dims();
-        check_dims("feats", feats.dims(), [None, Some(self.input_dim), None], "B, C, T")?;
-        check_dims("mask", mask.dims(), [Some(b), Some(t)], "B, T")?;
-        if t == 0 || !t.is_multiple_of(self.max_div_factor) {
-            return Err(ModelError::Shape {
-                what: "feats",
-                expected: format!("T > 0 divisible by max_div_factor {}", self.max_div_factor),
-                actual: feats.dims().to_vec(),
-            });
-        }
+        self.check_inputs(&feats, &mask)?;
         let bb = self.backbone.forward(feats, mask, patch_centres, project)?;
-        let (fpn_feats, fpn_masks) = self.neck.forward(&bb.feats, &bb.masks);
-        let mut cls_logits = Vec::with_capacity(fpn_feats.len());
-        let mut offsets = Vec::with_capacity(fpn_feats.len());
-        for (l, (x, m)) in fpn_feats.iter().zip(&fpn_masks).enumerate() {
-            cls_logits.push(self.cls_head.forward(x.clone(), m));
-            offsets.push(self.reg_head.forward(x.clone(), m, l));
-        }
+        let HeadOutputs {
+            cls_logits,
+            offsets,
+            masks: fpn_masks,
+            fpn_feats,
+        } = self.heads(&bb.feats, &bb.masks);
         let lt = bb.long_term;
         let out = NetworkOutput {
             cls_logits,
@@ -476,6 +510,43 @@ impl Network {
             fpn_feats,
         };
         Ok((out, inter))
+    }
+
+    /// `feats` `[B, input_dim, T]` and `mask` `[B, T]` with T > 0 divisible by
+    /// `max_div_factor`, or the error naming both shapes.
+    fn check_inputs(&self, feats: &Tensor<3>, mask: &Tensor<2, Bool>) -> Result<(), ModelError> {
+        let [b, _, t] = feats.dims();
+        check_dims("feats", feats.dims(), [None, Some(self.input_dim), None], "B, C, T")?;
+        check_dims("mask", mask.dims(), [Some(b), Some(t)], "B, T")?;
+        if t == 0 || !t.is_multiple_of(self.max_div_factor) {
+            return Err(ModelError::Shape {
+                what: "feats",
+                expected: format!("T > 0 divisible by max_div_factor {}", self.max_div_factor),
+                actual: feats.dims().to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Neck and heads over the backbone's levels.
+    ///
+    /// # Shapes
+    /// - feats: levels `[B, embd_dim, T_l]`, masks `[B, T_l]`
+    /// - output: see [`HeadOutputs`]
+    fn heads(&self, feats: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> HeadOutputs {
+        let (fpn_feats, masks) = self.neck.forward(feats, masks);
+        let mut cls_logits = Vec::with_capacity(fpn_feats.len());
+        let mut offsets = Vec::with_capacity(fpn_feats.len());
+        for (l, (x, m)) in fpn_feats.iter().zip(&masks).enumerate() {
+            cls_logits.push(self.cls_head.forward(x.clone(), m));
+            offsets.push(self.reg_head.forward(x.clone(), m, l));
+        }
+        HeadOutputs {
+            cls_logits,
+            offsets,
+            masks,
+            fpn_feats,
+        }
     }
 
     /// Side of the square images the input layer works on (0 when it is off).
@@ -603,6 +674,46 @@ mod tests {
         };
         assert_eq!(flat(full.cls_logits), flat(det.cls_logits));
         assert_eq!(flat(full.offsets), flat(det.offsets));
+    }
+
+    #[test]
+    fn streamed_inference_equals_the_whole_forward_for_any_chunk() {
+        // Pieces of 1 frame (fewer than the embedding conv's halo), 5 and 13 (T = 64 is a
+        // multiple of neither), 64 (one piece) and more than T; B = 2 with different valid
+        // lengths, random patch on (its kernels come from the first piece); fused and
+        // tensor-op ConvLSTM.
+        let dev = Device::flex();
+        let mut net = tiny().with_max_seq_len(64).init(&dev).expect("valid");
+        let (x, mask) = inputs(2, 256, 64, 50, &dev);
+        let centres = [(2, 12), (7, 5)];
+        let flat = |v: &[Tensor<3>]| -> Vec<f32> {
+            v.iter()
+                .flat_map(|t| t.clone().into_data().try_to_vec::<f32>().unwrap())
+                .collect()
+        };
+        for fused in [true, false] {
+            if let Some(l) = net.backbone.long_term.convlstm.as_mut() {
+                l.fused = fused;
+            }
+            let full = net.forward(x.clone(), mask.clone(), Some(&centres)).expect("forward");
+            let (want_cls, want_off) = (flat(&full.cls_logits), flat(&full.offsets));
+            for chunk in [1, 5, 13, 64, 100] {
+                let out = net
+                    .infer_chunked(x.clone(), mask.clone(), Some(&centres), chunk)
+                    .expect("infer");
+                for (got, want, what) in [
+                    (flat(&out.cls_logits), &want_cls, "logits"),
+                    (flat(&out.offsets), &want_off, "offsets"),
+                ] {
+                    assert_eq!(got.len(), want.len());
+                    let d = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    assert!(d < 1e-5, "fused {fused}, chunk {chunk}, {what}: {d}");
+                }
+                assert_eq!(out.masks.len(), full.masks.len());
+            }
+        }
+        // Without the patch centres random patch cannot run.
+        assert!(net.infer_chunked(x, mask, None, 8).is_err());
     }
 
     #[test]

@@ -39,7 +39,19 @@ pub fn draw_patch_centres<R: rand::Rng + ?Sized>(rng: &mut R, batch: usize, side
 /// - centres: B pairs `(row, col)`
 /// - output: `[B, C, T]`
 pub fn random_patch(x: Tensor<3>, centres: &[(usize, usize)], side: usize) -> Result<Tensor<3>, ModelError> {
-    let [b, c, t] = x.dims();
+    let kernels = patch_kernels(x.clone(), centres, side)?;
+    Ok(apply_patch(x, kernels, side))
+}
+
+/// The random patch's kernels: per video, the 5×5 patch of its first frame at its centre,
+/// detached (constants, not parameters).
+///
+/// # Shapes
+/// - x: `[B, C, T]` (T ≥ 1; only step 0 is read), C = side²
+/// - centres: B pairs `(row, col)`
+/// - output: `[B, 1, 5, 5]`
+pub fn patch_kernels(x: Tensor<3>, centres: &[(usize, usize)], side: usize) -> Result<Tensor<4>, ModelError> {
+    let [b, _, _] = x.dims();
     if centres.len() != b {
         return Err(ModelError::PatchCentres {
             got: centres.len(),
@@ -52,11 +64,8 @@ pub fn random_patch(x: Tensor<3>, centres: &[(usize, usize)], side: usize) -> Re
             return Err(ModelError::PatchCentreRange { row, col, max, side });
         }
     }
-    // Frames with videos as channels: [T, B, H, W].
-    let frames = x.clone().permute([2, 0, 1]).reshape([t, b, side, side]);
     // First frame of each video: [B, 1, H, W]; kernels [B, 1, 5, 5].
     let first = x.detach().narrow(2, 0, 1).reshape([b, 1, side, side]);
-    let k = 2 * PATCH_HALF + 1;
     let kernels: Vec<Tensor<4>> = centres
         .iter()
         .enumerate()
@@ -70,8 +79,23 @@ pub fn random_patch(x: Tensor<3>, centres: &[(usize, usize)], side: usize) -> Re
         })
         .collect();
     let weight = Tensor::cat(kernels, 0); // [B, 1, 5, 5]
+    let k = 2 * PATCH_HALF + 1;
     debug_assert_eq!(weight.dims(), [b, 1, k, k]);
+    Ok(weight)
+}
+
+/// Convolve every frame of each video with its kernel (padding 2, no bias), then ReLU.
+/// Frames are independent, so any run of steps can be done on its own (streamed inference).
+///
+/// # Shapes
+/// - x: `[B, C, T]` with C = side²
+/// - kernels: `[B, 1, 5, 5]` from [`patch_kernels`]
+/// - output: `[B, C, T]`
+pub fn apply_patch(x: Tensor<3>, kernels: Tensor<4>, side: usize) -> Tensor<3> {
+    let [b, c, t] = x.dims();
+    // Frames with videos as channels: [T, B, H, W].
+    let frames = x.permute([2, 0, 1]).reshape([t, b, side, side]);
     let options = ConvOptions::new([1, 1], [PATCH_HALF, PATCH_HALF], [1, 1], b);
-    let y = relu(conv2d(frames, weight, None, options)); // [T, B, H, W]
-    Ok(y.reshape([t, b, c]).permute([1, 2, 0])) // [B, C, T]
+    let y = relu(conv2d(frames, kernels, None, options)); // [T, B, H, W]
+    y.reshape([t, b, c]).permute([1, 2, 0]) // [B, C, T]
 }
