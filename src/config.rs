@@ -650,7 +650,12 @@ impl Config {
         // zeros) is an error here instead of a 16 GB allocation or an overflow later.
         for (key, v, max, why) in [
             ("dataset.num_classes", d.num_classes, 1024, "classes"),
-            ("dataset.input_dim", d.input_dim, 1 << 16, "values per row (a 256×256 image)"),
+            (
+                "dataset.input_dim",
+                d.input_dim,
+                1 << 16,
+                "values per row (a 256×256 image)",
+            ),
             ("dataset.feat_stride", d.feat_stride, 1024, "frames per row"),
             ("dataset.num_frames", d.num_frames, 1024, "frames per row"),
             ("dataset.downsample_rate", d.downsample_rate, 1024, "rows"),
@@ -660,7 +665,12 @@ impl Config {
                 MAX_SEQ_LEN,
                 "rows per training crop (training keeps ~7 MB of activations per row and video)",
             ),
-            ("model.backbone_arch", m.backbone_arch.into_iter().max().unwrap_or(0), 32, "blocks per stage"),
+            (
+                "model.backbone_arch",
+                m.backbone_arch.into_iter().max().unwrap_or(0),
+                32,
+                "blocks per stage",
+            ),
             ("model.scale_factor", m.scale_factor, 64, "(stride between levels)"),
             ("model.n_head", m.n_head, 1024, "heads"),
             ("model.embd_dim", m.embd_dim, 16384, "channels"),
@@ -679,7 +689,12 @@ impl Config {
             ("opt.epochs", self.opt.epochs, 1_000_000, "epochs"),
             ("opt.warmup_epochs", self.opt.warmup_epochs, 1_000_000, "epochs"),
             ("test_cfg.max_seg_num", self.test_cfg.max_seg_num, 1_000_000, "segments"),
-            ("test_cfg.pre_nms_topk", self.test_cfg.pre_nms_topk, 10_000_000, "segments"),
+            (
+                "test_cfg.pre_nms_topk",
+                self.test_cfg.pre_nms_topk,
+                10_000_000,
+                "segments",
+            ),
             ("xca.save_last_epochs", self.xca.save_last_epochs, 1_000_000, "epochs"),
             (
                 "xca.convlstm_hidden",

@@ -243,7 +243,13 @@ mod tests {
         let a = d.join("out.json");
         let e = check_outputs(&[("--json", &a), ("--detections", &d.join("sub/../out.json"))], &[]).unwrap_err();
         assert!(e.contains("--json and --detections"), "{e}");
-        assert!(check_outputs(&[("--json", &a), ("--detections", &d.join("det.json"))], &[("checkpoint", &ckpt)]).is_ok());
+        assert!(
+            check_outputs(
+                &[("--json", &a), ("--detections", &d.join("det.json"))],
+                &[("checkpoint", &ckpt)]
+            )
+            .is_ok()
+        );
         let dash = Path::new("-");
         assert!(check_outputs(&[("--json", dash), ("--detections", dash)], &[]).is_ok());
         assert_eq!(fs::read(&ckpt).unwrap(), b"weights");
@@ -268,12 +274,20 @@ mod tests {
         let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         assert!(read_bounded(&f, 100).unwrap_err().to_string().contains("FIFO"));
-        assert!(read_bounded(dir.path(), 100).unwrap_err().to_string().contains("folder"));
-        let e = read_text_bounded(&{
-            let q = dir.path().join("bin");
-            fs::write(&q, b"ab\xFFcd").unwrap();
-            q
-        }, 100)
+        assert!(
+            read_bounded(dir.path(), 100)
+                .unwrap_err()
+                .to_string()
+                .contains("folder")
+        );
+        let e = read_text_bounded(
+            &{
+                let q = dir.path().join("bin");
+                fs::write(&q, b"ab\xFFcd").unwrap();
+                q
+            },
+            100,
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("offset 2"), "{e}");
@@ -452,6 +466,8 @@ pub fn available_disk(path: &Path) -> Option<u64> {
         }
         // SAFETY: statvfs returned 0, so it initialised `st`.
         let st = unsafe { st.assume_init() };
+        // The field types differ between platforms (u32 on some).
+        #[allow(clippy::unnecessary_cast)]
         Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
     }
     #[cfg(not(unix))]
@@ -571,7 +587,10 @@ pub fn read_text_bounded(path: &Path, limit: u64) -> Result<String, ReadError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         ),
     })
 }
@@ -693,7 +712,10 @@ mod lock_tests {
         // The owner is alive: whatever the file says, the lock is not taken over.
         for text in ["", "not a pid", "1"] {
             fs::write(run.join("lock"), text).unwrap();
-            assert!(matches!(RunLock::acquire(&run), Err(LockError::Busy { .. })), "{text:?}");
+            assert!(
+                matches!(RunLock::acquire(&run), Err(LockError::Busy { .. })),
+                "{text:?}"
+            );
         }
         drop(lock);
         assert!(!run.join("lock").exists());

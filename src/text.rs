@@ -15,8 +15,7 @@ pub fn quoted(s: &str) -> String {
 /// (with `…` and the full length when cut).
 pub fn escaped(s: &str, max: usize) -> String {
     let mut out = String::new();
-    let mut n = 0;
-    for c in s.chars() {
+    for (n, c) in s.chars().enumerate() {
         if n == max {
             out.push_str(&format!("… ({} characters in all)", s.chars().count()));
             return out;
@@ -27,7 +26,6 @@ pub fn escaped(s: &str, max: usize) -> String {
         } else {
             out.push(c);
         }
-        n += 1;
     }
     out
 }

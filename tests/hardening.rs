@@ -770,17 +770,31 @@ fn bounded_reads_sizes_and_names_are_refused_with_one_line_errors() {
     let victim = std::fs::read_dir(&feats).unwrap().next().unwrap().unwrap().path();
     std::fs::remove_file(&victim).unwrap();
     std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xca")).arg("check").arg(cfg).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xca"))
+        .arg("check")
+        .arg(cfg)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(all.contains(victim.file_name().unwrap().to_str().unwrap()) && all.contains("character device"), "{all}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains(victim.file_name().unwrap().to_str().unwrap()) && all.contains("character device"),
+        "{all}"
+    );
 
     // Sizes a config or flag may not ask for.
     let big = dir.path().join("big.yaml");
     std::fs::write(&big, "dataset: {max_seq_len: 1073741824}\n").unwrap();
     let (code, err) = one_line_error(&[os("config"), big.as_os_str()]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("dataset.max_seq_len") && err.contains("too large"), "{err}");
+    assert!(
+        err.contains("dataset.max_seq_len") && err.contains("too large"),
+        "{err}"
+    );
     let out_dir = dir.path().join("huge");
     let (code, err) = one_line_error(&[
         os("synth"),
@@ -802,7 +816,10 @@ fn bounded_reads_sizes_and_names_are_refused_with_one_line_errors() {
     // clap's own errors: one line, exit 2.
     let (code, err) = one_line_error(&[os("train"), cfg, os("--bogus")]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("unexpected argument '--bogus'") && err.contains("usage: xca train"), "{err}");
+    assert!(
+        err.contains("unexpected argument '--bogus'") && err.contains("usage: xca train"),
+        "{err}"
+    );
 
     // A batch larger than the training split: a config error, and no run folder is left.
     let mut yaml = std::fs::read_to_string(&config).unwrap();
@@ -811,7 +828,10 @@ fn bounded_reads_sizes_and_names_are_refused_with_one_line_errors() {
     std::fs::write(&b5, yaml).unwrap();
     let (code, err) = one_line_error(&[os("train"), b5.as_os_str(), os("--output"), os("x")]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("batch_size 5 is larger than the training split (4 videos"), "{err}");
+    assert!(
+        err.contains("batch_size 5 is larger than the training split (4 videos"),
+        "{err}"
+    );
     assert!(!dir.path().join("ckpt").exists(), "no run folder may be left");
 
     // `select --epochs` over a huge range lists the folder instead of probing each epoch.

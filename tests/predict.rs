@@ -219,7 +219,10 @@ fn predict_eval_plots_and_training_curves() {
         .success();
     let docs: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(docs.as_array().unwrap().len(), 3);
-    assert!(docs[2]["input"].as_str().unwrap().ends_with("odd\u{fffd}.npy"), "{docs}");
+    assert!(
+        docs[2]["input"].as_str().unwrap().ends_with("odd\u{fffd}.npy"),
+        "{docs}"
+    );
     let mut names: Vec<String> = std::fs::read_dir(&twin_plots)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

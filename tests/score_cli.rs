@@ -224,7 +224,14 @@ fn impossible_detections_are_counted_and_refused_under_strict() {
         "1 detections whose segment leaves its video",
     ] {
         assert!(stdout.contains(want), "{stdout}");
-        assert!(v["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains(want)), "{v}");
+        assert!(
+            v["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().contains(want)),
+            "{v}"
+        );
     }
     // A clean file has none (v9 of pred_anet.json is in no split but also not in the file).
     let (clean, _) = score_json("pred_actionformer.json", &[]);
@@ -250,7 +257,9 @@ fn an_output_that_is_an_input_is_refused_and_left_intact() {
         .arg(dir.path().join(".").join("pred.json"))
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("is the --pred file: refusing to overwrite an input"));
+        .stderr(predicate::str::contains(
+            "is the --pred file: refusing to overwrite an input",
+        ));
     assert_eq!(std::fs::read(&pred).unwrap(), before);
 }
 

@@ -74,9 +74,7 @@ fn is_input_error(err: &anyhow::Error) -> bool {
 fn clap_exit(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
-        ErrorKind::DisplayHelp
-        | ErrorKind::DisplayVersion
-        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = e.print();
             ExitCode::from(e.exit_code() as u8)
         }
@@ -98,7 +96,11 @@ fn clap_one_line(text: &str) -> String {
         } else if let Some(usage) = line.strip_prefix("Usage:") {
             parts.push(format!("usage: {}", usage.trim()));
         } else if line.starts_with("For more information") {
-            parts.push(line.trim_end_matches('.').to_lowercase().replace("for more information, ", ""));
+            parts.push(
+                line.trim_end_matches('.')
+                    .to_lowercase()
+                    .replace("for more information, ", ""),
+            );
         } else {
             parts.push(line.to_string());
         }

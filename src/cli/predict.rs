@@ -291,7 +291,11 @@ pub fn run(mut args: Args) -> Result<()> {
     let names: Vec<String> = args
         .inputs
         .iter()
-        .map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default())
+        .map(|p| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
         .collect();
     let stems = xca::text::unique_file_stems(names.iter().map(String::as_str), &[]);
     if let Some(dir) = &args.plot {

@@ -155,8 +155,11 @@ pub fn render(r: &ScoreReport, method: &str, format: PredictionFormat) -> String
 /// Run `xca score`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(out) = &args.json {
-        xca::fsio::check_outputs(&[("--json", out)], &[("--gt file", &args.gt), ("--pred file", &args.pred)])
-            .map_err(InputError)?;
+        xca::fsio::check_outputs(
+            &[("--json", out)],
+            &[("--gt file", &args.gt), ("--pred file", &args.pred)],
+        )
+        .map_err(InputError)?;
     }
     let gt = read_ground_truth(&args.gt).map_err(|e| InputError(e.to_string()))?;
     let preds = read_predictions(&args.pred, &gt).map_err(|e| InputError(e.to_string()))?;

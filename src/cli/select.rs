@@ -66,10 +66,7 @@ pub fn find_epoch(dir: &std::path::Path, epoch: usize) -> Option<PathBuf> {
 /// The checkpoints in `dir` whose epoch lies in `epochs`, by epoch (xca's file preferred).
 /// Found by listing the folder once, so the cost follows the files present, not the range
 /// asked for (`--epochs 1..4000000000` is as quick as `31..50`).
-pub fn checkpoints_in(
-    dir: &std::path::Path,
-    epochs: &std::ops::RangeInclusive<usize>,
-) -> Vec<(usize, PathBuf)> {
+pub fn checkpoints_in(dir: &std::path::Path, epochs: &std::ops::RangeInclusive<usize>) -> Vec<(usize, PathBuf)> {
     let mut found = std::collections::BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -77,7 +74,9 @@ pub fn checkpoints_in(
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix("epoch_") else { continue };
+        let Some(rest) = name.strip_prefix("epoch_") else {
+            continue;
+        };
         let (digits, ours) = if let Some(d) = rest.strip_suffix(".safetensors") {
             (d, true)
         } else if let Some(d) = rest.strip_suffix(".pth.tar") {

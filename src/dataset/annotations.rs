@@ -104,7 +104,9 @@ pub fn duplicate_key_in(bytes: &[u8], field: &str) -> Option<String> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde::Deserializer::deserialize_map(&mut de, Root(field)).ok().flatten()
+    serde::Deserializer::deserialize_map(&mut de, Root(field))
+        .ok()
+        .flatten()
 }
 
 #[derive(Deserialize)]
@@ -149,7 +151,10 @@ impl Annotations {
         // serde_json keeps the last of two equal keys: two entries for one video would be
         // merged silently, so find them in the text first.
         if let Some(id) = duplicate_key_in(bytes, "database") {
-            return Err(fmt(format!("video {} appears twice in \"database\"", crate::text::quoted(&id))));
+            return Err(fmt(format!(
+                "video {} appears twice in \"database\"",
+                crate::text::quoted(&id)
+            )));
         }
         let db = root
             .get("database")
@@ -263,11 +268,10 @@ mod tests {
             assert!(e.contains("vessel.json") && e.contains("id"), "{id:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
-        let e = parse(
-            r#"{"database": {"v1": {"subset": "train"}, "v2": {"subset": "test"}, "v1": {"subset": "test"}}}"#,
-        )
-        .unwrap_err()
-        .to_string();
+        let e =
+            parse(r#"{"database": {"v1": {"subset": "train"}, "v2": {"subset": "test"}, "v1": {"subset": "test"}}}"#)
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("'v1' appears twice"), "{e}");
         // Equal keys in different videos' objects are no duplicates.
         assert!(

@@ -86,8 +86,7 @@ pub const SEGMENT_SLACK_S: f64 = 1.0;
 impl Suspect {
     /// Count the suspect detections of `dets` against the whole of `gt`.
     pub fn of(gt: &GroundTruth, dets: &[Detection]) -> Self {
-        let durations: HashMap<&str, Option<f64>> =
-            gt.videos.iter().map(|v| (v.id.as_str(), v.duration)).collect();
+        let durations: HashMap<&str, Option<f64>> = gt.videos.iter().map(|v| (v.id.as_str(), v.duration)).collect();
         let classes: HashSet<usize> = gt
             .label_ids
             .values()
@@ -168,7 +167,11 @@ pub fn score(gt: &GroundTruth, split: &str, dets: &[Detection], protocol: Protoc
     let gt_segments: Vec<GtSegment> = gt.split_segments(split)?;
     let videos = gt.split_videos(split);
     let suspect = Suspect::of(gt, dets);
-    let mut notes: Vec<String> = suspect.lines().into_iter().map(|l| format!("suspect input: {l}")).collect();
+    let mut notes: Vec<String> = suspect
+        .lines()
+        .into_iter()
+        .map(|l| format!("suspect input: {l}"))
+        .collect();
 
     let scored: Vec<Detection> = match protocol {
         Protocol::Full => dets.to_vec(),
