@@ -80,7 +80,7 @@ mod tests {
         assert_eq!(file_stem_safe(".."), "video");
         assert_eq!(
             unique_file_stems(["a b", "a_b", "summary", "A_B", "x", "a_b~2"], &["summary"]),
-            ["a_b", "a_b~2", "summary~2", "A_B~3", "x", "a_b~2~2"]
+            ["a_b", "a_b~2", "summary~2", "A_B~3", "x", "a_b_2"]
         );
     }
 
