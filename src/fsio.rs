@@ -244,12 +244,20 @@ mod tests {
         let c = std::ffi::CString::new(f.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         assert!(read_bounded(&f, 100).unwrap_err().to_string().contains("FIFO"));
-        assert!(read_bounded(dir.path(), 100).unwrap_err().to_string().contains("folder"));
-        let e = read_text_bounded(&{
-            let q = dir.path().join("bin");
-            fs::write(&q, b"ab\xFFcd").unwrap();
-            q
-        }, 100)
+        assert!(
+            read_bounded(dir.path(), 100)
+                .unwrap_err()
+                .to_string()
+                .contains("folder")
+        );
+        let e = read_text_bounded(
+            &{
+                let q = dir.path().join("bin");
+                fs::write(&q, b"ab\xFFcd").unwrap();
+                q
+            },
+            100,
+        )
         .unwrap_err()
         .to_string();
         assert!(e.contains("offset 2"), "{e}");
@@ -422,11 +430,11 @@ fn file_kind(ft: &fs::FileType) -> &'static str {
     if ft.is_dir() { "a folder" } else { "not a regular file" }
 }
 
-/// Read a whole regular file of at most `limit` bytes. Symlinks are followed; devices,
-/// FIFOs, sockets and folders are refused before any byte is read, and so is a file larger
-/// than `limit` (also one that grows past it while being read).
-pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    use std::io::Read;
+/// Open a regular file of at most `limit` bytes for reading, without reading it: for readers
+/// that take a path or seek (a PyTorch archive, a tensor file's tail). Symlinks are followed;
+/// devices, FIFOs, sockets and folders are refused before any byte is read, and so is a file
+/// larger than `limit`. Returns the open file and its size.
+pub fn open_bounded(path: &Path, limit: u64) -> Result<(fs::File, u64), ReadError> {
     let io = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
@@ -447,18 +455,35 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
             kind: file_kind(&meta.file_type()),
         });
     }
-    let too_large = |size| ReadError::TooLarge {
-        path: path.to_path_buf(),
-        size,
-        limit,
-    };
     if meta.len() > limit {
-        return Err(too_large(meta.len()));
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            limit,
+        });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    Ok((file, meta.len()))
+}
+
+/// Read a whole regular file of at most `limit` bytes. Symlinks are followed; devices,
+/// FIFOs, sockets and folders are refused before any byte is read, and so is a file larger
+/// than `limit` (also one that grows past it while being read).
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, len) = open_bounded(path, limit)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if bytes.len() as u64 > limit {
-        return Err(too_large(bytes.len() as u64));
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            limit,
+        });
     }
     Ok(bytes)
 }
@@ -474,7 +499,10 @@ pub fn read_text_bounded(path: &Path, limit: u64) -> Result<String, ReadError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
         ),
     })
 }
@@ -596,7 +624,10 @@ mod lock_tests {
         // The owner is alive: whatever the file says, the lock is not taken over.
         for text in ["", "not a pid", "1"] {
             fs::write(run.join("lock"), text).unwrap();
-            assert!(matches!(RunLock::acquire(&run), Err(LockError::Busy { .. })), "{text:?}");
+            assert!(
+                matches!(RunLock::acquire(&run), Err(LockError::Busy { .. })),
+                "{text:?}"
+            );
         }
         drop(lock);
         assert!(!run.join("lock").exists());

@@ -611,6 +611,169 @@ fn damaged_data_is_refused_and_the_run_folder_is_left_as_it_was() {
     }
 }
 
+/// Run `xca ARGS…` with a 30-second limit: exit status, stderr and how long it took; it must
+/// not have panicked.
+fn xca_timed(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let o = common::xca()
+        .args(args)
+        .env_remove("XCA_TEST_FAULT")
+        .timeout(Duration::from_secs(30))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.code(), err, started.elapsed())
+}
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// What can stand where a file should be: (label, how to make it, what the error says).
+type Impostor = (&'static str, fn(&Path), &'static str);
+const IMPOSTORS: [Impostor; 5] = [
+    (
+        "a symlink to /dev/zero",
+        |p| std::os::unix::fs::symlink("/dev/zero", p).unwrap(),
+        "it is a character device, not a regular file",
+    ),
+    (
+        "a symlink to /dev/urandom",
+        |p| std::os::unix::fs::symlink("/dev/urandom", p).unwrap(),
+        "it is a character device, not a regular file",
+    ),
+    ("a FIFO", mkfifo, "it is a FIFO, not a regular file"),
+    (
+        "a folder",
+        |p| std::fs::create_dir(p).unwrap(),
+        "it is a folder, not a regular file",
+    ),
+    (
+        "a sparse file one byte over the limit",
+        |p| {
+            let f = std::fs::File::create(p).unwrap();
+            f.set_len(xca::fsio::limits::CHECKPOINT + 1).unwrap();
+        },
+        "4294967297 bytes, more than the ",
+    ),
+];
+
+fn remove_any(p: &Path) {
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        std::fs::remove_dir_all(p).unwrap();
+    } else {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[test]
+fn checkpoints_that_are_no_regular_files_or_too_large_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    for name in ["c.safetensors", "c.pth.tar", "c"] {
+        let ckpt = dir.path().join(name);
+        for (what, make, why) in IMPOSTORS {
+            make(&ckpt);
+            for cmd in ["eval", "import"] {
+                if cmd == "import" && name == "c" {
+                    continue;
+                }
+                let args: [&std::ffi::OsStr; 4] = if cmd == "eval" {
+                    [cmd.as_ref(), config.as_os_str(), ckpt.as_os_str(), "--quiet".as_ref()]
+                } else {
+                    [cmd.as_ref(), "--config".as_ref(), config.as_os_str(), ckpt.as_os_str()]
+                };
+                let (code, err, took) = xca_timed(&args);
+                let ctx = format!("{cmd} {name}, {what}: {err}");
+                assert_eq!(code, Some(2), "{ctx}");
+                assert_eq!(err.trim_end().lines().count(), 1, "{ctx}");
+                assert!(
+                    err.contains(&format!("cannot read {}: ", ckpt.display())) && err.contains(why),
+                    "{ctx}"
+                );
+                assert!(took < Duration::from_secs(5), "{ctx}: took {took:?}");
+            }
+            remove_any(&ckpt);
+        }
+    }
+}
+
+/// The reference run's finished state, copied to a fresh run folder `out` of `dir`, for
+/// `config` (the same network and data, in another folder: the state's config hash is
+/// updated to match).
+fn copy_reference_run(dir: &Path, config: &Path, out: &str) -> PathBuf {
+    let run = run_dir(dir, out);
+    std::fs::create_dir_all(run.join("state")).unwrap();
+    for f in [
+        "config.yaml",
+        "epoch_003.safetensors",
+        "epoch_003.json",
+        "log.jsonl",
+        "state/state.json",
+        "state/model.bpk",
+        "state/ema.bpk",
+        "state/optim.bin",
+    ] {
+        std::fs::copy(reference().join(f), run.join(f)).unwrap();
+    }
+    let mut st = state(&run);
+    st["config_hash"] = checkpoint::config_hash(&Config::load(config).unwrap().config).into();
+    std::fs::write(run.join("state/state.json"), serde_json::to_vec_pretty(&st).unwrap()).unwrap();
+    run
+}
+
+fn resume_cmd(config: &Path, out: &str) -> Vec<std::ffi::OsString> {
+    vec![
+        "train".into(),
+        config.into(),
+        "--output".into(),
+        out.into(),
+        "--resume".into(),
+        "--quiet".into(),
+    ]
+}
+
+#[test]
+fn resume_state_files_that_are_no_regular_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = copy_reference_run(dir.path(), &config, "s");
+    let args = resume_cmd(&config, "s");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    // The untouched copy resumes (nothing left to train) and succeeds.
+    let (code, err, _) = xca_timed(&args);
+    assert_eq!(code, Some(0), "{err}");
+    for f in [
+        "state/state.json",
+        "state/model.bpk",
+        "state/ema.bpk",
+        "state/optim.bin",
+        "log.jsonl",
+    ] {
+        let path = run.join(f);
+        let kept = std::fs::read(&path).unwrap();
+        for (what, make, why) in IMPOSTORS {
+            std::fs::remove_file(&path).unwrap();
+            make(&path);
+            let (code, err, took) = xca_timed(&args);
+            let ctx = format!("{f}, {what}: {err}");
+            assert_eq!(code, Some(2), "{ctx}");
+            let last = err.lines().last().unwrap_or_default();
+            assert!(
+                last.starts_with("xca: error: cannot read ")
+                    && last.contains(&path.display().to_string())
+                    && last.contains(why),
+                "{ctx}"
+            );
+            assert!(took < Duration::from_secs(5), "{ctx}: took {took:?}");
+            remove_any(&path);
+            std::fs::write(&path, &kept).unwrap();
+        }
+    }
+}
+
 /// What the fuzz targets of fuzz/ check, on their seed corpora (fuzz/corpus/<target>/) and
 /// on every input the fuzzers found a fault with (tests/fuzz_regressions/<target>/): no
 /// panic, accepted configs print and read back unchanged, and no feature file yields more

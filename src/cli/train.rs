@@ -128,6 +128,8 @@ pub fn run(args: Args) -> Result<()> {
             drop(lock);
             std::process::exit(interrupt::EXIT_INTERRUPTED);
         }
+        // A damaged, foreign or unreadable resumable state is the user's data: exit 2.
+        Err(e @ (TrainError::Resume { .. } | TrainError::Read(_))) => return Err(InputError(e.to_string()).into()),
         r => r?,
     };
     println!(

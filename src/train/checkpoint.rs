@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::fsio::{WriteError, write_atomic, write_json_atomic};
+use crate::fsio::{ReadError, WriteError, limits, read_bounded, read_text_bounded, write_atomic, write_json_atomic};
 use crate::model::Network;
 
 /// A checkpoint that cannot be written or read, naming the file.
@@ -18,6 +18,9 @@ use crate::model::Network;
 pub enum CheckpointError {
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// The file is missing, not a regular file, or larger than a checkpoint can be.
+    #[error(transparent)]
+    File(#[from] ReadError),
     #[error("cannot read checkpoint {}: {reason}", path.display())]
     Read { path: PathBuf, reason: String },
     #[error("checkpoint {} does not fit the config: {reason}", path.display())]
@@ -79,10 +82,7 @@ pub fn save(model: &Network, path: &Path, meta: &CheckpointMeta) -> Result<(), C
 /// Load weights into `model` (built from the matching config). Every tensor must be present
 /// with the right shape; anything else is an error naming the tensors.
 pub fn load(model: Network, path: &Path) -> Result<Network, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Read {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let bytes = read_bounded(path, limits::CHECKPOINT)?;
     load_bytes(model, bytes, path)
 }
 
@@ -160,8 +160,37 @@ pub fn load_bytes(mut model: Network, bytes: Vec<u8>, path: &Path) -> Result<Net
     }
 }
 
-/// Read a checkpoint's sidecar JSON, if there is one.
+/// Read a checkpoint's sidecar JSON, if there is one (a regular file of at most
+/// [`limits::SIDECAR`] bytes holding the fields of [`CheckpointMeta`]).
 pub fn read_meta(weights: &Path) -> Option<CheckpointMeta> {
-    let text = std::fs::read_to_string(meta_path(weights)).ok()?;
+    let text = read_text_bounded(&meta_path(weights), limits::SIDECAR).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sidecar_that_is_no_regular_file_reads_as_none_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let weights = dir.path().join("epoch_001.safetensors");
+        let meta = CheckpointMeta {
+            epoch: 1,
+            config_hash: "0123456789abcdef".into(),
+            xca_version: "0.1.0".into(),
+            weights: "ema".into(),
+        };
+        write_json_atomic(&meta_path(&weights), &meta).unwrap();
+        assert_eq!(read_meta(&weights), Some(meta));
+        std::fs::remove_file(meta_path(&weights)).unwrap();
+        let fifo = std::ffi::CString::new(meta_path(&weights).to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let started = std::time::Instant::now();
+        assert_eq!(read_meta(&weights), None);
+        std::fs::remove_file(meta_path(&weights)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", meta_path(&weights)).unwrap();
+        assert_eq!(read_meta(&weights), None);
+        assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+    }
 }

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::dataset::batch::{BatchError, Window, collate};
 use crate::dataset::crop::{CropParams, crop};
 use crate::dataset::{Grid, SplitData};
-use crate::fsio::{WriteError, build_dir_atomic, write_atomic, write_json_atomic};
+use crate::fsio::{ReadError, WriteError, build_dir_atomic, limits, read_bounded, write_atomic, write_json_atomic};
 use crate::model::{ModelError, Network};
 use crate::runtime;
 
@@ -52,6 +52,9 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A file of the resumable state that is missing, not a regular file or too large.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{path}: {reason}", path = path.display())]
     Io { path: PathBuf, reason: String },
     #[error("the training split has {videos} videos, fewer than loader.batch_size {batch}")]
@@ -249,8 +252,12 @@ pub fn train(
             path: sdir.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(sdir.join("state.json")).map_err(|e| bad(e.to_string()))?;
-        let st: ResumeState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let state_json = sdir.join("state.json");
+        let text = crate::fsio::read_text_bounded(&state_json, limits::SIDECAR)?;
+        let st: ResumeState = serde_json::from_str(&text).map_err(|e| TrainError::Resume {
+            path: state_json.clone(),
+            reason: e.to_string(),
+        })?;
         if st.config_hash != hash {
             return Err(bad(format!(
                 "it was written with a different config (hash {} vs {hash}); start a new run or restore the config",
@@ -265,20 +272,39 @@ pub fn train(
                 st.seed, opts.seed, st.seed
             )));
         }
+        // Each file a regular one no larger than a checkpoint can be.
+        let record = |name: &str| -> Result<burn::store::ModuleRecord, TrainError> {
+            let path = sdir.join(name);
+            let bytes = read_bounded(&path, limits::CHECKPOINT)?;
+            burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| {
+                TrainError::Resume {
+                    path,
+                    reason: e.to_string(),
+                }
+            })
+        };
         model = model
-            .try_load_file(sdir.join("model.bpk"))
-            .map_err(|e| bad(format!("model: {e}")))?;
+            .try_load_record(record("model.bpk")?)
+            .map_err(|e| bad(format!("model.bpk: {e}")))?;
         ema = ema
-            .try_load_file(sdir.join("ema.bpk"))
-            .map_err(|e| bad(format!("ema: {e}")))?;
-        optim_bytes = Some(std::fs::read(sdir.join("optim.bin")).map_err(|e| bad(format!("optim.bin: {e}")))?);
+            .try_load_record(record("ema.bpk")?)
+            .map_err(|e| bad(format!("ema.bpk: {e}")))?;
+        optim_bytes = Some(read_bounded(&sdir.join("optim.bin"), limits::CHECKPOINT)?);
         normalizer = st.normalizer;
         start_epoch = st.epochs_done;
         step = st.step;
         mid_epoch = st.mid_epoch;
         // A run killed mid-epoch logged steps that the resumed run will redo: keep only the
         // lines of the steps the state includes, so the log has each step once.
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
+        let log_bytes = match read_bounded(&log_path, limits::LOG) {
+            Ok(bytes) => Some(bytes),
+            Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            // A log that is a FIFO or a device would block or flood the appends below.
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(bytes) = log_bytes {
+            // A damaged line (invalid UTF-8 included) is dropped like any unparsable one.
+            let text = String::from_utf8_lossy(&bytes);
             let kept: String = text
                 .lines()
                 .filter(|l| {
