@@ -128,14 +128,25 @@ impl Loader<'_> {
             path: path.to_string(),
         })?;
         let tshape: Vec<usize> = data.shape().to_vec();
-        let vals: Vec<f32> =
-            data.clone()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| ModelError::WeightData {
-                    key: key.clone(),
-                    reason: format!("{e:?}"),
-                })?;
+        let data_err = |reason: String| ModelError::WeightData {
+            key: key.clone(),
+            reason,
+        };
+        // Integer and boolean tensors are no weights (PyTorch keeps only step counters so).
+        if !data.dtype().is_float() {
+            return Err(data_err(format!(
+                "it holds {:?} values, not floating point",
+                data.dtype()
+            )));
+        }
+        let vals: Vec<f32> = data
+            .clone()
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_into_vec::<f32>())
+            .map_err(|e| data_err(format!("{e:?}")))?;
+        if vals.len() != tshape.iter().product::<usize>() {
+            return Err(data_err(format!("{} values for shape {tshape:?}", vals.len())));
+        }
         let shape_err = |expected: Vec<usize>| ModelError::WeightShape {
             key: key.clone(),
             expected,
