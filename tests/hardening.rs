@@ -774,6 +774,85 @@ fn resume_state_files_that_are_no_regular_files_are_refused_at_once() {
     }
 }
 
+#[test]
+fn absurd_resume_counters_are_refused_naming_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny(dir.path());
+    let run = copy_reference_run(dir.path(), &config, "c");
+    let args = resume_cmd(&config, "c");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let state_json = run.join("state/state.json");
+    let good = state(&run);
+    assert_eq!(
+        (good["epochs_done"].as_u64(), good["step"].as_u64()),
+        (Some(3), Some(12))
+    );
+    let snapshot = || -> Vec<Vec<u8>> {
+        ["log.jsonl", "epoch_003.safetensors", "state/model.bpk"]
+            .iter()
+            .map(|f| std::fs::read(run.join(f)).unwrap())
+            .collect()
+    };
+    let before = snapshot();
+    type Edit = (&'static str, fn(&mut serde_json::Value), &'static str);
+    let edits: [Edit; 6] = [
+        (
+            "epochs done 2^64-1",
+            |s| s["epochs_done"] = u64::MAX.into(),
+            "epochs_done is 18446744073709551615, more than the 3 epochs the config trains",
+        ),
+        (
+            "step 999",
+            |s| s["step"] = 999.into(),
+            "step is 999, but 3 epochs of 4 steps make 12",
+        ),
+        (
+            "a negative normaliser",
+            |s| s["normalizer"]["value"] = (-1.0).into(),
+            "normalizer.value is -1; it must be a positive number",
+        ),
+        (
+            "a step of a 96-step epoch",
+            |s| {
+                s["epochs_done"] = 1.into();
+                s["step"] = 4.into();
+                s["mid_epoch"] = serde_json::json!({"iters_done": 95, "rng_word_pos": 0,
+                    "sum_cls": 1.0, "sum_reg": 1.0, "sum_con": null, "n_con": 0});
+            },
+            "mid_epoch.iters_done is 95; it must lie in 1..4 (steps per epoch)",
+        ),
+        (
+            "a negative loss sum",
+            |s| {
+                s["epochs_done"] = 1.into();
+                s["step"] = 6.into();
+                s["mid_epoch"] = serde_json::json!({"iters_done": 2, "rng_word_pos": 0,
+                    "sum_cls": 1.0, "sum_reg": -1.0, "sum_con": null, "n_con": 0});
+            },
+            "mid_epoch.sum_reg is -1; a sum of losses is finite and not negative",
+        ),
+        (
+            "a negative counter",
+            |s| s["epochs_done"] = (-1).into(),
+            "epochs_done: invalid value: integer `-1`, expected usize",
+        ),
+    ];
+    for (what, edit, why) in edits {
+        let mut st = good.clone();
+        edit(&mut st);
+        std::fs::write(&state_json, serde_json::to_vec(&st).unwrap()).unwrap();
+        let (code, err, _) = xca_timed(&args);
+        assert_eq!(code, Some(2), "{what}: {err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("xca: error: cannot resume from {}: ", state_json.display()))
+                && last.contains(why),
+            "{what}: {err}"
+        );
+        assert!(snapshot() == before, "{what}: the run folder changed");
+    }
+}
+
 /// The reference checkpoint with every tensor (or, for integer and boolean types, only the
 /// first by name) re-encoded as `dtype`.
 fn reencoded(src: &[u8], dtype: safetensors::Dtype) -> Vec<u8> {
