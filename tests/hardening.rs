@@ -979,6 +979,114 @@ fn checkpoints_of_other_float_widths_evaluate_like_float32_and_other_dtypes_are_
     }
 }
 
+/// The tiny network of fuzz/model.yaml (which the checkpoint fuzz seeds were made for).
+fn fuzz_model_yaml() -> String {
+    format!(
+        "dataset: {{input_dim: 256, max_seq_len: 32}}\n{}",
+        include_str!("../fuzz/model.yaml")
+    )
+}
+
+fn fuzz_network() -> xca::model::Network {
+    let cfg = Config::from_yaml_str(&fuzz_model_yaml(), Path::new("fuzz/model.yaml"))
+        .unwrap()
+        .config;
+    let device = xca::device::DeviceChoice::Cpu.device().unwrap();
+    xca::runtime::network_config(&cfg).init(&device).unwrap()
+}
+
+/// Every float weight of `net` is float32 (the dtypes found otherwise).
+fn non_f32_weights(net: &xca::model::Network) -> Vec<burn::tensor::DType> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    struct V(Vec<burn::tensor::DType>);
+    impl ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, p: &Param<burn::tensor::Tensor<D>>) {
+            let dt = p.val().dtype();
+            if dt != burn::tensor::DType::F32 {
+                self.0.push(dt);
+            }
+        }
+    }
+    let mut v = V(Vec::new());
+    net.visit(&mut v);
+    v.0
+}
+
+/// The synthetic data of [`tiny`] in `dir`, the network of fuzz/model.yaml, one epoch.
+fn fuzz_model_config(dir: &Path) -> PathBuf {
+    tiny(dir);
+    let config = dir.join("fuzz_model.yaml");
+    let yaml = fuzz_model_yaml().replace(
+        "dataset: {",
+        &format!(
+            "dataset: {{json_file: {d}/data/annotations/vessel.json, feat_folder: {d}/data/image, ",
+            d = dir.display()
+        ),
+    ) + &format!(
+        "opt: {{learning_rate: 0.001, epochs: 1, warmup_epochs: 0}}\noutput_folder: {}/ckpt\n",
+        dir.display()
+    );
+    std::fs::write(&config, yaml).unwrap();
+    config
+}
+
+/// Not a test: trains the network of fuzz/model.yaml for an epoch on the synthetic data and
+/// writes the checkpoint to `$XCA_FUZZ_SEED`, the input of fuzz/make_seeds.py:
+/// `XCA_FUZZ_SEED=/tmp/seed.safetensors cargo test --test hardening make_fuzz_seed -- --ignored`.
+#[test]
+#[ignore]
+fn make_fuzz_seed() {
+    let out = PathBuf::from(std::env::var_os("XCA_FUZZ_SEED").expect("XCA_FUZZ_SEED"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = fuzz_model_config(dir.path());
+    let (code, err) = xca_run(&[
+        "train".as_ref(),
+        config.as_os_str(),
+        "--output".as_ref(),
+        "seed".as_ref(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::copy(dir.path().join("ckpt/fuzz_model_seed/epoch_001.safetensors"), &out).unwrap();
+}
+
+#[test]
+fn pytorch_named_checkpoints_with_integer_weights_are_refused() {
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let config = fuzz_model_config(dir.path());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let good = std::fs::read(root.join("fuzz/corpus/safetensors/torch_names.safetensors")).unwrap();
+    let eval = |name: &str, bytes: &[u8]| {
+        let ckpt = dir.path().join(name);
+        std::fs::write(&ckpt, bytes).unwrap();
+        let (code, err) = xca_run(&[
+            "eval".as_ref(),
+            config.as_os_str(),
+            ckpt.as_os_str(),
+            "--quiet".as_ref(),
+        ]);
+        (code, err, ckpt)
+    };
+    let (code, err, _) = eval("torch.safetensors", &good);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err, _) = eval("torch_f16.safetensors", &reencoded(&good, Dtype::F16));
+    assert_eq!(code, Some(0), "{err}");
+    for dt in [Dtype::I32, Dtype::U8, Dtype::BOOL] {
+        let (code, err, ckpt) = eval("torch_int.safetensors", &reencoded(&good, dt));
+        assert_eq!(code, Some(2), "{dt:?}: {err}");
+        assert!(
+            err.trim_end().lines().count() == 1
+                && err.contains(&ckpt.display().to_string())
+                && err.contains(&format!(
+                    "tensor 'backbone.branch.0.attn.key.bias' cannot be read as float32: it holds {} values, not floating point",
+                    if dt == Dtype::BOOL { "Bool(Native)".to_string() } else { format!("{dt:?}") }
+                )),
+            "{dt:?}: {err}"
+        );
+    }
+}
+
 /// What the fuzz targets of fuzz/ check, on their seed corpora (fuzz/corpus/<target>/) and
 /// on every input the fuzzers found a fault with (tests/fuzz_regressions/<target>/): no
 /// panic, accepted configs print and read back unchanged, and no feature file yields more
@@ -1064,4 +1172,43 @@ fn fuzz_seeds_and_regressions_are_read_without_panic() {
         }
     }
     assert!(read >= 3, "the well-formed .npy seeds are read");
+
+    // Checkpoints, into the tiny network of fuzz/model.yaml: no panic, and what loads has
+    // float32 weights only.
+    use xca::model::load_torch_tensors;
+    use xca::model::torch::{group_unused, read_torch_checkpoint, read_torch_safetensors};
+    let sts = inputs("safetensors");
+    assert!(sts.len() >= 3);
+    let (mut ours, mut theirs) = (0, 0);
+    for (p, bytes) in &sts {
+        if let Ok(net) = checkpoint::load_bytes(fuzz_network(), bytes.clone(), name) {
+            ours += 1;
+            assert_eq!(non_f32_weights(&net), [], "{}", p.display());
+        }
+        if let Ok(tensors) = read_torch_safetensors(bytes.clone(), name)
+            && let Ok((net, report)) = load_torch_tensors(fuzz_network(), &tensors)
+        {
+            theirs += usize::from(group_unused(&report).is_ok());
+            assert_eq!(non_f32_weights(&net), [], "{}", p.display());
+        }
+    }
+    assert!(
+        ours >= 2 && theirs >= 1,
+        "the real checkpoints among the seeds load ({ours}, {theirs})"
+    );
+    let pths = inputs("pth");
+    assert!(pths.len() >= 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut imported = 0;
+    for (p, bytes) in &pths {
+        let path = tmp.path().join(p.file_name().unwrap());
+        std::fs::write(&path, bytes).unwrap();
+        if let Ok((tensors, _)) = read_torch_checkpoint(&path)
+            && let Ok((net, report)) = load_torch_tensors(fuzz_network(), &tensors)
+        {
+            imported += usize::from(group_unused(&report).is_ok());
+            assert_eq!(non_f32_weights(&net), [], "{}", p.display());
+        }
+    }
+    assert!(imported >= 2, "the real .pth seeds import ({imported})");
 }

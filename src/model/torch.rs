@@ -397,7 +397,7 @@ pub fn read_torch_checkpoint(path: &Path) -> Result<(HashMap<String, TensorData>
     let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if is_safetensors {
         let bytes = crate::fsio::read_bounded(path, crate::fsio::limits::CHECKPOINT)?;
-        return Ok((read_safetensors_bytes(bytes, path)?, None));
+        return Ok((read_torch_safetensors(bytes, path)?, None));
     }
     // A regular file no larger than a checkpoint can be, before burn-store opens it by name:
     // a path to a device, a FIFO or a folder is refused at once.
@@ -410,6 +410,12 @@ pub fn read_torch_checkpoint(path: &Path) -> Result<(HashMap<String, TensorData>
         Err(PthError::KeyNotFound) => Ok((read_pytorch(path, None).map_err(|e| e.into_model(path))?, None)),
         Err(e) => Err(e.into_model(path)),
     }
+}
+
+/// [`read_torch_checkpoint`] of a `.safetensors` file already in memory (`bytes`, read from
+/// `path`, which errors name).
+pub fn read_torch_safetensors(bytes: Vec<u8>, path: &Path) -> Result<HashMap<String, TensorData>, ModelError> {
+    read_safetensors_bytes(bytes, path)
 }
 
 /// Fill `network` from an original-format checkpoint (see [`read_torch_checkpoint`]):
