@@ -1051,6 +1051,42 @@ fn make_fuzz_seed() {
 }
 
 #[test]
+fn pth_checkpoints_with_nan_are_refused_like_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fuzz_model_config(dir.path());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let clean = root.join("fuzz/corpus/pth/tiny.pth.tar");
+    let nan = root.join("tests/data/pth/tiny_nan.pth.tar");
+    // The same archive without the NaN evaluates.
+    let (code, err) = xca_run(&[
+        "eval".as_ref(),
+        config.as_os_str(),
+        clean.as_os_str(),
+        "--quiet".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    for args in [
+        ["eval".as_ref(), config.as_os_str(), nan.as_os_str(), "--quiet".as_ref()],
+        [
+            "import".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+            nan.as_os_str(),
+        ],
+    ] {
+        let cmd = args[0].to_string_lossy();
+        let (code, err) = xca_run(&args);
+        assert_eq!(code, Some(2), "{cmd}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+        assert!(
+            err.contains(&nan.display().to_string())
+                && err.contains("tensor backbone.branch.0.attn.key.bias holds NaN or infinite values"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
 fn pytorch_named_checkpoints_with_integer_weights_are_refused() {
     use safetensors::Dtype;
     let dir = tempfile::tempdir().unwrap();

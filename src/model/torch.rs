@@ -399,23 +399,64 @@ pub fn read_torch_checkpoint(path: &Path) -> Result<(HashMap<String, TensorData>
         let bytes = crate::fsio::read_bounded(path, crate::fsio::limits::CHECKPOINT)?;
         return Ok((read_torch_safetensors(bytes, path)?, None));
     }
-    // A regular file no larger than a checkpoint can be, before burn-store opens it by name:
-    // a path to a device, a FIFO or a folder is refused at once.
-    let (file, len) = crate::fsio::open_bounded(path, crate::fsio::limits::CHECKPOINT)?;
-    check_archive(path, file, len)?;
-    const EMA: &str = "state_dict_ema";
-    match read_pytorch(path, Some(EMA)) {
-        Ok(t) => Ok((t, Some(EMA.to_string()))),
-        // A bare state dict (no top-level key) is read as it is.
-        Err(PthError::KeyNotFound) => Ok((read_pytorch(path, None).map_err(|e| e.into_model(path))?, None)),
-        Err(e) => Err(e.into_model(path)),
-    }
+    let (tensors, key) = {
+        // A regular file no larger than a checkpoint can be, before burn-store opens it by
+        // name: a path to a device, a FIFO or a folder is refused at once.
+        let (file, len) = crate::fsio::open_bounded(path, crate::fsio::limits::CHECKPOINT)?;
+        check_archive(path, file, len)?;
+        const EMA: &str = "state_dict_ema";
+        match read_pytorch(path, Some(EMA)) {
+            Ok(t) => (t, Some(EMA.to_string())),
+            // A bare state dict (no top-level key) is read as it is.
+            Err(PthError::KeyNotFound) => (read_pytorch(path, None).map_err(|e| e.into_model(path))?, None),
+            Err(e) => return Err(e.into_model(path)),
+        }
+    };
+    check_finite(&tensors).map_err(|reason| ModelError::WeightFile {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok((tensors, key))
 }
 
 /// [`read_torch_checkpoint`] of a `.safetensors` file already in memory (`bytes`, read from
 /// `path`, which errors name).
 pub fn read_torch_safetensors(bytes: Vec<u8>, path: &Path) -> Result<HashMap<String, TensorData>, ModelError> {
-    read_safetensors_bytes(bytes, path)
+    let tensors = read_safetensors_bytes(bytes, path)?;
+    check_finite(&tensors).map_err(|reason| ModelError::WeightFile {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok(tensors)
+}
+
+/// The first float tensor (in key order) holding a NaN or an infinity, or a value beyond
+/// float32's range, as an error message. Training never saves such weights, so one in a file
+/// means the file was damaged; xca's own checkpoints are refused for the same reason
+/// ([`crate::train::checkpoint::load`]). Integer tensors (step counters) are not weights and
+/// pass.
+fn check_finite(tensors: &HashMap<String, TensorData>) -> Result<(), String> {
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    for key in keys {
+        let data = &tensors[key];
+        if !data.dtype().is_float() {
+            continue;
+        }
+        let finite = data
+            .clone()
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_into_vec::<f32>())
+            .map_err(|e| format!("tensor {key} cannot be read as float32: {e:?}"))?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(format!(
+                "tensor {key} holds NaN or infinite values (or values beyond float32's range); the file is damaged"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Fill `network` from an original-format checkpoint (see [`read_torch_checkpoint`]):
