@@ -535,11 +535,11 @@ fn file_kind(ft: &fs::FileType) -> &'static str {
     if ft.is_dir() { "a folder" } else { "not a regular file" }
 }
 
-/// Read a whole regular file of at most `limit` bytes. Symlinks are followed; devices,
-/// FIFOs, sockets and folders are refused before any byte is read, and so is a file larger
-/// than `limit` (also one that grows past it while being read).
-pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
-    use std::io::Read;
+/// Open a regular file of at most `limit` bytes for reading, without reading it: for readers
+/// that take a path or seek (a PyTorch archive, a tensor file's tail). Symlinks are followed;
+/// devices, FIFOs, sockets and folders are refused before any byte is read, and so is a file
+/// larger than `limit`. Returns the open file and its size.
+pub fn open_bounded(path: &Path, limit: u64) -> Result<(fs::File, u64), ReadError> {
     let io = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
@@ -560,18 +560,35 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
             kind: file_kind(&meta.file_type()),
         });
     }
-    let too_large = |size| ReadError::TooLarge {
-        path: path.to_path_buf(),
-        size,
-        limit,
-    };
     if meta.len() > limit {
-        return Err(too_large(meta.len()));
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            limit,
+        });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    Ok((file, meta.len()))
+}
+
+/// Read a whole regular file of at most `limit` bytes. Symlinks are followed; devices,
+/// FIFOs, sockets and folders are refused before any byte is read, and so is a file larger
+/// than `limit` (also one that grows past it while being read).
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let (file, len) = open_bounded(path, limit)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if bytes.len() as u64 > limit {
-        return Err(too_large(bytes.len() as u64));
+        return Err(ReadError::TooLarge {
+            path: path.to_path_buf(),
+            size: bytes.len() as u64,
+            limit,
+        });
     }
     Ok(bytes)
 }

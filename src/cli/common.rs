@@ -132,8 +132,9 @@ pub fn checkpoint_kind(ckpt: &Path) -> Result<CheckpointKind> {
     if is_torch_checkpoint(ckpt) {
         return Ok(CheckpointKind::Torch);
     }
-    let bytes =
-        std::fs::read(ckpt).map_err(|e| InputError(format!("cannot read checkpoint {}: {e}", ckpt.display())))?;
+    // A regular file no larger than a checkpoint can be: a path to a device, a FIFO or a
+    // folder is refused at once, naming it.
+    let bytes = xca::fsio::read_bounded(ckpt, xca::fsio::limits::CHECKPOINT).map_err(|e| InputError(e.to_string()))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
         InputError(format!(
             "checkpoint {} is neither a safetensors file nor a PyTorch archive (.pth.tar): {e}",

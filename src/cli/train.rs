@@ -141,6 +141,8 @@ pub fn run(args: Args) -> Result<()> {
             drop(lock);
             std::process::exit(interrupt::EXIT_INTERRUPTED);
         }
+        // A damaged, foreign or unreadable resumable state is the user's data: exit 2.
+        Err(e @ (TrainError::Resume { .. } | TrainError::Read(_))) => return Err(InputError(e.to_string()).into()),
         r => r?,
     };
     println!(
@@ -233,6 +235,8 @@ fn check_memory(cfg: &xca::config::Config, path: &std::path::Path) -> Result<()>
 /// Redraw `run_dir/curves.png` from `run_dir/log.jsonl` (and `select.json` when present).
 pub fn write_curves(run_dir: &Path, iters_per_epoch: usize) -> Result<()> {
     let log_path = run_dir.join("log.jsonl");
+    // Bounded reads: a log or select.json that is a FIFO or a device must not stall the run
+    // after every epoch.
     let text = xca::fsio::read_text_bounded(&log_path, xca::fsio::limits::LOG)?;
     let log: Vec<LogLine> = text
         .lines()
@@ -290,6 +294,33 @@ mod tests {
             pts[0].losses.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             ["cls", "reg", "total"]
         );
+    }
+
+    #[test]
+    fn curves_refuse_a_log_or_select_json_that_is_no_regular_file_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let mut log = String::new();
+        for step in 0..4 {
+            log.push_str(&serde_json::to_string(&line("step", 1, step, None)).unwrap());
+            log.push('\n');
+        }
+        std::fs::write(run.join("log.jsonl"), &log).unwrap();
+        let fifo = |p: &Path| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        };
+        let started = std::time::Instant::now();
+        // A select.json that is a FIFO is skipped, not waited on.
+        fifo(&run.join("select.json"));
+        write_curves(run, 4).unwrap();
+        assert!(run.join("curves.png").is_file());
+        // A log that is one is an error naming it.
+        std::fs::remove_file(run.join("log.jsonl")).unwrap();
+        fifo(&run.join("log.jsonl"));
+        let e = write_curves(run, 4).unwrap_err().to_string();
+        assert!(e.contains("log.jsonl: it is a FIFO, not a regular file"), "{e}");
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
     }
 
     #[test]

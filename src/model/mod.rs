@@ -101,6 +101,9 @@ pub enum ModelError {
         /// Why.
         reason: String,
     },
+    /// A weight file that is missing, not a regular file, or larger than a checkpoint can be.
+    #[error(transparent)]
+    File(#[from] crate::fsio::ReadError),
     /// A weight file that cannot be read.
     #[error("cannot read weights from {path}: {reason}")]
     WeightFile {

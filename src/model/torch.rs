@@ -128,14 +128,25 @@ impl Loader<'_> {
             path: path.to_string(),
         })?;
         let tshape: Vec<usize> = data.shape().to_vec();
-        let vals: Vec<f32> =
-            data.clone()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| ModelError::WeightData {
-                    key: key.clone(),
-                    reason: format!("{e:?}"),
-                })?;
+        let data_err = |reason: String| ModelError::WeightData {
+            key: key.clone(),
+            reason,
+        };
+        // Integer and boolean tensors are no weights (PyTorch keeps only step counters so).
+        if !data.dtype().is_float() {
+            return Err(data_err(format!(
+                "it holds {:?} values, not floating point",
+                data.dtype()
+            )));
+        }
+        let vals: Vec<f32> = data
+            .clone()
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_into_vec::<f32>())
+            .map_err(|e| data_err(format!("{e:?}")))?;
+        if vals.len() != tshape.iter().product::<usize>() {
+            return Err(data_err(format!("{} values for shape {tshape:?}", vals.len())));
+        }
         let shape_err = |expected: Vec<usize>| ModelError::WeightShape {
             key: key.clone(),
             expected,
@@ -385,16 +396,67 @@ pub struct ImportReport {
 pub fn read_torch_checkpoint(path: &Path) -> Result<(HashMap<String, TensorData>, Option<String>), ModelError> {
     let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if is_safetensors {
-        return Ok((read_tensor_file(path, None)?, None));
+        let bytes = crate::fsio::read_bounded(path, crate::fsio::limits::CHECKPOINT)?;
+        return Ok((read_torch_safetensors(bytes, path)?, None));
     }
-    check_archive(path)?;
-    const EMA: &str = "state_dict_ema";
-    match read_pytorch(path, Some(EMA)) {
-        Ok(t) => Ok((t, Some(EMA.to_string()))),
-        // A bare state dict (no top-level key) is read as it is.
-        Err(PthError::KeyNotFound) => Ok((read_pytorch(path, None).map_err(|e| e.into_model(path))?, None)),
-        Err(e) => Err(e.into_model(path)),
+    let (tensors, key) = {
+        // A regular file no larger than a checkpoint can be, before burn-store opens it by
+        // name: a path to a device, a FIFO or a folder is refused at once.
+        let (file, len) = crate::fsio::open_bounded(path, crate::fsio::limits::CHECKPOINT)?;
+        check_archive(path, file, len)?;
+        const EMA: &str = "state_dict_ema";
+        match read_pytorch(path, Some(EMA)) {
+            Ok(t) => (t, Some(EMA.to_string())),
+            // A bare state dict (no top-level key) is read as it is.
+            Err(PthError::KeyNotFound) => (read_pytorch(path, None).map_err(|e| e.into_model(path))?, None),
+            Err(e) => return Err(e.into_model(path)),
+        }
+    };
+    check_finite(&tensors).map_err(|reason| ModelError::WeightFile {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok((tensors, key))
+}
+
+/// [`read_torch_checkpoint`] of a `.safetensors` file already in memory (`bytes`, read from
+/// `path`, which errors name).
+pub fn read_torch_safetensors(bytes: Vec<u8>, path: &Path) -> Result<HashMap<String, TensorData>, ModelError> {
+    let tensors = read_safetensors_bytes(bytes, path)?;
+    check_finite(&tensors).map_err(|reason| ModelError::WeightFile {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    Ok(tensors)
+}
+
+/// The first float tensor (in key order) holding a NaN or an infinity, or a value beyond
+/// float32's range, as an error message. Training never saves such weights, so one in a file
+/// means the file was damaged; xca's own checkpoints are refused for the same reason
+/// ([`crate::train::checkpoint::load`]). Integer tensors (step counters) are not weights and
+/// pass.
+fn check_finite(tensors: &HashMap<String, TensorData>) -> Result<(), String> {
+    let mut keys: Vec<&String> = tensors.keys().collect();
+    keys.sort();
+    for key in keys {
+        let data = &tensors[key];
+        if !data.dtype().is_float() {
+            continue;
+        }
+        let finite = data
+            .clone()
+            .try_cast_as::<f32>()
+            .and_then(|d| d.try_into_vec::<f32>())
+            .map_err(|e| format!("tensor {key} cannot be read as float32: {e:?}"))?
+            .iter()
+            .all(|v| v.is_finite());
+        if !finite {
+            return Err(format!(
+                "tensor {key} holds NaN or infinite values (or values beyond float32's range); the file is damaged"
+            ));
+        }
     }
+    Ok(())
 }
 
 /// Fill `network` from an original-format checkpoint (see [`read_torch_checkpoint`]):
@@ -458,17 +520,15 @@ fn read_pytorch(path: &Path, top_level_key: Option<&str>) -> Result<HashMap<Stri
     Ok(out)
 }
 
-/// A cheap sanity check before the PyTorch reader: the file exists and, if it is a zip
-/// archive (what `torch.save` writes since PyTorch 1.6), its end-of-central-directory
-/// record is there, so a truncated download is reported as such.
-fn check_archive(path: &Path) -> Result<(), ModelError> {
+/// A cheap sanity check before the PyTorch reader: if `file` (`len` bytes, opened from
+/// `path`) is a zip archive (what `torch.save` writes since PyTorch 1.6), its
+/// end-of-central-directory record is there, so a truncated download is reported as such.
+fn check_archive(path: &Path, mut f: std::fs::File, len: u64) -> Result<(), ModelError> {
     use std::io::{Read, Seek, SeekFrom};
     let err = |reason: String| ModelError::WeightFile {
         path: path.display().to_string(),
         reason,
     };
-    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let len = f.metadata().map_err(|e| err(e.to_string()))?.len();
     let mut magic = [0u8; 4];
     if len < 4 || f.read_exact(&mut magic).is_err() {
         return Err(err(format!(
@@ -485,7 +545,9 @@ fn check_archive(path: &Path) -> Result<(), ModelError> {
     f.seek(SeekFrom::Start(len - tail_len))
         .map_err(|e| err(e.to_string()))?;
     let mut tail = Vec::with_capacity(tail_len as usize);
-    f.read_to_end(&mut tail).map_err(|e| err(e.to_string()))?;
+    f.take(tail_len)
+        .read_to_end(&mut tail)
+        .map_err(|e| err(e.to_string()))?;
     if !tail.windows(4).any(|w| w == b"PK\x05\x06") {
         return Err(err(format!(
             "zip archive is truncated or damaged ({len} bytes, no end-of-central-directory record)"
@@ -494,32 +556,30 @@ fn check_archive(path: &Path) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Read every tensor of a `.safetensors` file, or of a PyTorch `.pth`/`.pth.tar` archive
-/// (optionally under `top_level_key`, e.g. `state_dict_ema`), by name.
-pub fn read_tensor_file(path: &Path, top_level_key: Option<&str>) -> Result<HashMap<String, TensorData>, ModelError> {
+/// Every tensor of safetensors `bytes` (read from `path`, which errors name), by name.
+pub fn read_safetensors_bytes(bytes: Vec<u8>, path: &Path) -> Result<HashMap<String, TensorData>, ModelError> {
     let err = |reason: String| ModelError::WeightFile {
         path: path.display().to_string(),
         reason,
     };
-    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    let mut store = SafetensorsStore::from_bytes(Some(bytes)).map_indices_contiguous(false);
+    let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
     let mut out = HashMap::new();
-    if is_safetensors {
-        let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
-        let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
-        for (k, t) in all {
-            out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
-        }
-    } else {
-        // PytorchStore renumbers `nn.Sequential` indices by default (attention_op.3 would
-        // become .2); the name map needs the original keys.
-        let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-        if let Some(key) = top_level_key {
-            store = store.with_top_level_key(key);
-        }
-        let all = store.get_all_tensors().map_err(|e| err(e.to_string()))?;
-        for (k, t) in all {
-            out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
-        }
+    for (k, t) in all {
+        out.insert(k.clone(), bridge::to_data(t).map_err(|e| err(format!("{k}: {e}")))?);
     }
     Ok(out)
+}
+
+/// Read every tensor of a `.safetensors` file, or of a PyTorch `.pth`/`.pth.tar` archive
+/// (optionally under `top_level_key`, e.g. `state_dict_ema`), by name.
+pub fn read_tensor_file(path: &Path, top_level_key: Option<&str>) -> Result<HashMap<String, TensorData>, ModelError> {
+    let is_safetensors = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if is_safetensors {
+        let bytes = crate::fsio::read_bounded(path, crate::fsio::limits::CHECKPOINT)?;
+        return read_safetensors_bytes(bytes, path);
+    }
+    // Checked before burn-store opens it by name (see `read_torch_checkpoint`).
+    crate::fsio::open_bounded(path, crate::fsio::limits::CHECKPOINT)?;
+    read_pytorch(path, top_level_key).map_err(|e| e.into_model(path))
 }

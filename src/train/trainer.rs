@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::dataset::batch::{BatchError, Window, collate};
 use crate::dataset::crop::{CropParams, crop};
 use crate::dataset::{Grid, SplitData};
-use crate::fsio::{WriteError, build_dir_atomic, write_atomic, write_json_atomic};
+use crate::fsio::{ReadError, WriteError, build_dir_atomic, limits, read_bounded, write_atomic, write_json_atomic};
 use crate::model::{ModelError, Network};
 use crate::runtime;
 
@@ -52,6 +52,9 @@ pub enum TrainError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Write(#[from] WriteError),
+    /// A file of the resumable state that is missing, not a regular file or too large.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     #[error("{path}: {reason}", path = path.display())]
     Io { path: PathBuf, reason: String },
     #[error("the training split has {videos} videos, fewer than loader.batch_size {batch}")]
@@ -143,6 +146,83 @@ struct ResumeState {
     /// Set when the state was saved inside epoch `epochs_done + 1` (Ctrl-C).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mid_epoch: Option<MidEpoch>,
+}
+
+impl ResumeState {
+    /// Check every counter against the run it is to continue: `total_epochs` epochs of
+    /// `iters` steps each. A state that xca wrote always passes; a damaged or hand-edited
+    /// one is refused naming the field, instead of resuming into garbage (a run "finished"
+    /// after 2⁶⁴−1 epochs, a learning rate read from step 999 of an epoch of 96, a negative
+    /// loss normaliser).
+    fn validate(&self, total_epochs: usize, iters: usize) -> Result<(), String> {
+        if self.epochs_done > total_epochs {
+            return Err(format!(
+                "epochs_done is {}, more than the {total_epochs} epochs the config trains",
+                self.epochs_done
+            ));
+        }
+        let n = &self.normalizer;
+        if !(n.value.is_finite() && n.value > 0.0) {
+            return Err(format!("normalizer.value is {}; it must be a positive number", n.value));
+        }
+        if !(0.0..=1.0).contains(&n.momentum) {
+            return Err(format!("normalizer.momentum is {}; it must lie in [0, 1]", n.momentum));
+        }
+        let mut in_epoch = 0;
+        if let Some(m) = &self.mid_epoch {
+            if self.epochs_done >= total_epochs {
+                return Err(format!("mid_epoch is set, but all {total_epochs} epochs are done"));
+            }
+            if m.iters_done == 0 || m.iters_done >= iters {
+                return Err(format!(
+                    "mid_epoch.iters_done is {}; it must lie in 1..{iters} (steps per epoch)",
+                    m.iters_done
+                ));
+            }
+            if m.n_con > m.iters_done {
+                return Err(format!(
+                    "mid_epoch.n_con is {}, more than the {} steps done",
+                    m.n_con, m.iters_done
+                ));
+            }
+            if m.sum_con.is_some() != (m.n_con > 0) {
+                return Err(format!(
+                    "mid_epoch.sum_con is {}, but mid_epoch.n_con is {}",
+                    if m.sum_con.is_some() { "set" } else { "absent" },
+                    m.n_con
+                ));
+            }
+            for (field, v) in [
+                ("sum_cls", Some(m.sum_cls)),
+                ("sum_reg", Some(m.sum_reg)),
+                ("sum_con", m.sum_con),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return Err(format!(
+                        "mid_epoch.{field} is {v}; a sum of losses is finite and not negative"
+                    ));
+                }
+            }
+            in_epoch = m.iters_done;
+        }
+        // Every state is saved between steps: the global step count is exact.
+        let expected = self.epochs_done.saturating_mul(iters).saturating_add(in_epoch);
+        if self.step != expected {
+            return Err(format!(
+                "step is {}, but {} epochs of {iters} steps{} make {expected} (was the training split changed?)",
+                self.step,
+                self.epochs_done,
+                if in_epoch > 0 {
+                    format!(" and {in_epoch} more")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Where in an unfinished epoch a state was saved, and the epoch's running loss sums (as
@@ -260,8 +340,17 @@ pub fn train(
             path: sdir.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(sdir.join("state.json")).map_err(|e| bad(e.to_string()))?;
-        let st: ResumeState = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let state_json = sdir.join("state.json");
+        let text = crate::fsio::read_text_bounded(&state_json, limits::SIDECAR)?;
+        // The error names the field (`epochs_done: invalid value: integer `-1`…`).
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let st: ResumeState = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| e.to_string())
+            .and_then(|st| de.end().map(|()| st).map_err(|e| e.to_string()))
+            .map_err(|reason| TrainError::Resume {
+                path: state_json.clone(),
+                reason,
+            })?;
         if st.config_hash != hash {
             return Err(bad(format!(
                 "it was written with a different config (hash {} vs {hash}); start a new run or restore the config",
@@ -276,20 +365,43 @@ pub fn train(
                 st.seed, opts.seed, st.seed
             )));
         }
+        st.validate(total_epochs, iters).map_err(|reason| TrainError::Resume {
+            path: state_json.clone(),
+            reason,
+        })?;
+        // Each file a regular one no larger than a checkpoint can be.
+        let record = |name: &str| -> Result<burn::store::ModuleRecord, TrainError> {
+            let path = sdir.join(name);
+            let bytes = read_bounded(&path, limits::CHECKPOINT)?;
+            burn::store::ModuleRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(|e| {
+                TrainError::Resume {
+                    path,
+                    reason: e.to_string(),
+                }
+            })
+        };
         model = model
-            .try_load_file(sdir.join("model.bpk"))
-            .map_err(|e| bad(format!("model: {e}")))?;
+            .try_load_record(record("model.bpk")?)
+            .map_err(|e| bad(format!("model.bpk: {e}")))?;
         ema = ema
-            .try_load_file(sdir.join("ema.bpk"))
-            .map_err(|e| bad(format!("ema: {e}")))?;
-        optim_bytes = Some(std::fs::read(sdir.join("optim.bin")).map_err(|e| bad(format!("optim.bin: {e}")))?);
+            .try_load_record(record("ema.bpk")?)
+            .map_err(|e| bad(format!("ema.bpk: {e}")))?;
+        optim_bytes = Some(read_bounded(&sdir.join("optim.bin"), limits::CHECKPOINT)?);
         normalizer = st.normalizer;
         start_epoch = st.epochs_done;
         step = st.step;
         mid_epoch = st.mid_epoch;
         // A run killed mid-epoch logged steps that the resumed run will redo: keep only the
         // lines of the steps the state includes, so the log has each step once.
-        if let Ok(text) = std::fs::read_to_string(&log_path) {
+        let log_bytes = match read_bounded(&log_path, limits::LOG) {
+            Ok(bytes) => Some(bytes),
+            Err(ReadError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            // A log that is a FIFO or a device would block or flood the appends below.
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(bytes) = log_bytes {
+            // A damaged line (invalid UTF-8 included) is dropped like any unparsable one.
+            let text = String::from_utf8_lossy(&bytes);
             let kept: String = text
                 .lines()
                 .filter(|l| {
@@ -586,6 +698,91 @@ fn save_state(run_dir: &Path, learner: &Learner, state: ResumeState) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A state as `xca train` writes it after `epochs_done` epochs of 96 steps (plus
+    /// `mid` steps of the next, as Ctrl-C saves it).
+    fn written(epochs_done: usize, mid: usize) -> ResumeState {
+        ResumeState {
+            epochs_done,
+            step: epochs_done * 96 + mid,
+            normalizer: LossNormalizer {
+                value: 41.5,
+                momentum: 0.9,
+            },
+            config_hash: "0123456789abcdef".into(),
+            seed: 7,
+            mid_epoch: (mid > 0).then_some(MidEpoch {
+                iters_done: mid,
+                rng_word_pos: 12_345,
+                sum_cls: 3.5,
+                sum_reg: 1.25,
+                sum_con: Some(0.5),
+                n_con: mid,
+            }),
+        }
+    }
+
+    #[test]
+    fn states_xca_writes_pass_and_absurd_counters_are_refused_naming_the_field() {
+        for (done, mid) in [(0, 0), (1, 0), (3, 0), (0, 1), (2, 95)] {
+            assert_eq!(written(done, mid).validate(3, 96), Ok(()), "{done} {mid}");
+        }
+        let mut no_con = written(1, 5);
+        if let Some(m) = &mut no_con.mid_epoch {
+            m.sum_con = None;
+            m.n_con = 0;
+        }
+        assert_eq!(no_con.validate(3, 96), Ok(()));
+
+        let check = |st: ResumeState, want: &str| {
+            let e = st.validate(3, 96).expect_err(want);
+            assert!(e.contains(want), "{e}");
+        };
+        let mut st = written(1, 0);
+        st.epochs_done = usize::MAX;
+        check(
+            st,
+            "epochs_done is 18446744073709551615, more than the 3 epochs the config trains",
+        );
+        let mut st = written(1, 0);
+        st.step = 999;
+        check(st, "step is 999, but 1 epochs of 96 steps make 96");
+        let mut st = written(1, 7);
+        st.step = 96;
+        check(st, "step is 96, but 1 epochs of 96 steps and 7 more make 103");
+        for v in [-1.0, 0.0, f64::NAN, f64::INFINITY] {
+            let mut st = written(1, 0);
+            st.normalizer.value = v;
+            check(st, &format!("normalizer.value is {v}; it must be a positive number"));
+        }
+        let mut st = written(1, 0);
+        st.normalizer.momentum = 1.5;
+        check(st, "normalizer.momentum is 1.5");
+        check(written(2, 96), "mid_epoch.iters_done is 96; it must lie in 1..96");
+        let mut st = written(3, 4);
+        st.step = 3 * 96 + 4;
+        check(st, "mid_epoch is set, but all 3 epochs are done");
+        let mut st = written(1, 4);
+        if let Some(m) = &mut st.mid_epoch {
+            m.n_con = 5;
+        }
+        check(st, "mid_epoch.n_con is 5, more than the 4 steps done");
+        let mut st = written(1, 4);
+        if let Some(m) = &mut st.mid_epoch {
+            m.sum_con = None;
+        }
+        check(st, "mid_epoch.sum_con is absent, but mid_epoch.n_con is 4");
+        let mut st = written(1, 4);
+        if let Some(m) = &mut st.mid_epoch {
+            m.sum_reg = f64::NAN;
+        }
+        check(st, "mid_epoch.sum_reg is NaN");
+        let mut st = written(1, 4);
+        if let Some(m) = &mut st.mid_epoch {
+            m.sum_cls = -2.0;
+        }
+        check(st, "mid_epoch.sum_cls is -2");
+    }
 
     #[test]
     fn decay_rule_follows_the_spec_groups() {
