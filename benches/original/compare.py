@@ -208,7 +208,7 @@ def run_xca(args, work: Path):
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     subprocess.run(
         [args.xca, "bench", str(REPO / "configs" / "vessel.yaml"), "--iters", str(args.iters),
-         "--warmup", str(args.warmup), "--json", str(out)],
+         "--warmup", str(args.warmup), "--long-t", "0", "--json", str(out)],
         env=env, check=True, stdout=subprocess.DEVNULL,
     )
     v = json.loads(out.read_text())
