@@ -205,9 +205,9 @@ pub fn val_points(select_json: &serde_json::Value) -> Vec<ValPoint> {
 }
 
 /// Refuse a config whose training step cannot fit in this machine's memory, before any
-/// allocation: the estimate is per crop row (activations kept for the backward, ~1.1 KB per
-/// input value and row, measured on the paper's configuration: 1.7 GB peak for 2 × 128 rows
-/// of 4096) plus the weights with their gradients and AdamW moments.
+/// allocation. The estimate is ~1.1 KB per input value and crop row: the paper
+/// configuration's measured 1.7 GB peak for 2 × 128 rows of 4096, weights and optimiser state
+/// included, spread over the rows (an over-estimate for smaller models, which is the safe side).
 fn check_memory(cfg: &xca::config::Config, path: &std::path::Path) -> Result<()> {
     const BYTES_PER_VALUE_AND_ROW: u64 = 1100;
     let rows = (cfg.loader.batch_size as u64).saturating_mul(cfg.dataset.max_seq_len as u64);
