@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::json;
 use xca::evaluate::ground_truth;
-use xca::train::checkpoint;
 
 use super::eval::{evaluate_loaded, print_scores};
 use super::{InputError, common, score};
@@ -55,15 +54,9 @@ pub fn parse_epochs(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
     Ok(a..=b)
 }
 
-/// The checkpoint of a 1-based epoch in `dir`: xca's `epoch_NNN.safetensors`, else the
-/// original's `epoch_NNN.pth.tar` (a folder of the authors' checkpoints works as it is).
-pub fn find_epoch(dir: &std::path::Path, epoch: usize) -> Option<PathBuf> {
-    let ours = checkpoint::epoch_file(dir, epoch);
-    let theirs = dir.join(format!("epoch_{epoch:03}.pth.tar"));
-    [ours, theirs].into_iter().find(|p| p.exists())
-}
-
-/// The checkpoints in `dir` whose epoch lies in `epochs`, by epoch (xca's file preferred).
+/// The checkpoints in `dir` whose epoch lies in `epochs`, by epoch: xca's
+/// `epoch_NNN.safetensors`, else the original's `epoch_NNN.pth.tar` (a folder of the authors'
+/// checkpoints works as it is).
 /// Found by listing the folder once, so the cost follows the files present, not the range
 /// asked for (`--epochs 1..4000000000` is as quick as `31..50`).
 pub fn checkpoints_in(dir: &std::path::Path, epochs: &std::ops::RangeInclusive<usize>) -> Vec<(usize, PathBuf)> {
@@ -88,7 +81,7 @@ pub fn checkpoints_in(dir: &std::path::Path, epochs: &std::ops::RangeInclusive<u
             continue;
         }
         let Ok(epoch) = digits.parse::<usize>() else { continue };
-        // The canonical name only (epoch_007, not epoch_7 or epoch_0007): what find_epoch reads.
+        // The canonical name only (epoch_007, not epoch_7 or epoch_0007), as training writes it.
         if !epochs.contains(&epoch) || format!("{epoch:03}") != digits {
             continue;
         }
@@ -183,7 +176,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     let chosen = choose(&rows).map(|r| r.epoch).unwrap_or(ckpts[0].0);
     println!("\nChosen: epoch {chosen} (highest validation average mAP; ties go to the earlier epoch)\n");
-    let path = find_epoch(&dir, chosen).unwrap_or_else(|| checkpoint::epoch_file(&dir, chosen));
+    // The file listed for that epoch (ckpts is not empty, and `chosen` is one of its epochs).
+    let path = ckpts
+        .iter()
+        .find(|(e, _)| *e == chosen)
+        .map_or_else(|| ckpts[0].1.clone(), |(_, p)| p.clone());
     let model = common::load_model(&cfg, &path, &device)?;
     let test = common::load_data(&cfg, &ann, std::slice::from_ref(&test_split), args.run.quiet)?;
     let (scores, _) = evaluate_loaded(&cfg, &model, &test, &gt, &test_split, seed, &device, args.run.quiet)?;
