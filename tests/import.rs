@@ -18,8 +18,12 @@ use xca::model::read_tensor_file;
 use xca::synth::{SynthConfig, generate};
 use xca::train::checkpoint;
 
+#[macro_use]
+#[path = "common/parity.rs"]
+mod parity_fixtures;
+
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/parity/")).join(name)
+    parity_fixtures::file(name)
 }
 
 fn xca() -> Command {
@@ -64,6 +68,7 @@ fn max_abs_diff(name: &str, t: &Tensor<3>, fx: &HashMap<String, TensorData>) -> 
 
 #[test]
 fn imported_checkpoint_reproduces_the_original_forward() {
+    parity_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let out_ckpt = dir.path().join("epoch_050.safetensors");
@@ -182,6 +187,7 @@ fn pth_tensors() -> HashMap<String, TensorData> {
 
 #[test]
 fn torch_named_safetensors_imports_like_the_archive() {
+    parity_or_skip!();
     // The same state dict re-saved as safetensors (what `safetensors.torch.save_file` writes)
     // is accepted by `xca import` and gives the same xca checkpoint.
     let dir = tempfile::tempdir().unwrap();
@@ -233,6 +239,7 @@ fn torch_named_safetensors_imports_like_the_archive() {
 
 #[test]
 fn a_removed_tensor_is_named() {
+    parity_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let mut t = pth_tensors();
@@ -260,6 +267,7 @@ fn a_removed_tensor_is_named() {
 
 #[test]
 fn a_wrong_shape_is_named() {
+    parity_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let mut t = pth_tensors();
@@ -287,6 +295,7 @@ fn a_wrong_shape_is_named() {
 
 #[test]
 fn a_wrong_config_lists_every_mismatch() {
+    parity_or_skip!();
     // The 32-wide checkpoint against a 64-wide config: every width-dependent tensor is
     // listed (on stderr, one per line), and the one-line error spells out the first 20.
     let dir = tempfile::tempdir().unwrap();
@@ -333,6 +342,7 @@ fn a_wrong_config_lists_every_mismatch() {
 
 #[test]
 fn a_config_without_the_attention_refuses_its_tensors() {
+    parity_or_skip!();
     // SpAtten/TeAtten/pretrain off (the ActionFormer row): the checkpoint's spatial
     // attention would be silently dropped, so the import is refused.
     let dir = tempfile::tempdir().unwrap();
@@ -360,6 +370,7 @@ fn a_config_without_the_attention_refuses_its_tensors() {
 
 #[test]
 fn a_truncated_archive_fails_cleanly() {
+    parity_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &dir.path().join("data"), 32);
     let bytes = std::fs::read(fixture("epoch_050.pth.tar")).unwrap();
@@ -419,6 +430,7 @@ fn a_truncated_archive_fails_cleanly() {
 
 #[test]
 fn eval_takes_the_pth_archive_directly() {
+    parity_or_skip!();
     // `xca eval CONFIG epoch_050.pth.tar` on a tiny synthetic dataset of 64×64 maps: both
     // tables print, and the numbers equal those of the imported xca checkpoint.
     let dir = tempfile::tempdir().unwrap();

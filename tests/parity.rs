@@ -12,8 +12,12 @@ use burn::tensor::{Bool, Device, Tensor, TensorData};
 use xca::model::patch::random_patch;
 use xca::model::{Network, NetworkConfig, load_torch_tensors, read_tensor_file};
 
+#[macro_use]
+#[path = "common/parity.rs"]
+mod parity_fixtures;
+
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/parity/")).join(name)
+    parity_fixtures::file(name)
 }
 
 fn device() -> Device {
@@ -84,6 +88,7 @@ fn loaded_network(dev: &Device) -> Network {
 
 #[test]
 fn forward_matches_original() {
+    parity_or_skip!();
     let dev = device();
     let net = loaded_network(&dev);
     let fx = load("forward.safetensors");
@@ -111,6 +116,7 @@ fn forward_matches_original() {
 
 #[test]
 fn pth_archive_loads_the_same_weights() {
+    parity_or_skip!();
     let dev = device();
     let tensors = read_tensor_file(&fixture("epoch_050.pth.tar"), Some("state_dict_ema")).expect("pth readable");
     let net = reduced_config().init(&dev).expect("valid config");
@@ -128,6 +134,7 @@ fn pth_archive_loads_the_same_weights() {
 
 #[test]
 fn missing_weight_is_an_error_naming_the_key() {
+    parity_or_skip!();
     let dev = device();
     let mut weights = load("weights.safetensors");
     weights.remove("backbone.stem.1.attn.proj.bias");
@@ -138,6 +145,7 @@ fn missing_weight_is_an_error_naming_the_key() {
 
 #[test]
 fn wrong_weight_shape_is_an_error_naming_the_key() {
+    parity_or_skip!();
     let dev = device();
     let weights = load("weights.safetensors");
     // A 64-wide model cannot take the 32-wide weights.
@@ -153,6 +161,7 @@ fn wrong_weight_shape_is_an_error_naming_the_key() {
 
 #[test]
 fn random_patch_matches_original() {
+    parity_or_skip!();
     let dev = device();
     let fx = load("random_patch.safetensors");
     let input: Tensor<3> = tensor(&fx["input"], &dev);
@@ -165,6 +174,7 @@ fn random_patch_matches_original() {
 
 #[test]
 fn points_match_original() {
+    parity_or_skip!();
     let dev = device();
     let net = reduced_config().init(&dev).expect("valid config");
     let text = std::fs::read_to_string(fixture("points.json")).expect("points.json");
@@ -199,6 +209,7 @@ fn points_match_original() {
 
 #[test]
 fn training_mode_forward_matches_original() {
+    parity_or_skip!();
     // losses.safetensors: two unpadded videos, training mode (BatchNorm on batch statistics
     // over the B·T = 256 images), droppath 0 (no AffineDropPath modules).
     let dev = device().autodiff();
@@ -217,6 +228,7 @@ fn training_mode_forward_matches_original() {
 
 #[test]
 fn param_count_equals_the_fixture_parameters() {
+    parity_or_skip!();
     // weights.safetensors holds exactly the tensors the eval forward reads: its parameters
     // (running statistics excluded) are what xca allocates.
     let dev = device();

@@ -18,8 +18,12 @@ fn close(a: f32, b: f32) -> bool {
     (a - b).abs() <= TOL * b.abs().max(1.0)
 }
 
+#[macro_use]
+#[path = "common/parity.rs"]
+mod parity_fixtures;
+
 fn parity(name: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/parity")).join(name)
+    parity_fixtures::file(name)
 }
 
 fn json(name: &str) -> Value {
@@ -94,6 +98,7 @@ fn nms_cfg(s: &Value) -> NmsConfig {
 
 #[test]
 fn nms_matches_original_on_all_cases_and_settings() {
+    parity_or_skip!();
     let fx = json("nms.json");
     let cases = fx["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 3);
@@ -187,6 +192,7 @@ fn test_cfg(fx: &Value) -> (DecodeConfig, NmsConfig, GridToSeconds) {
 
 #[test]
 fn decode_nms_and_seconds_match_original() {
+    parity_or_skip!();
     let fx = json("decode.json");
     let (dec, nms, grid) = test_cfg(&fx);
     let pre = decode(&stored_levels(), &dec).unwrap();
@@ -219,6 +225,7 @@ fn decode_nms_and_seconds_match_original() {
 
 #[test]
 fn decode_safetensors_agree_with_decode_json() {
+    parity_or_skip!();
     // The two fixture files hold the same lists; guard against reading the wrong one.
     let fx = json("decode.json");
     let bytes = std::fs::read(parity("decode.safetensors")).unwrap();
@@ -234,6 +241,7 @@ fn decode_safetensors_agree_with_decode_json() {
 
 #[test]
 fn keyframe_evaluation_path_matches_original() {
+    parity_or_skip!();
     let fx = json("decode.json");
     let (dec, nms, grid) = test_cfg(&fx);
     let out = xca::infer::postprocess(&stored_levels(), &dec, &nms, &grid).unwrap();

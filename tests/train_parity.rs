@@ -6,7 +6,9 @@ use safetensors::{Dtype, SafeTensors};
 use xca::train::assign::{CenterSample, Targets, assign_targets, pyramid_points};
 use xca::train::loss::{LossConfig, LossNormalizer, contrastive_loss, count_positives, detection_losses};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/parity/");
+#[macro_use]
+#[path = "common/parity.rs"]
+mod parity_fixtures;
 
 struct Fixture {
     bytes: Vec<u8>,
@@ -14,9 +16,9 @@ struct Fixture {
 
 impl Fixture {
     fn load() -> Self {
-        let path = format!("{DIR}losses.safetensors");
+        let path = parity_fixtures::file("losses.safetensors");
         Self {
-            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")),
+            bytes: std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
         }
     }
 
@@ -34,8 +36,8 @@ impl Fixture {
 }
 
 fn json() -> serde_json::Value {
-    let path = format!("{DIR}losses.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
+    let path = parity_fixtures::file("losses.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 fn gt(json: &serde_json::Value, video: usize) -> (Vec<[f32; 2]>, Vec<usize>) {
@@ -73,6 +75,7 @@ fn assigned(fx: &Fixture) -> Vec<Targets> {
 
 #[test]
 fn points_match_the_pyramid_of_spec_3_7() {
+    parity_or_skip!();
     let fx = Fixture::load();
     let ranges = [
         [0.0, 4.0],
@@ -88,6 +91,7 @@ fn points_match_the_pyramid_of_spec_3_7() {
 
 #[test]
 fn assignment_matches_the_fixture_exactly() {
+    parity_or_skip!();
     let fx = Fixture::load();
     let (gt_cls, _) = fx.get("gt_cls");
     let (gt_off, _) = fx.get("gt_offsets");
@@ -119,6 +123,7 @@ fn rel(a: f64, b: f64) -> f64 {
 
 #[test]
 fn losses_match_the_fixture() {
+    parity_or_skip!();
     let fx = Fixture::load();
     let js = json();
     let dev = Device::flex().autodiff();
@@ -168,6 +173,7 @@ fn losses_match_the_fixture() {
 
 #[test]
 fn contrastive_loss_matches_the_fixture() {
+    parity_or_skip!();
     let fx = Fixture::load();
     let dev = Device::flex().autodiff();
     let t2 = |name: &str| {
