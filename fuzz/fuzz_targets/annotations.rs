@@ -1,5 +1,5 @@
-//! Annotation JSON, through both readers: the dataset's (training, `xca check`) and the
-//! scorer's ground truth (`xca score`, `xca eval`). No panic on any input.
+//! Annotation JSON, through the one reader (training, `xca check`) and the scorer's
+//! ground-truth view of it (`xca score`, `xca eval`). No panic on any input.
 #![no_main]
 
 use std::path::Path;

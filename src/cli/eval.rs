@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 use xca::config::Config;
-use xca::evaluate::{SplitScores, detect, detect_split, ground_truth, patch_centres, run_video, score_split};
+use xca::dataset::Class;
+use xca::evaluate::{SplitScores, detect, detect_split, patch_centres, run_video, score_split};
 use xca::infer::Candidates;
 use xca::metrics::io::PredictionFormat;
 use xca::report::{SummaryPlot, plot_summary};
@@ -47,15 +48,15 @@ pub fn config_and_ckpt(paths: &[PathBuf]) -> Result<(PathBuf, PathBuf)> {
     }
 }
 
-/// Detections as an ActivityNet results document.
-pub fn detections_json(dets: &[(String, Candidates)], class_names: &[&str]) -> serde_json::Value {
+/// Detections as an ActivityNet results document, labels named by [`Class`].
+pub fn detections_json(dets: &[(String, Candidates)]) -> serde_json::Value {
     let mut results = serde_json::Map::new();
     for (vid, c) in dets {
         let list: Vec<serde_json::Value> = (0..c.len())
             .map(|i| {
                 json!({
                     "segment": [c.segs[i][0], c.segs[i][1]],
-                    "label": class_names.get(c.labels[i]).copied().unwrap_or("unknown"),
+                    "label": Class::name_of(c.labels[i]),
                     "label_id": c.labels[i],
                     "score": c.scores[i],
                 })
@@ -95,8 +96,8 @@ fn load_eval_data(
 ) -> Result<(xca::dataset::SplitData, xca::metrics::io::GroundTruth)> {
     let ann = common::annotations(cfg)?;
     let data = common::load_data(cfg, &ann, &[split.to_string()], quiet)?;
-    let gt = ground_truth(cfg).map_err(|e| InputError(e.to_string()))?;
-    Ok((data, gt))
+    // The scorer's view of the file just read: no second read, the same class ids.
+    Ok((data, xca::metrics::io::GroundTruth::from(&ann)))
 }
 
 /// [`evaluate`] with the data already in memory (`select` loads it once).
@@ -153,7 +154,7 @@ pub fn run(args: Args) -> Result<()> {
         )?;
     }
     if let Some(p) = &args.detections {
-        common::write_json_out(p, &detections_json(&dets, &xca::dataset::annotations::CLASS_NAMES))?;
+        common::write_json_out(p, &detections_json(&dets))?;
     }
     Ok(())
 }
@@ -180,7 +181,7 @@ pub fn evaluate_with_plots(
     use xca::metrics::VideoKeyframes;
 
     let (data, gt) = load_eval_data(cfg, split, quiet)?;
-    let (fill, wash) = xca::metrics::score::filling_washout_ids(&gt);
+    let (fill, wash) = (Class::Filling.id(), Class::Washout.id());
     let centres = patch_centres(cfg, seed, data.videos.len(), model.image_side());
     let b = common::bar(data.videos.len(), &format!("eval+plots {split}"), quiet);
     let mut dets = Vec::with_capacity(data.videos.len());

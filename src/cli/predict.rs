@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde_json::json;
 use xca::config::Config;
+use xca::dataset::Class;
 use xca::dataset::Features;
-use xca::dataset::annotations::CLASS_NAMES;
 use xca::evaluate::{VideoOutput, detect, patch_centres, row_scores, run_video};
 use xca::infer::keyframes::{frame_at, keyframes_of};
 use xca::infer::{Candidates, Fallback, Keyframes};
@@ -73,18 +73,9 @@ pub struct Prediction {
     pub detections: Candidates,
 }
 
-/// Class name of a label id (`class <k>` beyond the known names).
+/// Class name of a label id (`class <k>` beyond the paper's classes).
 pub fn class_name(k: usize) -> String {
-    CLASS_NAMES
-        .get(k)
-        .map(|s| s.to_string())
-        .unwrap_or_else(|| format!("class {k}"))
-}
-
-/// Ids of the filling and washout classes among [`CLASS_NAMES`].
-fn filling_washout() -> (usize, usize) {
-    let id = |name: &str, default| CLASS_NAMES.iter().position(|n| *n == name).unwrap_or(default);
-    (id("filling", 0), id("washout", 1))
+    Class::name_of(k)
 }
 
 /// Keyframes as frame indices of a video of `frames` frames: clamped to `[0, frames − 1]`
@@ -313,7 +304,7 @@ pub fn run(mut args: Args) -> Result<()> {
     let model = common::load_model(&cfg, &args.checkpoint, &device)?;
     let seed = args.run.seed.unwrap_or(cfg.init_rand_seed);
     let centres = patch_centres(&cfg, seed, inputs.len(), model.image_side());
-    let (fill, wash) = filling_washout();
+    let (fill, wash) = (Class::Filling.id(), Class::Washout.id());
     // With `--json -` stdout holds only the JSON; the table goes to stderr.
     let json_to_stdout = args.json.as_deref() == Some(Path::new("-"));
     let say = |s: &str| if json_to_stdout { eprint!("{s}") } else { print!("{s}") };

@@ -1,17 +1,21 @@
-//! Dataset loading (SPEC §2): ActivityNet-style annotations, per-video `.npy` features,
-//! seconds↔grid conversion, the training crop and batching into burn tensors.
+//! Dataset loading (SPEC §2): ActivityNet-style annotations and the classes they name,
+//! per-video `.npy` features, seconds↔grid conversion, the training crop and batching into
+//! burn tensors.
 
 pub mod annotations;
 pub mod batch;
+pub mod class;
 pub mod crop;
 pub mod features;
 pub mod grid;
+pub mod json;
 
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 
 pub use annotations::{Annotations, Segment, Video};
+pub use class::Class;
 pub use features::Features;
 pub use grid::Grid;
 

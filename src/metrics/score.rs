@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use super::anet::{self, AnetError, Detection, DetectionMetrics, GtSegment};
 use super::io::{GroundTruth, ReadError};
 use super::keyframe::{self, KeyframeError, KeyframeMetrics, VideoKeyframes};
+use crate::dataset::Class;
 use crate::infer::keyframes::{DecodeSetting, frame_at, ground_truth_keyframes, predicted_keyframes};
 
 /// Which detections are scored (SPEC §7.1).
@@ -142,12 +143,6 @@ impl Suspect {
     }
 }
 
-/// Class ids of `filling` and `washout`: by name when the ground truth names them, else
-/// the ids of SPEC §1 (0 and 1).
-pub fn filling_washout_ids(gt: &GroundTruth) -> (usize, usize) {
-    (gt.label_id("filling").unwrap_or(0), gt.label_id("washout").unwrap_or(1))
-}
-
 /// The highest-scoring detection segment of `class` in `dets` (first on equal scores).
 fn top_segment<'a>(dets: impl Iterator<Item = &'a Detection>, class: usize) -> Option<[f64; 2]> {
     let mut best: Option<&Detection> = None;
@@ -221,7 +216,8 @@ pub fn score(gt: &GroundTruth, split: &str, dets: &[Detection], protocol: Protoc
     }
 
     // Keyframe table.
-    let (fill_id, wash_id) = filling_washout_ids(gt);
+    // The annotation reader holds every file to these ids (SPEC §1), whatever its names.
+    let (fill_id, wash_id) = (Class::Filling.id(), Class::Washout.id());
     let mut by_video: HashMap<&str, Vec<&Detection>> = HashMap::new();
     for d in &scored {
         by_video.entry(d.video.as_str()).or_default().push(d);
@@ -286,7 +282,7 @@ pub fn score(gt: &GroundTruth, split: &str, dets: &[Detection], protocol: Protoc
 mod tests {
     use super::*;
     use crate::metrics::io::{GtAnnotation, GtVideo};
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     fn gt() -> GroundTruth {
         let video = |id: &str, f: [f64; 2], w: [f64; 2]| GtVideo {
@@ -367,5 +363,38 @@ mod tests {
             e,
             "gt.json: split \"test\" has no ground-truth segment of at least 0.001 s"
         );
+    }
+
+    /// A ground truth that names its labels without ids and lists washout first is scored
+    /// with filling as class 0 and washout as class 1, as the model's detections are. (Read
+    /// in order of first appearance, washout would be class 0: every detection would meet
+    /// the other class's ground truth, mAP 0, and the keyframes would swap.)
+    #[test]
+    fn name_only_ground_truth_listing_washout_first_scores_the_right_classes() {
+        use crate::metrics::io::{parse_ground_truth, parse_predictions};
+        let gt = parse_ground_truth(
+            r#"{"database": {
+              "a": {"subset": "test", "duration": 10, "fps": 10, "annotations": [
+                    {"label": "washout", "segment": [3, 6]}, {"label": "filling", "segment": [1, 3]}]},
+              "b": {"subset": "test", "duration": 10, "fps": 10, "annotations": [
+                    {"label": "filling", "segment": [2, 4]}, {"label": "washout", "segment": [4, 8]}]}}}"#,
+            Path::new("gt.json"),
+        )
+        .unwrap();
+        let preds = parse_predictions(
+            r#"{"results": {
+              "a": [{"segment": [1, 3], "label_id": 0, "score": 0.9}, {"segment": [3, 6], "label_id": 1, "score": 0.8}],
+              "b": [{"segment": [2, 4], "label": "filling", "score": 0.9}, {"segment": [4, 8], "label_id": 1, "score": 0.7}]}}"#,
+            Path::new("pred.json"),
+            &gt,
+        )
+        .unwrap();
+        let r = score(&gt, "test", &preds.detections, Protocol::Full).unwrap();
+        assert_eq!(r.detection.classes, vec![0, 1]);
+        assert_eq!(r.detection.ap[0], vec![1.0, 1.0]);
+        assert_eq!(r.detection.average_map, 1.0);
+        let k = r.keyframes.unwrap();
+        assert_eq!((k.n_videos, k.n_fallback), (2, 0));
+        assert_eq!((k.ad, k.f1), (0.0, 1.0));
     }
 }
