@@ -28,12 +28,12 @@ use super::loss::{LossError, LossNormalizer, contrastive_active};
 use super::optim::{adamw_with_decay_group, param_ids_where};
 use super::step::{Learner, StepSetup};
 use crate::config::Config;
+use crate::config::adapt;
 use crate::dataset::batch::{BatchError, Window, collate};
 use crate::dataset::crop::{CropParams, crop};
 use crate::dataset::{Grid, SplitData};
 use crate::fsio::{ReadError, WriteError, build_dir_atomic, limits, read_bounded, write_atomic, write_json_atomic};
 use crate::model::{ModelError, Network};
-use crate::runtime;
 
 /// Anything that stops training.
 #[derive(Debug, thiserror::Error)]
@@ -300,8 +300,8 @@ pub fn train(
     }
     let iters = n / batch; // drop_last, as the original's train loader
     let total_epochs = cfg.total_epochs();
-    let schedule = runtime::lr_schedule(cfg, iters);
-    let loss_cfg = runtime::loss_config(cfg);
+    let schedule = adapt::lr_schedule(cfg, iters);
+    let loss_cfg = adapt::loss_config(cfg);
     let grid = Grid::from_config(cfg);
     let crop_params = CropParams {
         max_seq_len: cfg.dataset.max_seq_len,
@@ -320,7 +320,7 @@ pub fn train(
 
     let device = opts.device.clone().autodiff();
     device.seed(opts.seed);
-    let net_cfg = runtime::network_config(cfg);
+    let net_cfg = adapt::network_config(cfg);
     let mut model: Network = net_cfg.init(&device)?;
     let mut ema: Network = ema_init(&model);
     let mut optim_bytes = None;
@@ -427,7 +427,7 @@ pub fn train(
     // The decay group is keyed by parameter id, so it is built after a resumed model has
     // its persisted ids back; otherwise the group would name ids nobody has.
     let decay_ids = param_ids_where(&model, decays);
-    let mut optim = adamw_with_decay_group(decay_ids, &runtime::adamw_settings(cfg));
+    let mut optim = adamw_with_decay_group(decay_ids, &adapt::adamw_settings(cfg));
     if let Some(bytes) = optim_bytes {
         optim = optim
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
