@@ -82,7 +82,10 @@ impl TrainStepBench {
         device.seed(seed);
         let model: Network = adapt::network_config(cfg).init(&device)?;
         let ema = ema_init(&model);
-        let optim = adamw_with_decay_group(param_ids_where(&model, decays), &adapt::adamw_settings(cfg));
+        let optim = adamw_with_decay_group(
+            param_ids_where(&model, decays),
+            &crate::train::adapt::adamw_settings(cfg),
+        );
         let setup = StepSetup::new(cfg, &model);
         let t = cfg.dataset.max_seq_len;
         let b = cfg.loader.batch_size;

@@ -1,12 +1,12 @@
-//! Adapters from the YAML tree to component configs: each function takes the resolved,
-//! validated [`Config`] and returns the small typed config one component needs, so no
-//! component reads the whole tree. The only part of `config` that imports components.
+//! Adapters from the YAML tree to the configs of the network and the post-processing:
+//! each function takes the resolved, validated [`Config`] and returns the small typed config
+//! one component needs, so no component reads the whole tree. The only part of `config`
+//! that imports components. Training's own adapters are [`crate::train::adapt`]: training
+//! calls these, so these do not import training back.
 
-use super::{Config, ScheduleType};
+use super::Config;
 use crate::infer::{DecodeConfig, GridToSeconds, NmsConfig};
 use crate::model::NetworkConfig;
-use crate::train::loss::LossConfig;
-use crate::train::optim::{AdamWSettings, LrSchedule};
 
 /// The network of `cfg.model` (plus the dataset and train_cfg values that shape it).
 pub fn network_config(cfg: &Config) -> NetworkConfig {
@@ -77,38 +77,6 @@ pub fn grid_to_seconds(cfg: &Config, fps: f64, duration: Option<f64>) -> GridToS
     }
 }
 
-/// Loss weights (SPEC §4.2).
-pub fn loss_config(cfg: &Config) -> LossConfig {
-    LossConfig {
-        loss_weight: cfg.train_cfg.loss_weight as f32,
-        label_smoothing: cfg.train_cfg.label_smoothing as f32,
-    }
-}
-
-/// AdamW hyper-parameters (SPEC §4.3).
-pub fn adamw_settings(cfg: &Config) -> AdamWSettings {
-    AdamWSettings {
-        weight_decay: cfg.opt.weight_decay as f32,
-        ..AdamWSettings::default()
-    }
-}
-
-/// The learning-rate schedule for `iters_per_epoch` steps per epoch (SPEC §4.3).
-pub fn lr_schedule(cfg: &Config, iters_per_epoch: usize) -> LrSchedule {
-    let o = &cfg.opt;
-    match (o.warmup, o.schedule_type) {
-        (true, ScheduleType::Cosine) => LrSchedule::warmup_cosine(
-            o.learning_rate,
-            o.epochs,
-            o.warmup_epochs,
-            iters_per_epoch,
-            cfg.model.pretrain,
-            cfg.model.random_patch,
-        ),
-        _ => LrSchedule::cosine(o.learning_rate, o.epochs, iters_per_epoch),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,9 +96,6 @@ mod tests {
         assert_eq!((d.pre_nms_topk, d.num_classes), (2000, 2));
         let s = nms_config(&cfg);
         assert_eq!((s.max_seg_num, s.voting_thresh, s.multiclass), (200, 0.7, false));
-        let sched = lr_schedule(&cfg, 10);
-        assert_eq!(sched.warmup_steps, 50);
-        assert_eq!(sched.max_steps, 600);
     }
 
     #[test]

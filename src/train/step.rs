@@ -9,16 +9,16 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bool, Tensor};
 use rand::Rng;
 
+use super::adapt;
 use super::assign::{CenterSample, Targets, assign_targets};
 use super::clip::clip_grad_global_norm;
 use super::ema::ema_update;
+use super::error::TrainError;
 use super::loss::{
     AnchorDraw, LossConfig, LossNormalizer, contrastive_loss, count_positives, detection_losses,
     gather_anchor_features, sample_anchors,
 };
-use super::trainer::TrainError;
 use crate::config::Config;
-use crate::config::adapt;
 use crate::dataset::batch::Batch;
 use crate::dataset::crop::Crop;
 use crate::model::{Network, draw_patch_centres};
