@@ -14,13 +14,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::config::adapt;
 use crate::dataset::Features;
 use crate::dataset::batch::{Window, collate};
 use crate::dataset::crop::Crop;
 use crate::evaluate::{EvalError, detect, run_video};
 use crate::model::convlstm::{ConvLstm, ConvLstmConfig};
 use crate::model::{ModelError, Network};
-use crate::runtime;
 use crate::train::ema::ema_init;
 use crate::train::loss::{LossNormalizer, contrastive_active};
 use crate::train::optim::{adamw_with_decay_group, param_ids_where};
@@ -80,9 +80,12 @@ impl TrainStepBench {
     pub fn new(cfg: &Config, device: &Device, seed: u64) -> Result<Self, BenchError> {
         let device = device.clone().autodiff();
         device.seed(seed);
-        let model: Network = runtime::network_config(cfg).init(&device)?;
+        let model: Network = adapt::network_config(cfg).init(&device)?;
         let ema = ema_init(&model);
-        let optim = adamw_with_decay_group(param_ids_where(&model, decays), &runtime::adamw_settings(cfg));
+        let optim = adamw_with_decay_group(
+            param_ids_where(&model, decays),
+            &crate::train::adapt::adamw_settings(cfg),
+        );
         let setup = StepSetup::new(cfg, &model);
         let t = cfg.dataset.max_seq_len;
         let b = cfg.loader.batch_size;
@@ -151,7 +154,7 @@ impl InferBench {
     /// Build an untrained model in eval mode and a video of `t` steps.
     pub fn new(cfg: &Config, device: &Device, t: usize, seed: u64) -> Result<Self, BenchError> {
         device.seed(seed);
-        let model = runtime::network_config(cfg).init(device)?;
+        let model = adapt::network_config(cfg).init(device)?;
         Ok(Self {
             cfg: cfg.clone(),
             model,

@@ -8,6 +8,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
+use crate::config::adapt;
 use crate::dataset::batch::{BatchError, Window, collate};
 use crate::dataset::{Features, SplitData};
 use crate::infer::{Candidates, InferError, LevelOutput, postprocess};
@@ -15,7 +16,6 @@ use crate::metrics::anet::{Detection, detections_from};
 use crate::metrics::io::{GroundTruth, ReadError, read_ground_truth};
 use crate::metrics::score::{Protocol, ScoreError, ScoreReport, score};
 use crate::model::{ModelError, Network, draw_patch_centres};
-use crate::runtime;
 
 /// Inference or scoring that failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ pub fn run_video(
     let strides = cfg.fpn_strides();
     let mut levels = Vec::with_capacity(out.cls_logits.len());
     for (l, (logits, offsets)) in out.cls_logits.into_iter().zip(out.offsets).enumerate() {
-        let stride = strides.get(l + cfg.model.fpn_start_level).copied().unwrap_or(1);
+        let stride = strides.get(l).copied().unwrap_or(1);
         levels.push(LevelOutput {
             stride: stride as f32,
             logits: host_vec(logits, video)?,
@@ -112,9 +112,9 @@ pub fn row_scores(out: &VideoOutput, rows: usize, num_classes: usize) -> Vec<Vec
 pub fn detect(cfg: &Config, out: &VideoOutput, fps: f64, duration: Option<f64>) -> Result<Candidates, EvalError> {
     Ok(postprocess(
         &out.levels,
-        &runtime::decode_config(cfg),
-        &runtime::nms_config(cfg),
-        &runtime::grid_to_seconds(cfg, fps, duration),
+        &adapt::decode_config(cfg),
+        &adapt::nms_config(cfg),
+        &adapt::grid_to_seconds(cfg, fps, duration),
     )?)
 }
 

@@ -17,7 +17,6 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod report;
-pub mod runtime;
 pub mod synth;
 pub mod text;
 pub mod train;

@@ -175,7 +175,7 @@ fn temps(run: &Path) -> Vec<(String, u64)> {
 fn network(config: &Path) -> xca::model::Network {
     let cfg = Config::load(config).unwrap().config;
     let device = xca::device::DeviceChoice::Cpu.device().unwrap();
-    xca::runtime::network_config(&cfg).init(&device).unwrap()
+    xca::config::adapt::network_config(&cfg).init(&device).unwrap()
 }
 
 /// Bitwise equality of two safetensors files: the same tensor names, dtypes, shapes and data
@@ -992,7 +992,7 @@ fn fuzz_network() -> xca::model::Network {
         .unwrap()
         .config;
     let device = xca::device::DeviceChoice::Cpu.device().unwrap();
-    xca::runtime::network_config(&cfg).init(&device).unwrap()
+    xca::config::adapt::network_config(&cfg).init(&device).unwrap()
 }
 
 /// Every float weight of `net` is float32 (the dtypes found otherwise).

@@ -143,7 +143,7 @@ fn imported_checkpoint_reproduces_the_original_forward() {
 
     // xca's checkpoint, loaded back, gives the original's outputs.
     let dev = xca::device::DeviceChoice::Cpu.device().unwrap();
-    let net = xca::runtime::network_config(&cfg).init(&dev).unwrap();
+    let net = xca::config::adapt::network_config(&cfg).init(&dev).unwrap();
     let net = checkpoint::load(net, &out_ckpt).unwrap().valid();
     let fx = read_tensor_file(&fixture("forward.safetensors"), None).unwrap();
     let input: Tensor<3> = Tensor::from_data(fx["input"].clone().convert::<f32>(), &dev);

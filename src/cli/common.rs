@@ -7,10 +7,10 @@ use anyhow::{Context, Result};
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use xca::config::Config;
+use xca::config::adapt;
 use xca::dataset::{Annotations, SplitData, load_split};
 use xca::device::DeviceChoice;
 use xca::model::Network;
-use xca::runtime;
 use xca::train::checkpoint;
 
 use super::InputError;
@@ -169,7 +169,7 @@ pub fn import_torch(net: Network, ckpt: &Path) -> Result<(Network, xca::model::t
 /// imported in memory.
 pub fn load_model(cfg: &Config, ckpt: &Path, device: &Device) -> Result<Network> {
     let kind = checkpoint_kind(ckpt)?;
-    let net = runtime::network_config(cfg)
+    let net = adapt::network_config(cfg)
         .init(device)
         .map_err(|e| InputError(e.to_string()))?;
     match kind {

@@ -58,7 +58,7 @@ pub fn run(args: Args) -> Result<()> {
 /// `--params`: build the network on the CPU and count its parameters per block.
 fn print_params(cfg: &Config, json: bool) -> Result<()> {
     let device = super::common::device(xca::device::DeviceChoice::Cpu)?;
-    let net = xca::runtime::network_config(cfg)
+    let net = xca::config::adapt::network_config(cfg)
         .init(&device)
         .map_err(|e| InputError(e.to_string()))?;
     let blocks = xca::model::param_counts(&net);

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 use xca::config::Config;
+use xca::config::adapt;
 use xca::device::DeviceChoice;
 use xca::model::torch::ImportReport;
-use xca::runtime;
 use xca::train::checkpoint::{self, CheckpointMeta};
 
 use super::InputError;
@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Result<()> {
         .into());
     }
     let device = common::device(DeviceChoice::Cpu)?;
-    let net = runtime::network_config(&cfg)
+    let net = adapt::network_config(&cfg)
         .init(&device)
         .map_err(|e| InputError(e.to_string()))?;
     let (net, report) = match xca::model::torch::import_torch_checkpoint(net, &args.ckpt) {

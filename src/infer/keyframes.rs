@@ -1,6 +1,5 @@
 //! Grid units → seconds (SPEC §6.3) and the start/apex/end keyframes (SPEC §6.4).
 
-use super::InferError;
 use super::decode::Candidates;
 
 /// What the seconds conversion needs about a video and the feature grid (SPEC §2.2).
@@ -37,41 +36,9 @@ pub fn grid_to_seconds(segs: &[[f32; 2]], g: &GridToSeconds) -> Vec<[f32; 2]> {
     segs.iter().map(|s| [conv(s[0]), conv(s[1])]).collect()
 }
 
-/// How predicted keyframes are read off the best filling segment F and the best washout
-/// segment W (the original's `decodeSetting`, config key `setting`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "i64", into = "i64")]
-pub enum DecodeSetting {
-    /// Setting 0 (the paper's): start = F.start, apex = midpoint of F.end and W.start, end = W.end.
-    #[default]
-    ApexMidpoint,
-    /// Setting 1: start = midpoint of F.start and W.start, apex = F.end, end = W.end.
-    StartMidpoint,
-    /// Setting 2: start = F.start, apex = W.start, end = midpoint of F.end and W.end.
-    EndMidpoint,
-}
-
-impl From<DecodeSetting> for i64 {
-    fn from(s: DecodeSetting) -> i64 {
-        match s {
-            DecodeSetting::ApexMidpoint => 0,
-            DecodeSetting::StartMidpoint => 1,
-            DecodeSetting::EndMidpoint => 2,
-        }
-    }
-}
-
-impl TryFrom<i64> for DecodeSetting {
-    type Error = InferError;
-    fn try_from(v: i64) -> Result<Self, Self::Error> {
-        match v {
-            0 => Ok(Self::ApexMidpoint),
-            1 => Ok(Self::StartMidpoint),
-            2 => Ok(Self::EndMidpoint),
-            other => Err(InferError::Config(format!("setting {other} is not 0, 1 or 2"))),
-        }
-    }
-}
+/// How predicted keyframes are read off the best filling and washout segments: the
+/// config's `setting`.
+pub use crate::config::DecodeSetting;
 
 /// Start, apex and end keyframes, as frame indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -7,17 +7,8 @@ use super::InferError;
 use super::decode::Candidates;
 use crate::geometry::{tiou, tiou_nms};
 
-/// Which suppression runs after decoding (`test_cfg.nms_method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NmsMethod {
-    /// Gaussian soft-NMS (the paper's setting).
-    Soft,
-    /// Greedy hard NMS: drop every segment with NMS-IoU ≥ `iou_threshold` to a kept one.
-    Hard,
-    /// No NMS, no sorting, no cap: the decoded candidates as they are.
-    None,
-}
+/// Which suppression runs after decoding: the config's `test_cfg.nms_method`.
+pub use crate::config::NmsMethod;
 
 impl FromStr for NmsMethod {
     type Err = InferError;

@@ -3,7 +3,7 @@
 //! local-window conv-attention transformer, identity neck, shared heads and the point generator.
 //!
 //! Every block pairs a burn `XConfig` with an `X` module. [`NetworkConfig`] holds everything the
-//! network needs; [`NetworkConfig::init`] validates it and builds a [`Network`].
+//! network needs; [`NetworkConfig::init`] checks its structural invariants and builds a [`Network`].
 //! [`torch`] maps the original PyTorch parameter names onto this module tree.
 
 pub mod attention;

@@ -327,10 +327,10 @@ fn exact_regression_gives_back_the_synthetic_keyframes() {
     use rand::SeedableRng;
 
     use crate::config::Config;
+    use crate::config::adapt;
     use crate::dataset::Grid;
     use crate::infer::keyframes::{ground_truth_keyframes, keyframes_of};
     use crate::infer::{DecodeSetting, LevelOutput, postprocess};
-    use crate::runtime;
 
     let cfg = Config::default();
     let synth = SynthConfig::default();
@@ -369,9 +369,9 @@ fn exact_regression_gives_back_the_synthetic_keyframes() {
         let duration = sec(k.frames);
         let cands = postprocess(
             &levels,
-            &runtime::decode_config(&cfg),
-            &runtime::nms_config(&cfg),
-            &runtime::grid_to_seconds(&cfg, fps, Some(duration)),
+            &adapt::decode_config(&cfg),
+            &adapt::nms_config(&cfg),
+            &adapt::grid_to_seconds(&cfg, fps, Some(duration)),
         )
         .unwrap();
         let (pred, _) = keyframes_of(&cands, 0, 1, fps, DecodeSetting::ApexMidpoint);

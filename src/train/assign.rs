@@ -23,14 +23,8 @@ pub enum AssignError {
     BadStride { index: usize, stride: f32 },
 }
 
-/// How points qualify as inside a segment (`train_cfg.center_sample`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum CenterSample {
-    /// `radius`: only points within `radius · stride` of the segment centre (and inside it).
-    Radius(f32),
-    /// `none`: every point strictly inside the segment.
-    None,
-}
+/// How points qualify as inside a segment: the config's `train_cfg.center_sample`.
+pub use crate::config::CenterSample;
 
 /// Targets of one video, one row per point (all levels concatenated).
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +106,8 @@ pub fn assign_targets(
             let right = b - t;
             let inside = match center_sample {
                 CenterSample::Radius(r) => {
+                    // Targets are computed in f32, as the original computes them.
+                    let r = r as f32;
                     let center = 0.5 * (a + b);
                     let t_min = center - stride * r;
                     let t_max = center + stride * r;

@@ -1,7 +1,7 @@
 //! Ctrl-C (SIGINT) during training: the handler only raises a flag; the trainer looks at it
 //! between steps, so the step under way finishes, a resumable state is written (the same
 //! `state/` folder an epoch end writes, plus where in the epoch to go on) and training
-//! stops with [`super::trainer::TrainError::Interrupted`]. A second Ctrl-C stops at once:
+//! stops with [`super::TrainError::Interrupted`]. A second Ctrl-C stops at once:
 //! every file on disk is still whole (writes are temp-then-rename), only the steps since the
 //! last saved state are lost.
 

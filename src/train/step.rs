@@ -9,19 +9,19 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::{Bool, Tensor};
 use rand::Rng;
 
+use super::adapt;
 use super::assign::{CenterSample, Targets, assign_targets};
 use super::clip::clip_grad_global_norm;
 use super::ema::ema_update;
+use super::error::TrainError;
 use super::loss::{
     AnchorDraw, LossConfig, LossNormalizer, contrastive_loss, count_positives, detection_losses,
     gather_anchor_features, sample_anchors,
 };
-use super::trainer::TrainError;
 use crate::config::Config;
 use crate::dataset::batch::Batch;
 use crate::dataset::crop::Crop;
 use crate::model::{Network, draw_patch_centres};
-use crate::runtime;
 
 /// What does not change between the steps of a run.
 #[derive(Debug, Clone)]
@@ -67,8 +67,8 @@ impl StepSetup {
             points: model.points(t_len).rows(),
             t_len,
             num_classes: cfg.dataset.num_classes,
-            center: runtime::center_sample(cfg),
-            loss: runtime::loss_config(cfg),
+            center: cfg.train_cfg.center_sample,
+            loss: adapt::loss_config(cfg),
             clip: cfg.train_cfg.clip_grad_l2norm.unwrap_or(0.0) as f32,
             ema_decay: cfg.xca.ema_decay,
             random_patch: cfg.model.random_patch,

@@ -1,13 +1,12 @@
-//! The glue between the typed config tree and the runtime pieces: each function takes the
-//! resolved [`Config`] and returns the small typed config one component needs, so no
-//! component reads the whole tree.
+//! Adapters from the YAML tree to the configs of the network and the post-processing:
+//! each function takes the resolved, validated [`Config`] and returns the small typed config
+//! one component needs, so no component reads the whole tree. The only part of `config`
+//! that imports components. Training's own adapters are [`crate::train::adapt`]: training
+//! calls these, so these do not import training back.
 
-use crate::config::{CenterSample as CenterSampleKey, Config, ScheduleType};
+use super::Config;
 use crate::infer::{DecodeConfig, GridToSeconds, NmsConfig};
 use crate::model::NetworkConfig;
-use crate::train::assign::CenterSample;
-use crate::train::loss::LossConfig;
-use crate::train::optim::{AdamWSettings, LrSchedule};
 
 /// The network of `cfg.model` (plus the dataset and train_cfg values that shape it).
 pub fn network_config(cfg: &Config) -> NetworkConfig {
@@ -15,7 +14,6 @@ pub fn network_config(cfg: &Config) -> NetworkConfig {
     NetworkConfig::new()
         .with_input_dim(cfg.dataset.input_dim)
         .with_num_classes(cfg.dataset.num_classes)
-        .with_max_seq_len(cfg.dataset.max_seq_len)
         .with_backbone_arch(m.backbone_arch.to_vec())
         .with_scale_factor(m.scale_factor)
         .with_regression_range(m.regression_range.iter().map(|r| [r[0] as f32, r[1] as f32]).collect())
@@ -79,46 +77,6 @@ pub fn grid_to_seconds(cfg: &Config, fps: f64, duration: Option<f64>) -> GridToS
     }
 }
 
-/// Positive-point selection of label assignment (SPEC §4.1).
-pub fn center_sample(cfg: &Config) -> CenterSample {
-    match cfg.train_cfg.center_sample {
-        CenterSampleKey::Radius => CenterSample::Radius(cfg.train_cfg.center_sample_radius as f32),
-        CenterSampleKey::None => CenterSample::None,
-    }
-}
-
-/// Loss weights (SPEC §4.2).
-pub fn loss_config(cfg: &Config) -> LossConfig {
-    LossConfig {
-        loss_weight: cfg.train_cfg.loss_weight as f32,
-        label_smoothing: cfg.train_cfg.label_smoothing as f32,
-    }
-}
-
-/// AdamW hyper-parameters (SPEC §4.3).
-pub fn adamw_settings(cfg: &Config) -> AdamWSettings {
-    AdamWSettings {
-        weight_decay: cfg.opt.weight_decay as f32,
-        ..AdamWSettings::default()
-    }
-}
-
-/// The learning-rate schedule for `iters_per_epoch` steps per epoch (SPEC §4.3).
-pub fn lr_schedule(cfg: &Config, iters_per_epoch: usize) -> LrSchedule {
-    let o = &cfg.opt;
-    match (o.warmup, o.schedule_type) {
-        (true, ScheduleType::Cosine) => LrSchedule::warmup_cosine(
-            o.learning_rate,
-            o.epochs,
-            o.warmup_epochs,
-            iters_per_epoch,
-            cfg.model.pretrain,
-            cfg.model.random_patch,
-        ),
-        _ => LrSchedule::cosine(o.learning_rate, o.epochs, iters_per_epoch),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,14 +91,26 @@ mod tests {
         assert!(n.sp_atten && n.te_atten && n.pretrain && n.random_patch && n.self_atten);
         assert_eq!(n.fpn_strides(), cfg.fpn_strides());
         assert_eq!(n.max_div_factor(), cfg.max_div_factor());
-        n.validate().unwrap();
+        n.check().unwrap();
         let d = decode_config(&cfg);
         assert_eq!((d.pre_nms_topk, d.num_classes), (2000, 2));
         let s = nms_config(&cfg);
         assert_eq!((s.max_seg_num, s.voting_thresh, s.multiclass), (200, 0.7, false));
-        let sched = lr_schedule(&cfg, 10);
-        assert_eq!(sched.warmup_steps, 50);
-        assert_eq!(sched.max_steps, 600);
-        assert_eq!(center_sample(&cfg), CenterSample::Radius(1.5));
+    }
+
+    #[test]
+    fn a_yaml_with_fpn_start_level_builds_the_model_it_validates() {
+        // One meaning of the pyramid: the YAML check and the network agree on 2 output
+        // levels (strides 2 and 4 of 1, 2, 4) with one regression range each.
+        let yaml = "dataset: {input_dim: 256, max_seq_len: 32}\n\
+                    model: {backbone_arch: [2, 1, 2], fpn_start_level: 1, embd_dim: 16, fpn_dim: 16, \
+                    head_dim: 16, n_head: 2, regression_range: [[0, 8], [8, 10000]]}\n";
+        let cfg = Config::from_yaml_str(yaml, Path::new("x.yaml")).unwrap().config;
+        assert_eq!(cfg.fpn_strides(), vec![2, 4]);
+        let net = network_config(&cfg).init(&burn::tensor::Device::flex()).unwrap();
+        assert_eq!(net.fpn_strides, cfg.fpn_strides());
+        assert_eq!(net.max_div_factor, cfg.max_div_factor());
+        assert_eq!(net.regression_range, vec![(0.0, 8.0), (8.0, 10000.0)]);
+        assert_eq!(net.points(32).rows().len(), 16 + 8);
     }
 }
