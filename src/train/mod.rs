@@ -5,8 +5,6 @@ pub mod assign;
 pub mod checkpoint;
 pub mod clip;
 pub mod ema;
-#[cfg(feature = "flex")]
-pub mod fused;
 pub mod interrupt;
 pub mod loss;
 pub mod optim;
