@@ -275,20 +275,35 @@ mod tests {
 
     #[test]
     fn chunk_size_does_not_change_the_numbers() {
+        // The chunked input half is the tensor-op path's (the fused layers take all frames at
+        // once), so that path runs here: chunks of 1, 3 (the last one short), 7 (= T) and
+        // more than T, from a zero state and from a carried one.
         let dev = Device::flex();
         dev.seed(2);
-        let mut lstm = ConvLstmConfig::new().init(&dev);
+        let mut lstm = ConvLstmConfig::new().with_fused(false).init(&dev);
         let x = Tensor::<5>::random([2, 7, 1, 6, 6], Distribution::Uniform(0.0, 1.0), &dev);
-        let outs: Vec<Vec<f32>> = [1usize, 3, 7, 100]
+        let (_, state) = lstm.forward_from(x.clone().narrow(1, 0, 2), None);
+        let outs: Vec<(Vec<f32>, Vec<f32>)> = [1usize, 3, 7, 100]
             .into_iter()
             .map(|k| {
                 lstm.input_chunk = k;
                 let h = lstm.forward(x.clone());
                 assert_eq!(h.dims(), [2, 7, 1, 6, 6]);
-                h.into_data().try_to_vec::<f32>().unwrap()
+                let (warm, _) = lstm.forward_from(x.clone(), Some(state.clone()));
+                (
+                    h.into_data().try_to_vec::<f32>().unwrap(),
+                    warm.into_data().try_to_vec::<f32>().unwrap(),
+                )
             })
             .collect();
-        assert!(outs.windows(2).all(|w| w[0] == w[1]));
+        for (k, out) in [3, 7, 100].into_iter().zip(&outs[1..]) {
+            assert_eq!(out.0, outs[0].0, "chunk {k}, zero state");
+            assert_eq!(out.1, outs[0].1, "chunk {k}, carried state");
+        }
+        // Not trivially equal: the outputs vary, and the carried state changes them.
+        let (h, warm) = &outs[0];
+        assert!(h.iter().any(|v| (v - h[0]).abs() > 1e-3), "constant outputs");
+        assert!(h.iter().zip(warm).any(|(a, b)| (a - b).abs() > 1e-3), "state had no effect");
     }
 
     /// Max |a − b| over two tensors.
