@@ -303,7 +303,10 @@ mod tests {
         // Not trivially equal: the outputs vary, and the carried state changes them.
         let (h, warm) = &outs[0];
         assert!(h.iter().any(|v| (v - h[0]).abs() > 1e-3), "constant outputs");
-        assert!(h.iter().zip(warm).any(|(a, b)| (a - b).abs() > 1e-3), "state had no effect");
+        assert!(
+            h.iter().zip(warm).any(|(a, b)| (a - b).abs() > 1e-3),
+            "state had no effect"
+        );
     }
 
     /// Max |a − b| over two tensors.

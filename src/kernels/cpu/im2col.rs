@@ -23,7 +23,7 @@ pub fn im2col(img: &[f32], col: &mut [f32], c: usize, height: usize, width: usiz
     im2col_rows(img, col, c, (height, width), k, 0..height);
 }
 
-/// [`im2col`] of the output rows `rows` only: `col[(c·k + ky)·k + kx][(y − rows.start)·W + x]`
+/// im2col of the output rows `rows` only: `col[(c·k + ky)·k + kx][(y − rows.start)·W + x]`
 /// (the kernel still reads the image rows next to the band).
 pub fn im2col_rows(
     img: &[f32],

@@ -127,7 +127,7 @@ fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: StepCo
 /// Side of the tiles in which [`adamw_transposed`] reads the transposed gradient.
 const TILE: usize = 64;
 
-/// [`adamw_chunk`] over a `rows × cols` row-major parameter whose gradient buffer `gt` holds
+/// [`adamw`] of a `rows × cols` row-major parameter whose gradient buffer `gt` holds
 /// the transpose (`cols × rows`): tile by tile, the gradient tile transposed in L1 first, so
 /// neither operand is walked across memory with a long stride.
 pub fn adamw_transposed(
