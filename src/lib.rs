@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod fsio;
 pub mod geometry;
 pub mod infer;
+pub mod kernels;
 pub mod memory;
 pub mod metrics;
 pub mod model;

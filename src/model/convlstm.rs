@@ -6,8 +6,8 @@
 //! ordered i, f, o, g as in ConvLSTM_pytorch. The numbers do not depend on the chunk size.
 //!
 //! On the flex CPU back-end each layer runs instead as one fused operation with a
-//! hand-written backward (`convlstm_op`, kernels in `convlstm_cpu`); this tensor-op path is
-//! what other back-ends (ndarray, wgpu) run, and what the tests compare the fused one with.
+//! hand-written backward ([`kernels::convlstm`]); this tensor-op path is what other
+//! back-ends (ndarray, wgpu) run, and what the tests compare the fused one with.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -15,6 +15,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::activation::{sigmoid, tanh};
 use burn::tensor::{Device, Tensor};
+
+use crate::kernels::{self, LstmWeights};
 
 /// Configuration of [`ConvLstm`].
 #[derive(Config, Debug)]
@@ -36,7 +38,8 @@ pub struct ConvLstmConfig {
     pub input_chunk: usize,
     /// Run each layer as one fused operation with a hand-written backward on the flex CPU
     /// back-end (the same numbers to float rounding, several times faster; see
-    /// `convlstm_cpu`); other back-ends always use the tensor-op path.
+    /// [`kernels::convlstm`]); other back-ends always use the tensor-op path.
+    /// `input_chunk` applies to the tensor-op path only.
     #[config(default = true)]
     pub fused: bool,
 }
@@ -98,9 +101,10 @@ impl ConvLstm {
     /// - x: `[B, T, C_in, H, W]`
     /// - output: `[B, T, h_last, H, W]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        #[cfg(feature = "flex")]
-        if self.fused && super::convlstm_op::is_flex(&x.device()) {
-            return self.forward_fused(x);
+        if self.fused
+            && let Some(h) = kernels::convlstm(&x, self.cells.iter().map(|cell| cell.weights(&x.device())))
+        {
+            return h;
         }
         let [b, t, c, hgt, wid] = x.dims();
         // Frames time-major so that step s is rows s·B..(s+1)·B: [T·B, C, H, W].
@@ -110,18 +114,6 @@ impl ConvLstm {
             steps = cell.run(steps, self.input_chunk);
         }
         Tensor::stack::<5>(steps, 1) // [B, T, h, H, W]
-    }
-
-    /// [`Self::forward`] with each layer as one fused flex operation (input half over all
-    /// frames in parallel, then the recurrence, with a hand-written backward).
-    #[cfg(feature = "flex")]
-    fn forward_fused(&self, x: Tensor<5>) -> Tensor<5> {
-        let mut seq = x; // [B, T, C, H, W]
-        for cell in &self.cells {
-            let (wx, bias) = cell.input_weights(&seq.device());
-            seq = super::convlstm_op::layer(seq, wx, bias, cell.conv_h.weight.val()); // [B, T, h, H, W]
-        }
-        seq
     }
 
     /// [`Self::forward`] from the state the frames before `x` ended in (`None`: zero, the
@@ -155,19 +147,14 @@ impl ConvLstm {
             let layers = (0..self.cells.len()).map(initial).collect();
             return (Tensor::zeros([b, 0, h_last, hgt, wid], &device), LstmState { layers });
         }
-        let mut layers = Vec::with_capacity(self.cells.len());
-        #[cfg(feature = "flex")]
-        if self.fused && super::convlstm_op::is_flex(&device) && !device.is_autodiff() {
-            let mut seq = x; // [B, T, C, H, W]
-            for (l, cell) in self.cells.iter().enumerate() {
-                let (wx, bias) = cell.input_weights(&device);
-                let (h, c_last) = super::convlstm_op::layer_from(seq, wx, bias, cell.conv_h.weight.val(), initial(l));
-                let h_t = h.clone().narrow(1, t - 1, 1).reshape([b, cell.hidden, hgt, wid]); // [B, h, H, W]
-                layers.push((h_t, c_last));
-                seq = h; // [B, T, h, H, W]
+        if self.fused {
+            let start = self.cells.iter().enumerate();
+            let start = start.map(|(l, cell)| (cell.weights(&device), initial(l)));
+            if let Some((h, layers)) = kernels::convlstm_from(&x, start) {
+                return (h, LstmState { layers });
             }
-            return (seq, LstmState { layers });
         }
+        let mut layers = Vec::with_capacity(self.cells.len());
         // Frames time-major so that step s is rows s·B..(s+1)·B: [T·B, C, H, W].
         let seq = x.swap_dims(0, 1).reshape([t * b, c, hgt, wid]);
         let mut steps = split_steps(seq, t, b);
@@ -189,14 +176,18 @@ pub struct LstmState {
 }
 
 impl ConvLstmCell {
-    /// The input half's weight `[4h, C, k, k]` and bias `[4h]` (zero when the conv has none).
-    #[cfg(feature = "flex")]
-    fn input_weights(&self, device: &Device) -> (Tensor<4>, Tensor<1>) {
+    /// The weights as the fused layer takes them: the input half's weight `[4h, C, k, k]`
+    /// and bias `[4h]` (zero when the conv has none), the hidden half's weight `[4h, h, k, k]`.
+    fn weights(&self, device: &Device) -> LstmWeights {
         let bias = match &self.conv_x.bias {
             Some(b) => b.val(),
             None => Tensor::zeros([4 * self.hidden], device),
         };
-        (self.conv_x.weight.val(), bias)
+        LstmWeights {
+            wx: self.conv_x.weight.val(),
+            bias,
+            wh: self.conv_h.weight.val(),
+        }
     }
 
     /// Run this cell over a sequence and return the hidden state per step.
@@ -284,20 +275,38 @@ mod tests {
 
     #[test]
     fn chunk_size_does_not_change_the_numbers() {
+        // The chunked input half is the tensor-op path's (the fused layers take all frames at
+        // once), so that path runs here: chunks of 1, 3 (the last one short), 7 (= T) and
+        // more than T, from a zero state and from a carried one.
         let dev = Device::flex();
         dev.seed(2);
-        let mut lstm = ConvLstmConfig::new().init(&dev);
+        let mut lstm = ConvLstmConfig::new().with_fused(false).init(&dev);
         let x = Tensor::<5>::random([2, 7, 1, 6, 6], Distribution::Uniform(0.0, 1.0), &dev);
-        let outs: Vec<Vec<f32>> = [1usize, 3, 7, 100]
+        let (_, state) = lstm.forward_from(x.clone().narrow(1, 0, 2), None);
+        let outs: Vec<(Vec<f32>, Vec<f32>)> = [1usize, 3, 7, 100]
             .into_iter()
             .map(|k| {
                 lstm.input_chunk = k;
                 let h = lstm.forward(x.clone());
                 assert_eq!(h.dims(), [2, 7, 1, 6, 6]);
-                h.into_data().try_to_vec::<f32>().unwrap()
+                let (warm, _) = lstm.forward_from(x.clone(), Some(state.clone()));
+                (
+                    h.into_data().try_to_vec::<f32>().unwrap(),
+                    warm.into_data().try_to_vec::<f32>().unwrap(),
+                )
             })
             .collect();
-        assert!(outs.windows(2).all(|w| w[0] == w[1]));
+        for (k, out) in [3, 7, 100].into_iter().zip(&outs[1..]) {
+            assert_eq!(out.0, outs[0].0, "chunk {k}, zero state");
+            assert_eq!(out.1, outs[0].1, "chunk {k}, carried state");
+        }
+        // Not trivially equal: the outputs vary, and the carried state changes them.
+        let (h, warm) = &outs[0];
+        assert!(h.iter().any(|v| (v - h[0]).abs() > 1e-3), "constant outputs");
+        assert!(
+            h.iter().zip(warm).any(|(a, b)| (a - b).abs() > 1e-3),
+            "state had no effect"
+        );
     }
 
     /// Max |a − b| over two tensors.

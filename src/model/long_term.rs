@@ -10,6 +10,7 @@ use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::{Device, Tensor};
 
 use super::convlstm::{ConvLstm, ConvLstmConfig, LstmState};
+use crate::kernels;
 
 /// Configuration of [`SpatialAttention`].
 #[derive(Config, Debug)]
@@ -68,32 +69,23 @@ impl SpatialAttention {
     }
 }
 
-/// A conv of the stack: the fused same-padded conv on flex (several times faster over B·T
-/// frames), burn's conv elsewhere.
+/// A conv of the stack: `c.forward(x)`, fused on the CPU back-end (several times faster
+/// over B·T frames; [`kernels::conv_same`]).
 fn conv(c: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    #[cfg(feature = "flex")]
-    return super::conv_op::conv_same(c, x);
-    #[cfg(not(feature = "flex"))]
-    c.forward(x)
+    kernels::conv_same(c, x)
 }
 
-/// `relu(bn(x))`: on flex one fused operation (training: batch statistics,
-/// [`super::batchnorm_op::batch_norm_train`]; inference: running statistics,
-/// [`super::batchnorm_op::batch_norm_eval`]), elsewhere [`batch_norm_2d`] then a ReLU.
+/// `relu(bn(x))`: [`batch_norm_2d`] then a ReLU, or one fused operation where
+/// [`kernels::batch_norm_relu`] has one.
 ///
 /// # Shapes
 /// - x: `[N, C, H, W]`
 /// - output: `[N, C, H, W]`
 fn bn_relu(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    #[cfg(feature = "flex")]
-    if super::convlstm_op::is_flex(&x.device()) {
-        match (x.device().is_autodiff(), bn.training.is_enabled()) {
-            (true, true) => return super::batchnorm_op::batch_norm_train(bn, x, true),
-            (false, _) => return super::batchnorm_op::batch_norm_eval(bn, x, true),
-            (true, false) => {}
-        }
+    match kernels::batch_norm_relu(bn, &x) {
+        Some(y) => y,
+        None => relu(batch_norm_2d(bn, x)),
     }
-    relu(batch_norm_2d(bn, x))
 }
 
 /// BatchNorm2d as PyTorch computes it.

@@ -8,14 +8,7 @@
 
 pub mod attention;
 pub mod backbone;
-#[cfg(feature = "flex")]
-pub mod batchnorm_op;
-#[cfg(feature = "flex")]
-pub mod conv_op;
 pub mod convlstm;
-pub mod convlstm_cpu;
-#[cfg(feature = "flex")]
-pub mod convlstm_op;
 pub mod head;
 pub mod layers;
 pub mod long_term;

@@ -4,15 +4,14 @@
 //! is a different rule. Here the norms of all gradients are combined first:
 //! `total = ‖(‖g_1‖, …, ‖g_n‖)‖`, and every gradient is multiplied by
 //! `min(1, max_norm / (total + 1e-6))`. On the flex CPU device the sums of squares and the
-//! scaling are single in-place passes ([`super::fused`]); elsewhere the scale stays a device
-//! tensor, so clipping costs no host round trip.
+//! scaling are single in-place passes ([`kernels::sum_squares`], [`kernels::scale`]);
+//! elsewhere the scale stays a device tensor, so clipping costs no host round trip.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
-#[cfg(feature = "flex")]
-use super::fused;
+use crate::kernels;
 
 /// Norms of the gradients present in `grads` for the float parameters of a module.
 struct NormCollector<'a> {
@@ -25,8 +24,7 @@ struct NormCollector<'a> {
 impl ModuleVisitor for NormCollector<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(g) = self.grads.get::<D>(param.id) {
-            #[cfg(feature = "flex")]
-            if let Some(ss) = fused::sum_squares(&g) {
+            if let Some(ss) = kernels::sum_squares(&g) {
                 let device = g.device();
                 let (sum, _) = self.host.get_or_insert((0.0, device));
                 *sum += ss;
@@ -55,8 +53,7 @@ impl ModuleVisitor for Scaler<'_> {
         }
         if let Some(g) = self.grads.remove::<D>(param.id) {
             let g = match self.host {
-                #[cfg(feature = "flex")]
-                Some(s) if fused::is_plain_flex(&g) => fused::scale(g, s),
+                Some(s) if kernels::fused_cpu_plain(&g) => kernels::scale(g, s),
                 _ => {
                     let scale = self.scale.clone().to_device(&g.device()).reshape([1; D]);
                     g * scale
@@ -103,10 +100,7 @@ pub fn clip_grad_global_norm<M: Module>(module: &M, grads: &mut GradientsParams,
         .recip()
         .mul_scalar(max_norm)
         .clamp_max(1.0);
-    #[cfg(feature = "flex")]
-    let host = fused::is_plain_flex(&scale).then(|| scale.clone().into_scalar());
-    #[cfg(not(feature = "flex"))]
-    let host = None;
+    let host = kernels::fused_cpu_plain(&scale).then(|| scale.clone().into_scalar());
     module.visit(&mut Scaler { grads, scale, host });
     Some(total)
 }

@@ -72,10 +72,8 @@ impl ModuleMapper for Blend {
             let m: Tensor<D> = m
                 .to_device(&device)
                 .reshape(<[usize; D]>::try_from(dims).unwrap_or([1; D]));
-            #[cfg(feature = "flex")]
-            return super::fused::blend(e, m, decay);
-            #[cfg(not(feature = "flex"))]
-            return e.mul_scalar(decay) + m.mul_scalar(1.0 - decay);
+            // In place on the flex CPU device, tensor ops elsewhere.
+            crate::kernels::blend(e, m, decay)
         })
     }
 }

@@ -10,8 +10,6 @@ pub mod checkpoint;
 pub mod clip;
 pub mod ema;
 pub mod error;
-#[cfg(feature = "flex")]
-pub mod fused;
 pub mod interrupt;
 pub mod log;
 pub mod loss;

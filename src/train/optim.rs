@@ -5,7 +5,7 @@
 //! the last matching group wins), and its `AdamW` is PyTorch's algorithm: decoupled decay
 //! `p ← p·(1 − lr·wd)`, then `p ← p − lr·m̂/(√v̂ + ε)` with bias-corrected moments. Only its
 //! defaults differ (ε 1e-5, decay 1e-4), so both are set explicitly here. The per-parameter
-//! update is [`FusedAdamW`], the same arithmetic in one pass on the flex device.
+//! update is [`kernels::AdamW`], the same arithmetic in one pass on the flex device.
 //! Global-norm clipping is in [`super::clip`], the weight EMA in [`super::ema`].
 
 use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
@@ -13,15 +13,7 @@ use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-#[cfg(feature = "flex")]
-use super::fused::FusedAdamW;
-
-/// The per-parameter AdamW: the fused one where the flex back-end is built in, burn's
-/// otherwise (the same arithmetic and state).
-#[cfg(feature = "flex")]
-type AdamWImpl = FusedAdamW;
-#[cfg(not(feature = "flex"))]
-type AdamWImpl = burn::optim::AdamW;
+use crate::kernels;
 
 /// AdamW hyper-parameters (PyTorch defaults except the learning rate and decay).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,21 +38,8 @@ impl Default for AdamWSettings {
 }
 
 impl AdamWSettings {
-    fn optimizer(&self, weight_decay: f32) -> AdamWImpl {
-        #[cfg(feature = "flex")]
-        return FusedAdamW {
-            beta_1: self.beta_1,
-            beta_2: self.beta_2,
-            epsilon: self.epsilon,
-            weight_decay,
-        };
-        #[cfg(not(feature = "flex"))]
-        return burn::optim::AdamWConfig::new()
-            .with_beta_1(self.beta_1)
-            .with_beta_2(self.beta_2)
-            .with_epsilon(self.epsilon)
-            .with_weight_decay(weight_decay)
-            .build();
+    fn optimizer(&self, weight_decay: f32) -> kernels::AdamW {
+        kernels::adamw(self.beta_1, self.beta_2, self.epsilon, weight_decay)
     }
 }
 
@@ -68,7 +47,7 @@ impl AdamWSettings {
 /// get `settings.weight_decay`, every other parameter 0. The learning rate is passed to each
 /// `step` (see [`LrSchedule`]). No clipping is attached: clip globally with
 /// [`super::clip::clip_grad_global_norm`] before stepping. Each parameter's update is
-/// [`FusedAdamW`]: burn's AdamW arithmetic, in one pass on the flex device.
+/// [`kernels::AdamW`]: burn's AdamW arithmetic, in one pass on the flex device.
 ///
 /// The state is keyed by [`ParamId`], so the model must keep its ids across save and load
 /// for a resumed optimiser to find its moments.

@@ -1,5 +1,6 @@
 //! The per-parameter arithmetic after the backward (SPEC §4.3: global-norm clipping, AdamW,
-//! the weight EMA) as single in-place passes on the flex CPU back-end.
+//! the weight EMA) as single in-place passes on the flex CPU back-end (the arithmetic is
+//! [`super::cpu::optim`]).
 //!
 //! As burn tensor ops these are a dozen element-wise operations per parameter tensor, each
 //! a fresh allocation and a pass over its values on one thread: for the paper model's
@@ -14,10 +15,9 @@ use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, Optimizer};
 use burn::tensor::{DType, Device, Tensor};
-use rayon::prelude::*;
 
-/// Values per parallel work item: fixed, so sums do not depend on the thread count.
-const CHUNK: usize = 1 << 16;
+use super::cpu::optim::{self, StepConsts, is_permuted_dense, transposed_2d};
+use super::fused_cpu_plain;
 
 /// How [`into_flex`] must lay the values out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +37,7 @@ enum Order {
 // The `Err` is not an error but the caller's tensor handed back for the tensor-op path.
 #[allow(clippy::result_large_err)]
 fn into_flex<const D: usize>(t: Tensor<D>, order: Order) -> Result<FlexTensor, Tensor<D>> {
-    if !is_plain_flex(&t) {
+    if !fused_cpu_plain(&t) {
         return Err(t);
     }
     let p = match t.try_into_primitive::<Flex>() {
@@ -60,46 +60,6 @@ fn into_flex<const D: usize>(t: Tensor<D>, order: Order) -> Result<FlexTensor, T
     Ok(if usable { p } else { p.to_contiguous() })
 }
 
-/// `Some((a, b))` when the tensor is logically an `a × b` matrix (ignoring dims of size 1)
-/// whose buffer holds its transpose row-major: element (i, j) at `j·a + i`.
-fn transposed_2d(dims: &[usize], strides: &[isize]) -> Option<(usize, usize)> {
-    let kept: Vec<(usize, isize)> = dims
-        .iter()
-        .copied()
-        .zip(strides.iter().copied())
-        .filter(|&(d, _)| d > 1)
-        .collect();
-    match kept[..] {
-        [(a, 1), (b, sb)] if sb == a as isize => Some((a, b)),
-        _ => None,
-    }
-}
-
-/// Whether strides are those of a row-major buffer of these dims in some dim order.
-fn is_permuted_dense(dims: &[usize], strides: &[isize]) -> bool {
-    let mut pairs: Vec<(isize, usize)> = strides
-        .iter()
-        .copied()
-        .zip(dims.iter().copied())
-        .filter(|&(_, d)| d > 1)
-        .collect();
-    pairs.sort_unstable();
-    let mut expect = 1isize;
-    for (stride, dim) in pairs {
-        if stride != expect {
-            return false;
-        }
-        expect *= dim as isize;
-    }
-    true
-}
-
-/// Whether `t` lives on the flex device without autodiff (the device alone does not say:
-/// an autodiff flex tensor's device compares equal to the plain one).
-pub fn is_plain_flex<const D: usize>(t: &Tensor<D>) -> bool {
-    t.device() == Device::flex() && !t.is_autodiff()
-}
-
 fn from_flex<const D: usize>(p: FlexTensor) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(p)
 }
@@ -108,33 +68,14 @@ fn from_flex<const D: usize>(p: FlexTensor) -> Tensor<D> {
 /// not on the flex device.
 pub fn sum_squares<const D: usize>(t: &Tensor<D>) -> Option<f64> {
     let p = into_flex(t.clone(), Order::Any).ok()?;
-    let xs = p.storage::<f32>();
-    let partial: Vec<f64> = xs
-        .par_chunks(CHUNK)
-        .map(|c| {
-            // 16 f32 lanes vectorise; each chunk's lanes are then added in f64.
-            let mut acc = [0f32; 16];
-            let mut it = c.chunks_exact(16);
-            for v in &mut it {
-                for (a, x) in acc.iter_mut().zip(v) {
-                    *a += x * x;
-                }
-            }
-            acc.iter().map(|&a| a as f64).sum::<f64>() + it.remainder().iter().map(|&x| (x * x) as f64).sum::<f64>()
-        })
-        .collect();
-    Some(partial.iter().sum())
+    Some(optim::sum_squares(p.storage::<f32>()))
 }
 
 /// `t · s`, in place when possible; any back-end.
 pub fn scale<const D: usize>(t: Tensor<D>, s: f32) -> Tensor<D> {
     match into_flex(t, Order::Any) {
         Ok(mut p) => {
-            p.storage_mut::<f32>().par_chunks_mut(CHUNK).for_each(|c| {
-                for x in c {
-                    *x *= s;
-                }
-            });
+            optim::scale(p.storage_mut::<f32>(), s);
             from_flex(p)
         }
         Err(t) => t.mul_scalar(s),
@@ -146,15 +87,7 @@ pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Te
     let (a, b) = (decay as f32, (1.0 - decay) as f32);
     match (into_flex(ema, Order::RowMajor), into_flex(model, Order::RowMajor)) {
         (Ok(mut e), Ok(m)) => {
-            let ms = m.storage::<f32>();
-            e.storage_mut::<f32>()
-                .par_chunks_mut(CHUNK)
-                .zip(ms.par_chunks(CHUNK))
-                .for_each(|(ec, mc)| {
-                    for (x, y) in ec.iter_mut().zip(mc) {
-                        *x = *x * a + *y * b;
-                    }
-                });
+            optim::blend(e.storage_mut::<f32>(), m.storage::<f32>(), a, b);
             from_flex(e)
         }
         (e, m) => {
@@ -187,86 +120,6 @@ impl FusedAdamW {
     }
 }
 
-/// The constants of one step, computed as burn's AdamW computes them.
-#[derive(Debug, Clone, Copy)]
-struct StepConsts {
-    b1: f32,
-    b2: f32,
-    f1: f32,
-    f2: f32,
-    /// `1 − β₁ᵗ`, `1 − β₂ᵗ`.
-    c1: f32,
-    c2: f32,
-    eps: f32,
-    /// `1 − lr·wd` and lr, each rounded to f32 as a scalar op rounds them.
-    keep: f32,
-    lr: f32,
-    decays: bool,
-}
-
-/// One AdamW update of a slice of parameters with their gradients and moments.
-#[inline]
-fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], k: StepConsts) {
-    let n = p.len();
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    for j in 0..n {
-        let gj = g[j];
-        let mj = m[j] * k.b1 + gj * k.f1;
-        let vj = v[j] * k.b2 + gj * gj * k.f2;
-        m[j] = mj;
-        v[j] = vj;
-        let delta = (mj / k.c1) / ((vj / k.c2).sqrt() + k.eps);
-        let kept = if k.decays { p[j] * k.keep } else { p[j] };
-        p[j] = kept - delta * k.lr;
-    }
-}
-
-/// Side of the tiles in which [`adamw_transposed`] reads the transposed gradient.
-const TILE: usize = 64;
-
-/// [`adamw_chunk`] over a `rows × cols` row-major parameter whose gradient buffer `gt` holds
-/// the transpose (`cols × rows`): tile by tile, the gradient tile transposed in L1 first, so
-/// neither operand is walked across memory with a long stride.
-fn adamw_transposed(
-    p: &mut [f32],
-    gt: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    (rows, cols): (usize, usize),
-    k: StepConsts,
-) {
-    let band = TILE * cols;
-    p.par_chunks_mut(band)
-        .zip(m.par_chunks_mut(band))
-        .zip(v.par_chunks_mut(band))
-        .enumerate()
-        .for_each(|(bi, ((pb, mb), vb))| {
-            let (r0, n_r) = (bi * TILE, pb.len() / cols);
-            let mut tile = vec![0f32; TILE * TILE];
-            for c0 in (0..cols).step_by(TILE) {
-                let len = TILE.min(cols - c0);
-                // Transpose the tile in L1: each source row is a contiguous run over r.
-                for j in 0..len {
-                    let src = &gt[(c0 + j) * rows + r0..][..n_r];
-                    for (r, &x) in src.iter().enumerate() {
-                        tile[r * TILE + j] = x;
-                    }
-                }
-                for r in 0..n_r {
-                    let at = r * cols + c0;
-                    let g = &tile[r * TILE..r * TILE + len];
-                    adamw_chunk(
-                        &mut pb[at..at + len],
-                        g,
-                        &mut mb[at..at + len],
-                        &mut vb[at..at + len],
-                        k,
-                    );
-                }
-            }
-        });
-}
-
 impl Optimizer for FusedAdamW {
     type State<const D: usize> = AdamWState<D>;
 
@@ -278,7 +131,7 @@ impl Optimizer for FusedAdamW {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         // f32 on the plain flex device, or burn's step (so `into_flex` below cannot refuse).
-        let f32_flex = |t: &Tensor<D>| is_plain_flex(t) && t.dtype() == DType::F32;
+        let f32_flex = |t: &Tensor<D>| fused_cpu_plain(t) && t.dtype() == DType::F32;
         let on_flex = f32_flex(&tensor) && f32_flex(&grad);
         if !on_flex || state.as_ref().is_some_and(|s| s.momentum.max_moment_2.is_some()) {
             return self.burn().step(lr, tensor, grad, state);
@@ -314,13 +167,8 @@ impl Optimizer for FusedAdamW {
         let gs = g.storage::<f32>();
         let (ps, ms, vs) = (p.storage_mut::<f32>(), m.storage_mut::<f32>(), v.storage_mut::<f32>());
         match transposed_2d(gl.shape().as_slice(), gl.strides()).filter(|_| !gl.is_contiguous()) {
-            None => ps
-                .par_chunks_mut(CHUNK)
-                .zip(gs.par_chunks(CHUNK))
-                .zip(ms.par_chunks_mut(CHUNK))
-                .zip(vs.par_chunks_mut(CHUNK))
-                .for_each(|(((pc, gc), mc), vc)| adamw_chunk(pc, gc, mc, vc, k)),
-            Some((rows, cols)) => adamw_transposed(ps, gs, ms, vs, (rows, cols), k),
+            None => optim::adamw(ps, gs, ms, vs, k),
+            Some((rows, cols)) => optim::adamw_transposed(ps, gs, ms, vs, (rows, cols), k),
         }
         let momentum = AdaptiveMomentumState::new(time, from_flex(m), from_flex(v));
         (from_flex(p), Some(AdamWState::new(momentum)))
@@ -408,18 +256,6 @@ mod tests {
         let (p, _) = opt.step(0.1, p, g, None);
         let want = [1.0 * 0.95 - 0.1, -2.0 * 0.95 + 0.1, 0.5 * 0.95];
         assert_close(&read(p), &want, "p");
-    }
-
-    #[test]
-    fn permuted_dense_layouts_are_recognised() {
-        assert!(is_permuted_dense(&[2, 3], &[3, 1]));
-        assert!(is_permuted_dense(&[3, 2], &[1, 3])); // a transpose
-        assert!(is_permuted_dense(&[512, 512, 1], &[1, 512, 1]));
-        assert!(!is_permuted_dense(&[3, 2], &[0, 1])); // broadcast
-        assert!(!is_permuted_dense(&[2, 3], &[4, 1])); // rows with gaps (a slice)
-        assert_eq!(transposed_2d(&[512, 2048, 1], &[1, 512, 1]), Some((512, 2048)));
-        assert_eq!(transposed_2d(&[3, 5], &[5, 1]), None); // row-major
-        assert_eq!(transposed_2d(&[3, 5, 2], &[1, 3, 15]), None); // three dims
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A same-padded k×k 2-D convolution with bias (stride 1) as one burn operation on the flex
 //! CPU back-end, with a hand-written backward: the spatial-attention stack (SPEC §3.1 step
 //! 2) runs its convs over all B·T frames, where im2col + GEMM per frame on parallel threads
-//! ([`super::convlstm_cpu::input_forward`]) is several times faster than the generic conv.
+//! ([`super::cpu::conv::input_forward`]) is several times faster than the generic conv.
 
 use std::sync::Arc;
 
@@ -16,8 +16,8 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
-use super::convlstm_cpu::{self, InputDims};
-use super::convlstm_op::{tensor, values};
+use super::cpu::conv::{self, InputDims};
+use super::flex_io::{tensor, values};
 
 /// The same-padded convolution.
 #[backend_extension(Flex, Autodiff)]
@@ -52,7 +52,7 @@ fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> InputDims {
 impl ConvSameOps for Flex {
     fn conv2d_same(x: FlexTensor, w: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let d = dims_of(&x, &w, &bias);
-        let y = convlstm_cpu::input_forward(&values(&x), &values(&w), &values(&bias), d);
+        let y = conv::input_forward(&values(&x), &values(&w), &values(&bias), d);
         tensor(y, vec![d.frames, d.out, d.height, d.width])
     }
 }
@@ -77,8 +77,7 @@ impl Backward<Flex, 3> for ConvSameBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
         let d = s.dims;
-        let (dx, dw, db) =
-            convlstm_cpu::input_backward(&values(&s.x), &values(&s.w), &values(&grad), d, node_x.is_some());
+        let (dx, dw, db) = conv::input_backward(&values(&s.x), &values(&s.w), &values(&grad), d, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, vec![d.frames, d.c, d.height, d.width]));
         }
@@ -101,7 +100,7 @@ impl<C: CheckpointStrategy> ConvSameOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wp, bp) = (x.primitive(), w.primitive(), bias.primitive());
                 let dims = dims_of(xp, wp, bp);
-                let y = convlstm_cpu::input_forward(&values(xp), &values(wp), &values(bp), dims);
+                let y = conv::input_forward(&values(xp), &values(wp), &values(bp), dims);
                 let out = tensor(y, vec![dims.frames, dims.out, dims.height, dims.width]);
                 prep.finish(
                     Arc::new(ConvSaved {
@@ -121,13 +120,9 @@ impl<C: CheckpointStrategy> ConvSameOps for Autodiff<Flex, C> {
     }
 }
 
-/// `conv.forward(x)` for a stride-1, same-padded (k / 2), undilated, ungrouped square conv
-/// with a bias: the fused operation on a flex device, burn's conv elsewhere.
-///
-/// # Shapes
-/// - x: `[N, C, H, W]`
-/// - output: `[N, O, H, W]`
-pub fn conv_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+/// Whether `conv` is one [`ConvSameOps::conv2d_same`] computes: stride 1, same-padded
+/// (k / 2), undilated, ungrouped and square (the bias is checked by the caller).
+pub(super) fn fits(conv: &Conv2d) -> bool {
     let [_, _, kh, kw] = conv.weight.dims();
     let p = kh / 2;
     let same = match conv.padding {
@@ -135,20 +130,26 @@ pub fn conv_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         PaddingConfig2d::Valid => kh == 1,
         PaddingConfig2d::Explicit(a, b, c, d) => [a, b, c, d] == [p; 4],
     };
-    let fits = same && kh == kw && kh % 2 == 1 && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
-    match (&conv.bias, fits && super::convlstm_op::is_flex(&x.device())) {
-        (Some(bias), true) => Tensor::from_dispatch(<Dispatch as ConvSameOps>::conv2d_same(
-            x.into_dispatch(),
-            conv.weight.val().into_dispatch(),
-            bias.val().into_dispatch(),
-        )),
-        _ => conv.forward(x),
-    }
+    same && kh == kw && kh % 2 == 1 && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1
+}
+
+/// The fused same-padded conv on tensors of a flex device (see [`ConvSameOps`]).
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`, w: `[O, C, k, k]`, bias: `[O]`
+/// - output: `[N, O, H, W]`
+pub(super) fn conv2d_same(x: Tensor<4>, w: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as ConvSameOps>::conv2d_same(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv_same;
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Device, Distribution};
 

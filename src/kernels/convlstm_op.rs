@@ -1,12 +1,12 @@
 //! A ConvLSTM layer (input half and recurrence) as one burn operation on the flex CPU
-//! back-end, with a hand-written backward (the kernels are in [`super::convlstm_cpu`]).
+//! back-end, with a hand-written backward (the kernels are [`super::cpu::conv`] for the input
+//! half and [`super::cpu::convlstm`] for the recurrence).
 //!
 //! burn's backend-extension API routes the call: the plain flex device runs the forward
 //! alone; the autodiff flex device also records one graph node whose backward calls
-//! [`convlstm_cpu::backward`]. Other back-ends (ndarray, wgpu) never reach this module:
-//! [`super::convlstm::ConvLstm`] runs its tensor-op path there.
+//! [`convlstm_backward::backward`]. Other back-ends (ndarray, wgpu) never reach this module:
+//! [`super::convlstm`] declines them and `ConvLstm` runs its tensor-op path there.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -16,9 +16,12 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Dispatch, Flex, backend_extension};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Tensor;
 
-use super::convlstm_cpu::{self, Dims, InputDims, Saved};
+use super::cpu::conv::{self, InputDims};
+use super::cpu::convlstm::{self, Dims, Saved};
+use super::cpu::convlstm_backward;
+use super::flex_io::{tensor, values};
 
 /// One fused ConvLSTM layer.
 #[backend_extension(Flex, Autodiff)]
@@ -44,20 +47,6 @@ pub trait ConvLstmOps: burn::backend::Backend {
         h0: FloatTensor<Self>,
         c0: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
-}
-
-/// The values of a flex tensor as contiguous `f32`, borrowed when they already are.
-pub(super) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(
-            t.clone()
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap_or_else(|e| unreachable!("converted to f32: {e:?}")),
-        ),
-    }
 }
 
 /// Sizes of the layer from its operands' shapes.
@@ -102,11 +91,6 @@ fn dims_of(x: &FlexTensor, wx: &FlexTensor, bias: &FlexTensor, wh: &FlexTensor) 
     (input, dims)
 }
 
-/// A contiguous flex tensor of these values.
-pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
-}
-
 fn out_shape(d: Dims) -> Vec<usize> {
     vec![d.b, d.t, d.h, d.height, d.width]
 }
@@ -114,8 +98,8 @@ fn out_shape(d: Dims) -> Vec<usize> {
 impl ConvLstmOps for Flex {
     fn convlstm_layer(x: FlexTensor, wx: FlexTensor, bias: FlexTensor, wh: FlexTensor) -> FlexTensor {
         let (input, dims) = dims_of(&x, &wx, &bias, &wh);
-        let gx = convlstm_cpu::input_forward(&values(&x), &values(&wx), &values(&bias), input);
-        let (hidden, _) = convlstm_cpu::forward(gx, &values(&wh), dims, false);
+        let gx = conv::input_forward(&values(&x), &values(&wx), &values(&bias), input);
+        let (hidden, _) = convlstm::forward(gx, &values(&wh), dims, false);
         tensor(hidden, out_shape(dims))
     }
 
@@ -128,8 +112,8 @@ impl ConvLstmOps for Flex {
         c0: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
         let (input, dims) = dims_of(&x, &wx, &bias, &wh);
-        let gx = convlstm_cpu::input_forward(&values(&x), &values(&wx), &values(&bias), input);
-        let (hidden, c_last) = convlstm_cpu::forward_from(gx, &values(&wh), dims, &values(&h0), &values(&c0));
+        let gx = conv::input_forward(&values(&x), &values(&wx), &values(&bias), input);
+        let (hidden, c_last) = convlstm::forward_from(gx, &values(&wh), dims, &values(&h0), &values(&c0));
         let state = vec![dims.b, dims.h, dims.height, dims.width];
         (tensor(hidden, out_shape(dims)), tensor(c_last, state))
     }
@@ -159,9 +143,8 @@ impl Backward<Flex, 4> for LayerBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let saved = ops.state;
         let (d, inp) = (saved.recurrence.dims, saved.input);
-        let (dgx, dwh) = convlstm_cpu::backward(&saved.recurrence, &values(&saved.hidden), &values(&grad));
-        let (dx, dwx, db) =
-            convlstm_cpu::input_backward(&values(&saved.x), &values(&saved.wx), &dgx, inp, node_x.is_some());
+        let (dgx, dwh) = convlstm_backward::backward(&saved.recurrence, &values(&saved.hidden), &values(&grad));
+        let (dx, dwx, db) = conv::input_backward(&values(&saved.x), &values(&saved.wx), &dgx, inp, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, vec![d.b, d.t, inp.c, d.height, d.width]));
         }
@@ -192,8 +175,8 @@ impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wxp, bp, whp) = (x.primitive(), wx.primitive(), bias.primitive(), wh.primitive());
                 let (input, dims) = dims_of(xp, wxp, bp, whp);
-                let gx = convlstm_cpu::input_forward(&values(xp), &values(wxp), &values(bp), input);
-                let (hidden, saved) = convlstm_cpu::forward(gx, &values(whp), dims, true);
+                let gx = conv::input_forward(&values(xp), &values(wxp), &values(bp), input);
+                let (hidden, saved) = convlstm::forward(gx, &values(whp), dims, true);
                 let recurrence = saved.unwrap_or_else(|| unreachable!("forward saves when asked"));
                 let out = tensor(hidden, out_shape(dims));
                 let state = LayerSaved {
@@ -236,19 +219,13 @@ impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
     }
 }
 
-/// Whether `device` is the flex back-end (with or without autodiff), where the fused
-/// recurrence runs.
-pub fn is_flex(device: &Device) -> bool {
-    device.clone().without_autodiff() == Device::flex()
-}
-
 /// One fused ConvLSTM layer on tensors of a flex device (see [`ConvLstmOps`]).
 ///
 /// # Shapes
 /// - x: `[B, T, C, H, W]`
 /// - wx: `[4h, C, k, k]`, bias: `[4h]`, wh: `[4h, h, k, k]`
 /// - output: `[B, T, h, H, W]`
-pub fn layer(x: Tensor<5>, wx: Tensor<4>, bias: Tensor<1>, wh: Tensor<4>) -> Tensor<5> {
+pub(super) fn layer(x: Tensor<5>, wx: Tensor<4>, bias: Tensor<1>, wh: Tensor<4>) -> Tensor<5> {
     Tensor::from_dispatch(<Dispatch as ConvLstmOps>::convlstm_layer(
         x.into_dispatch(),
         wx.into_dispatch(),
@@ -264,7 +241,7 @@ pub fn layer(x: Tensor<5>, wx: Tensor<4>, bias: Tensor<1>, wh: Tensor<4>) -> Ten
 /// - x: `[B, T, C, H, W]`; h0, c0: `[B, h, H, W]`
 /// - wx: `[4h, C, k, k]`, bias: `[4h]`, wh: `[4h, h, k, k]`
 /// - output: `[B, T, h, H, W]` and `[B, h, H, W]`
-pub fn layer_from(
+pub(super) fn layer_from(
     x: Tensor<5>,
     wx: Tensor<4>,
     bias: Tensor<1>,

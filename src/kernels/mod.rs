@@ -1,0 +1,211 @@
+//! Hand-written kernels: the fast paths that replace chains of small tensor ops where the
+//! framework's per-op overhead dominates the arithmetic (measured in issue #6). The model and
+//! the training loop call the functions here and stay back-end neutral; each function either
+//! runs its kernel or declines, and the caller's tensor-op path (the paper's arithmetic, what
+//! ndarray and wgpu run) is the reference the kernels are tested against.
+//!
+//! Layout, as burn's custom-kernel example separates kernel, forward and backward:
+//! - [`cpu`]: the CPU kernels as plain Rust on `f32` slices (no burn types);
+//! - `*_op` (flex builds only): the burn glue, each a backend extension of the flex back-end
+//!   and of autodiff over it, with the backward node that calls the kernels' backward;
+//! - this file: the one switch, [`fused_cpu`], and the API the model and training code call.
+//!
+//! A GPU kernel of the same ops would sit beside `cpu/` and take its own branch of the
+//! switch.
+
+pub mod cpu;
+
+#[cfg(feature = "flex")]
+mod batchnorm_op;
+#[cfg(feature = "flex")]
+mod conv_op;
+#[cfg(feature = "flex")]
+mod convlstm_op;
+#[cfg(feature = "flex")]
+mod flex_io;
+#[cfg(feature = "flex")]
+mod optim_op;
+
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Device, Tensor};
+
+/// The one switch: whether the fused CPU kernels run for tensors on `device`, the flex
+/// back-end with or without autodiff. Always false in a build without flex.
+pub fn fused_cpu(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    return device.clone().without_autodiff() == Device::flex();
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// [`fused_cpu`] for a tensor that also records no autodiff graph (the plain flex device):
+/// where the kernels without a backward (the optimiser step, inference) may run. Devices
+/// compare equal with and without autodiff, so the flag is checked apart.
+pub fn fused_cpu_plain<const D: usize>(t: &Tensor<D>) -> bool {
+    fused_cpu(&t.device()) && !t.is_autodiff()
+}
+
+/// `conv.forward(x)`: one fused operation with a hand-written backward on the fused CPU
+/// back-end when the conv is stride-1, same-padded (k / 2), undilated, ungrouped, square and
+/// has a bias; burn's conv otherwise.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`
+/// - output: `[N, O, H, W]`
+pub fn conv_same(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if let Some(bias) = &conv.bias
+        && conv_op::fits(conv)
+        && fused_cpu(&x.device())
+    {
+        return conv_op::conv2d_same(x, conv.weight.val(), bias.val());
+    }
+    conv.forward(x)
+}
+
+/// `relu(bn(x))` as one fused operation, or `None` where there is none (then the caller
+/// runs its tensor-op BatchNorm). On the fused CPU back-end: training on an autodiff device
+/// uses the batch statistics and updates the running ones as PyTorch does; a plain device
+/// (inference) uses the running statistics. An autodiff device in eval mode declines.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`
+/// - output: `[N, C, H, W]`
+pub fn batch_norm_relu(bn: &BatchNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
+    #[cfg(feature = "flex")]
+    if fused_cpu(&x.device()) {
+        match (x.device().is_autodiff(), bn.training.is_enabled()) {
+            (true, true) => return Some(batchnorm_op::batch_norm_train(bn, x.clone(), true)),
+            (false, _) => return Some(batchnorm_op::batch_norm_eval(bn, x.clone(), true)),
+            (true, false) => {}
+        }
+    }
+    let _ = (bn, x);
+    None
+}
+
+/// One ConvLSTM layer's weights as the fused layer takes them.
+#[derive(Debug, Clone)]
+pub struct LstmWeights {
+    /// Input half `[4h, C, k, k]`.
+    pub wx: Tensor<4>,
+    /// The input half's bias `[4h]` (zeros where the conv has none).
+    pub bias: Tensor<1>,
+    /// Hidden half `[4h, h, k, k]` (no bias).
+    pub wh: Tensor<4>,
+}
+
+/// A stack of ConvLSTM layers over a sequence from a zero state, each layer one fused
+/// operation (input half over all frames in parallel, then the recurrence) with a
+/// hand-written backward; `None` where there is none (then the caller runs its tensor-op
+/// layers). Gate order i, f, o, g.
+///
+/// # Shapes
+/// - x: `[B, T, C, H, W]`; layers: first layer first
+/// - output: `[B, T, h_last, H, W]`, the last layer's hidden state at every step
+pub fn convlstm(x: &Tensor<5>, layers: impl IntoIterator<Item = LstmWeights>) -> Option<Tensor<5>> {
+    #[cfg(feature = "flex")]
+    if fused_cpu(&x.device()) {
+        let mut seq = x.clone(); // [B, T, C, H, W]
+        for w in layers {
+            seq = convlstm_op::layer(seq, w.wx, w.bias, w.wh); // [B, T, h, H, W]
+        }
+        return Some(seq);
+    }
+    let _ = (x, layers);
+    None
+}
+
+/// [`convlstm`] for inference from the state each layer's frames before `x` ended in, also
+/// returning each layer's state after the last frame; `None` on an autodiff device (the
+/// fused layer has no backward here), for an empty sequence and where there is no fused
+/// layer.
+///
+/// # Shapes
+/// - x: `[B, T, C, H, W]`; layers: weights and `(h, c)`, each `[B, h, H, W]`,
+///   first layer first
+/// - output: `[B, T, h_last, H, W]` and one `(h, c)` per layer, each `[B, h, H, W]`
+#[allow(clippy::type_complexity)]
+pub fn convlstm_from(
+    x: &Tensor<5>,
+    layers: impl IntoIterator<Item = (LstmWeights, (Tensor<4>, Tensor<4>))>,
+) -> Option<(Tensor<5>, Vec<(Tensor<4>, Tensor<4>)>)> {
+    #[cfg(feature = "flex")]
+    if fused_cpu_plain(x) && x.dims()[1] > 0 {
+        let [b, t, _, hgt, wid] = x.dims();
+        let mut seq = x.clone(); // [B, T, C, H, W]
+        let mut states = Vec::new();
+        for (w, state) in layers {
+            let hidden = w.wh.dims()[1];
+            let (h, c_last) = convlstm_op::layer_from(seq, w.wx, w.bias, w.wh, state);
+            let h_last = h.clone().narrow(1, t - 1, 1).reshape([b, hidden, hgt, wid]); // [B, h, H, W]
+            states.push((h_last, c_last));
+            seq = h; // [B, T, h, H, W]
+        }
+        return Some((seq, states));
+    }
+    let _ = (x, layers);
+    None
+}
+
+/// `Σ x²` of a tensor in `f64` in one pass over its buffer, or `None` where the tensor is
+/// not on the plain fused CPU back-end (then the caller sums with tensor ops).
+pub fn sum_squares<const D: usize>(t: &Tensor<D>) -> Option<f64> {
+    #[cfg(feature = "flex")]
+    return optim_op::sum_squares(t);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = t;
+        None
+    }
+}
+
+/// `t · s`, in place on the plain fused CPU back-end, `t.mul_scalar(s)` elsewhere.
+pub fn scale<const D: usize>(t: Tensor<D>, s: f32) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    return optim_op::scale(t, s);
+    #[cfg(not(feature = "flex"))]
+    t.mul_scalar(s)
+}
+
+/// `ema · decay + model · (1 − decay)`, in place in `ema` on the plain fused CPU back-end,
+/// with tensor ops elsewhere.
+pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    return optim_op::blend(ema, model, decay);
+    #[cfg(not(feature = "flex"))]
+    {
+        ema.mul_scalar(decay) + model.mul_scalar(1.0 - decay)
+    }
+}
+
+/// The per-parameter AdamW (PyTorch's: amsgrad off, decoupled decay): in flex builds one
+/// fused pass per parameter on the plain fused CPU back-end and burn's own step elsewhere;
+/// burn's AdamW in other builds. The state is burn's `AdamWState` either way.
+#[cfg(feature = "flex")]
+pub type AdamW = optim_op::FusedAdamW;
+/// The per-parameter AdamW: burn's (this build has no fused CPU back-end).
+#[cfg(not(feature = "flex"))]
+pub type AdamW = burn::optim::AdamW;
+
+/// An [`AdamW`] with these hyper-parameters.
+pub fn adamw(beta_1: f32, beta_2: f32, epsilon: f32, weight_decay: f32) -> AdamW {
+    #[cfg(feature = "flex")]
+    return optim_op::FusedAdamW {
+        beta_1,
+        beta_2,
+        epsilon,
+        weight_decay,
+    };
+    #[cfg(not(feature = "flex"))]
+    return burn::optim::AdamWConfig::new()
+        .with_beta_1(beta_1)
+        .with_beta_2(beta_2)
+        .with_epsilon(epsilon)
+        .with_weight_decay(weight_decay)
+        .build();
+}
