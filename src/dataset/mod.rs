@@ -1,8 +1,10 @@
 //! Dataset loading (SPEC §2): ActivityNet-style annotations, per-video `.npy` features,
-//! seconds↔grid conversion, the training crop and batching into burn tensors.
+//! seconds↔grid conversion, the training crop, batching into burn tensors and the
+//! dataset checks of `xca check`.
 
 pub mod annotations;
 pub mod batch;
+pub mod check;
 pub mod crop;
 pub mod features;
 pub mod grid;
