@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod model;
 pub mod report;
 pub mod runtime;
+pub mod select;
 pub mod synth;
 pub mod text;
 pub mod train;
