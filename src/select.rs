@@ -117,7 +117,10 @@ mod tests {
             ad: 0.0,
             f: 0.0,
         };
-        assert_eq!(choose(&[r(31, 0.5), r(32, 0.7), r(33, 0.7), r(34, 0.6)]).unwrap().epoch, 32);
+        assert_eq!(
+            choose(&[r(31, 0.5), r(32, 0.7), r(33, 0.7), r(34, 0.6)]).unwrap().epoch,
+            32
+        );
         assert_eq!(choose(&[r(31, 0.5), r(32, 0.4), r(33, 0.8)]).unwrap().epoch, 33);
         assert_eq!(choose(&[r(40, 0.2)]).unwrap().epoch, 40);
         assert_eq!(choose(&[]), None);

@@ -260,10 +260,7 @@ mod tests {
         let mut seen = Vec::new();
         let r = check(&config(d), |id, n| seen.push((id.to_string(), n))).unwrap();
         assert_eq!(r.problems, Vec::<String>::new());
-        assert_eq!(
-            seen,
-            ["a", "b", "c", "v", "t"].map(|id| (id.to_string(), 5))
-        );
+        assert_eq!(seen, ["a", "b", "c", "v", "t"].map(|id| (id.to_string(), 5)));
         assert_eq!(r.videos, 5);
         let train = SplitSummary {
             name: "train".into(),
@@ -322,7 +319,10 @@ mod tests {
                 format!("{json}: video 'a': annotation 0: label_id 2 ('other') is not below num_classes 2"),
                 format!("{json}: video 'a': annotation 1: segment [4, 10.5] lies outside the video [0, 10]"),
                 format!("{}: missing feature file for video 'b'", feats.join("b.npy").display()),
-                format!("{}: 2 non-finite values (NaN/Inf), first in row 3", feats.join("c.npy").display()),
+                format!(
+                    "{}: 2 non-finite values (NaN/Inf), first in row 3",
+                    feats.join("c.npy").display()
+                ),
                 format!(
                     "{}: 40 rows but duration 10 s × 10 fps / feat_stride 4 = 25.0 rows \
                      (a row is a feature step, not a frame; check feat_stride)",

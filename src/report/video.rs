@@ -439,8 +439,8 @@ fn draw_strip(area: &Area, p: &VideoPlot) -> DrawResult {
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{decode, unwritable, write_doc_example};
-    use image::GenericImageView;
     use super::*;
+    use image::GenericImageView;
 
     /// A made-up but plausible video: 30 rows of 32×32 "vessel maps" at 4 frames a row,
     /// filling rising then washout.
@@ -599,12 +599,17 @@ mod tests {
         assert!(hi - lo > 0.5, "{lo} {hi}");
         // 16 px images are zoomed 3× (nearest neighbour) to 48 px.
         let block = |r: usize| -> Vec<u8> {
-            (0..48 * 48).map(|i| gray(row(r)[(i / 48 / 3) * side + (i % 48) / 3], lo, hi)).collect()
+            (0..48 * 48)
+                .map(|i| gray(row(r)[(i / 48 / 3) * side + (i % 48) / 3], lo, hi))
+                .collect()
         };
         let b5 = block(5);
         assert_eq!(b5[(3 * 3) * 48 + 7 * 3], 0, "the NaN pixel is black");
         let img = pixels(&path);
-        let counts: Vec<usize> = [5, 14, 25, 13, 27].iter().map(|&r| count_block(&img, &block(r), 48)).collect();
+        let counts: Vec<usize> = [5, 14, 25, 13, 27]
+            .iter()
+            .map(|&r| count_block(&img, &block(r), 48))
+            .collect();
         assert_eq!(counts, [2, 1, 1, 1, 1], "rows 5, 14, 25, 13, 27 in the strip");
     }
 
@@ -649,7 +654,8 @@ mod tests {
         let draw = |extra: &[(&str, [f64; 2], f32)], truth: Option<[i64; 3]>, name: &str| {
             let mut p = example(None);
             p.truth = truth;
-            p.detections.extend(extra.iter().map(|(n, s, c)| (n.to_string(), *s, *c)));
+            p.detections
+                .extend(extra.iter().map(|(n, s, c)| (n.to_string(), *s, *c)));
             let path = dir.path().join(name);
             plot_video(&p, &path).unwrap();
             pixels(&path)
@@ -661,7 +667,10 @@ mod tests {
             ("washout", [3.0, 1.0], 0.5),
             ("washout", [1.0, 2.0], f32::NAN),
         ];
-        assert!(draw(&bad, truth, "bad.png") == clean, "skipped detections change nothing");
+        assert!(
+            draw(&bad, truth, "bad.png") == clean,
+            "skipped detections change nothing"
+        );
         // A detection a billion frames out gets a lane (off-chart) but the frame axis, and
         // with it everything above the lanes, stays as it was.
         let absurd = draw(&[("washout", [1e12, 2e12], 0.2)], truth, "absurd.png");
