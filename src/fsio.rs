@@ -30,6 +30,9 @@ fn parent_of(path: &Path) -> &Path {
 pub const TEMP_PREFIX: &str = ".xca-tmp-";
 
 /// A fault injected into a write, for tests of crashes and full disks.
+// Only `fault_from_spec` (tests and the `test-hooks` feature) builds the variants other
+// than `Fail`; a shipped build keeps the handling code but can never reach it.
+#[cfg_attr(not(any(test, feature = "test-hooks")), allow(dead_code))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     /// Fail like a full disk after half the bytes are in the temporary file.
@@ -46,12 +49,21 @@ enum Fault {
 /// [`write_atomic`] whose destination path contains `<substring>` fail, abort or pause half
 /// way (see [`Fault`]). The end-to-end tests (tests/hardening.rs) use it on the real binary:
 /// a full disk cannot be had without mounting a tmpfs, and a kill "during a write" is
-/// otherwise a race. Unset (always, outside tests) it costs one environment look-up.
+/// otherwise a race. Only built with the internal `test-hooks` feature, which `cargo test`
+/// turns on (Cargo.toml's self dev-dependency) and a `cargo build` never does.
+#[cfg(feature = "test-hooks")]
 fn injected_fault(path: &Path) -> Option<Fault> {
     fault_from_spec(&std::env::var("XCA_TEST_FAULT").ok()?, path)
 }
 
+/// Without the `test-hooks` feature (every shipped build) the variable is never read.
+#[cfg(not(feature = "test-hooks"))]
+fn injected_fault(_path: &Path) -> Option<Fault> {
+    None
+}
+
 /// The fault that an `XCA_TEST_FAULT` value asks for on a write to `path`, if any.
+#[cfg(any(test, feature = "test-hooks"))]
 fn fault_from_spec(spec: &str, path: &Path) -> Option<Fault> {
     let (action, needle) = spec.split_once(':')?;
     if needle.is_empty() || !path.to_string_lossy().contains(needle) {

@@ -18,6 +18,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod select;
 pub mod synth;
 pub mod text;
 pub mod train;

@@ -224,19 +224,49 @@ fn decode_nms_and_seconds_match_original() {
 }
 
 #[test]
-fn decode_safetensors_agree_with_decode_json() {
+fn decode_nms_and_seconds_match_the_safetensors_fixture() {
     parity_or_skip!();
-    // The two fixture files hold the same lists; guard against reading the wrong one.
-    let fx = json("decode.json");
+    // The same lists as decode.json, as the original's float32 and int64 tensors (no
+    // decimal round trip): xca's output must match them too.
+    let (dec, nms, grid) = test_cfg(&json("decode.json"));
     let bytes = std::fs::read(parity("decode.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("scores").unwrap();
-    let scores: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    assert_eq!(scores, f32s(&fx["scores"]));
+    let f32s = |name: &str| -> Vec<f32> {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+        t.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let labels = |name: &str| -> Vec<usize> {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+        t.data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+            .collect()
+    };
+    let pairs = |v: Vec<f32>| -> Vec<[f32; 2]> { v.chunks_exact(2).map(|p| [p[0], p[1]]).collect() };
+
+    let pre = decode(&stored_levels(), &dec).unwrap();
+    assert_eq!(pre.len(), 372);
+    assert_same(
+        "pre-NMS (safetensors)",
+        &pre,
+        &pairs(f32s("pre_nms_segments")),
+        &f32s("pre_nms_scores"),
+        &labels("pre_nms_labels"),
+    );
+    let out = xca::infer::postprocess(&stored_levels(), &dec, &nms, &grid).unwrap();
+    assert_eq!(out.len(), 200);
+    assert_same(
+        "final (safetensors)",
+        &out,
+        &pairs(f32s("segments")),
+        &f32s("scores"),
+        &labels("labels"),
+    );
 }
 
 #[test]

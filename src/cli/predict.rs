@@ -1,5 +1,6 @@
 //! `xca predict CKPT [--config CONFIG] FEATURES.npy…`: keyframes and detections of
-//! videos without annotations, as a table, JSON and per-video pictures.
+//! videos without annotations, as a table, JSON and per-video pictures. The keyframes
+//! are [`xca::infer::keyframes::predict_in_video`]'s.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use xca::config::Config;
 use xca::dataset::Class;
 use xca::dataset::Features;
 use xca::evaluate::{VideoOutput, detect, patch_centres, row_scores, run_video};
-use xca::infer::keyframes::{frame_at, keyframes_of};
+use xca::infer::keyframes::predict_in_video;
 use xca::infer::{Candidates, Fallback, Keyframes};
 use xca::report::{VideoPlot, plot_video};
 
@@ -76,33 +77,6 @@ pub struct Prediction {
 /// Class name of a label id (`class <k>` beyond the paper's classes).
 pub fn class_name(k: usize) -> String {
     Class::name_of(k)
-}
-
-/// Keyframes as frame indices of a video of `frames` frames: clamped to `[0, frames − 1]`
-/// and put in order. SPEC §6.4 reads them off two independent segments, so a poor model
-/// can give an apex before the start, or an end at `⌊fps·duration⌋ = frames`, one past the
-/// last frame. Returns whether anything changed.
-pub fn in_video_order(k: Keyframes, frames: usize) -> (Keyframes, bool) {
-    let last = frames.saturating_sub(1) as i64;
-    let mut v = [k.start, k.apex, k.end].map(|f| f.clamp(0, last));
-    v.sort_unstable();
-    let out = Keyframes {
-        start: v[0],
-        apex: v[1],
-        end: v[2],
-    };
-    (out, out != k)
-}
-
-/// Candidates sorted by score, best first (stable: NMS order on ties).
-fn sorted_by_score(c: &Candidates) -> Candidates {
-    let mut idx: Vec<usize> = (0..c.len()).collect();
-    idx.sort_by(|&a, &b| c.scores[b].total_cmp(&c.scores[a]));
-    Candidates {
-        segs: idx.iter().map(|&i| c.segs[i]).collect(),
-        scores: idx.iter().map(|&i| c.scores[i]).collect(),
-        labels: idx.iter().map(|&i| c.labels[i]).collect(),
-    }
 }
 
 /// Load one feature file as the model's input (downsampled, finite, non-empty); errors
@@ -321,32 +295,20 @@ pub fn run(mut args: Args) -> Result<()> {
         let name = path.display().to_string();
         bar.set_message(name.clone());
         let duration = (feats.rows * cfg.dataset.feat_stride * cfg.dataset.downsample_rate) as f64 / fps;
-        let frames = frame_at(fps, duration).max(0) as usize;
         let out = run_video(&model, &cfg, feats, centre, &device, &name).with_context(|| format!("running {name}"))?;
-        let cands = sorted_by_score(
-            &detect(&cfg, &out, fps, Some(duration)).with_context(|| format!("post-processing {name}"))?,
-        );
-        let (raw, fallback) = keyframes_of(&cands, fill, wash, fps, cfg.setting);
-        let (keyframes, adjusted) = in_video_order(raw, frames);
-        // The segments keyframes_of used are the top of their class.
-        let top_score = |class| {
-            cands
-                .labels
-                .iter()
-                .zip(&cands.scores)
-                .filter(|(l, _)| **l == class)
-                .map(|(_, s)| *s)
-                .reduce(f32::max)
-        };
+        let cands = detect(&cfg, &out, fps, Some(duration))
+            .with_context(|| format!("post-processing {name}"))?
+            .sorted_by_score();
+        let k = predict_in_video(&cands, fill, wash, fps, duration, cfg.setting);
         let p = Prediction {
             input: path.clone(),
             rows: *rows,
-            frames,
+            frames: k.frames,
             duration,
-            keyframes,
-            fallback,
-            adjusted,
-            confidence: [top_score(fill), top_score(wash)],
+            keyframes: k.keyframes,
+            fallback: k.fallback,
+            adjusted: k.adjusted,
+            confidence: k.confidence,
             detections: cands,
         };
         if let Some(dir) = &args.plot {
@@ -355,7 +317,7 @@ pub fn run(mut args: Args) -> Result<()> {
                 &cfg,
                 &name,
                 fps,
-                frames,
+                p.frames,
                 feats,
                 &out,
                 &p.detections,
@@ -379,21 +341,4 @@ pub fn run(mut args: Args) -> Result<()> {
         common::write_json_out(out, &serde_json::Value::Array(docs))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keyframes_are_clamped_into_the_video_and_ordered() {
-        let k = |start, apex, end| Keyframes { start, apex, end };
-        assert_eq!(in_video_order(k(3, 5, 9), 10), (k(3, 5, 9), false));
-        // End one past the last frame (segment clipped to the duration).
-        assert_eq!(in_video_order(k(3, 5, 10), 10), (k(3, 5, 9), true));
-        // Apex before start (washout starting before filling).
-        assert_eq!(in_video_order(k(6, 2, 8), 10), (k(2, 6, 8), true));
-        assert_eq!(in_video_order(k(-1, 0, 0), 1), (k(0, 0, 0), true));
-        assert_eq!(in_video_order(k(0, 0, 0), 0), (k(0, 0, 0), false));
-    }
 }

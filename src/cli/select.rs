@@ -1,11 +1,12 @@
 //! `xca select [CONFIG]` (alias `val_test`): pick the best checkpoint on the validation
-//! split, then report it on the test split (SPEC §8).
+//! split, then report it on the test split (SPEC §8). The choice is [`xca::select`].
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use serde_json::json;
 use xca::evaluate::ground_truth;
+use xca::select::{ValRow, checkpoints_in, choose};
 
 use super::eval::{evaluate_loaded, print_scores};
 use super::{InputError, common, score};
@@ -52,62 +53,6 @@ pub fn parse_epochs(s: &str) -> Result<std::ops::RangeInclusive<usize>> {
         return Err(bad().into());
     }
     Ok(a..=b)
-}
-
-/// The checkpoints in `dir` whose epoch lies in `epochs`, by epoch: xca's
-/// `epoch_NNN.safetensors`, else the original's `epoch_NNN.pth.tar` (a folder of the authors'
-/// checkpoints works as it is).
-/// Found by listing the folder once, so the cost follows the files present, not the range
-/// asked for (`--epochs 1..4000000000` is as quick as `31..50`).
-pub fn checkpoints_in(dir: &std::path::Path, epochs: &std::ops::RangeInclusive<usize>) -> Vec<(usize, PathBuf)> {
-    let mut found = std::collections::BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix("epoch_") else {
-            continue;
-        };
-        let (digits, ours) = if let Some(d) = rest.strip_suffix(".safetensors") {
-            (d, true)
-        } else if let Some(d) = rest.strip_suffix(".pth.tar") {
-            (d, false)
-        } else {
-            continue;
-        };
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(epoch) = digits.parse::<usize>() else { continue };
-        // The canonical name only (epoch_007, not epoch_7 or epoch_0007), as training writes it.
-        if !epochs.contains(&epoch) || format!("{epoch:03}") != digits {
-            continue;
-        }
-        let slot = found.entry(epoch).or_insert((ours, entry.path()));
-        if ours && !slot.0 {
-            *slot = (ours, entry.path());
-        }
-    }
-    found.into_iter().map(|(e, (_, p))| (e, p)).collect()
-}
-
-/// One validation row.
-#[derive(Debug, Clone)]
-pub struct ValRow {
-    pub epoch: usize,
-    pub average_map: f64,
-    pub ad: f64,
-    pub f: f64,
-}
-
-/// Highest average mAP; ties go to the earlier epoch.
-pub fn choose(rows: &[ValRow]) -> Option<&ValRow> {
-    rows.iter().fold(None, |best: Option<&ValRow>, r| match best {
-        Some(b) if b.average_map >= r.average_map => Some(b),
-        _ => Some(r),
-    })
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -208,51 +153,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn epochs_parse_and_ties_go_to_the_earlier_epoch() {
+    fn epochs_parse_as_inclusive_ranges() {
         assert_eq!(parse_epochs("31..50").unwrap(), 31..=50);
         assert_eq!(parse_epochs("3-5").unwrap(), 3..=5);
         assert_eq!(parse_epochs("7").unwrap(), 7..=7);
         assert!(parse_epochs("9..2").is_err());
         assert!(parse_epochs("x").is_err());
         assert_eq!(parse_epochs("1..4000000000").unwrap(), 1..=4_000_000_000);
-    }
-
-    #[test]
-    fn checkpoints_are_listed_not_probed() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in [
-            "epoch_002.pth.tar",
-            "epoch_002.safetensors",
-            "epoch_003.pth.tar",
-            "epoch_7.safetensors",
-            "epoch_010.safetensors",
-            "epoch_011.json",
-            "notes.txt",
-        ] {
-            std::fs::write(dir.path().join(name), b"").unwrap();
-        }
-        let got = checkpoints_in(dir.path(), &(1..=4_000_000_000));
-        let names: Vec<(usize, String)> = got
-            .iter()
-            .map(|(e, p)| (*e, p.file_name().unwrap().to_string_lossy().into_owned()))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                (2, "epoch_002.safetensors".to_string()),
-                (3, "epoch_003.pth.tar".to_string()),
-                (10, "epoch_010.safetensors".to_string())
-            ]
-        );
-        assert_eq!(checkpoints_in(dir.path(), &(3..=9)).len(), 1);
-        assert!(checkpoints_in(&dir.path().join("missing"), &(1..=9)).is_empty());
-        let r = |epoch, m| ValRow {
-            epoch,
-            average_map: m,
-            ad: 0.0,
-            f: 0.0,
-        };
-        let rows = [r(31, 0.5), r(32, 0.7), r(33, 0.7), r(34, 0.6)];
-        assert_eq!(choose(&rows).unwrap().epoch, 32);
     }
 }

@@ -1,9 +1,10 @@
 //! Dataset loading (SPEC §2): ActivityNet-style annotations and the classes they name,
-//! per-video `.npy` features, seconds↔grid conversion, the training crop and batching into
-//! burn tensors.
+//! per-video `.npy` features, seconds↔grid conversion, the training crop, batching into burn
+//! tensors and the dataset checks of `xca check`.
 
 pub mod annotations;
 pub mod batch;
+pub mod check;
 pub mod class;
 pub mod crop;
 pub mod features;

@@ -51,6 +51,17 @@ impl Candidates {
         self.segs.is_empty()
     }
 
+    /// The same candidates, best score first (stable: equal scores keep their order).
+    pub fn sorted_by_score(&self) -> Candidates {
+        let mut idx: Vec<usize> = (0..self.len()).collect();
+        idx.sort_by(|&a, &b| self.scores[b].total_cmp(&self.scores[a]));
+        Candidates {
+            segs: idx.iter().map(|&i| self.segs[i]).collect(),
+            scores: idx.iter().map(|&i| self.scores[i]).collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+
     fn push(&mut self, seg: [f32; 2], score: f32, label: usize) {
         self.segs.push(seg);
         self.scores.push(score);
@@ -226,5 +237,18 @@ mod tests {
             valid_len: 3,
         };
         assert!(decode_level(&level, &cfg()).is_err());
+    }
+
+    #[test]
+    fn candidates_sort_best_first_and_keep_ties_in_order() {
+        let c = Candidates {
+            segs: vec![[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]],
+            scores: vec![0.2, 0.9, 0.5, 0.9],
+            labels: vec![0, 1, 0, 1],
+        };
+        let s = c.sorted_by_score();
+        assert_eq!(s.scores, [0.9, 0.9, 0.5, 0.2]);
+        assert_eq!(s.segs, [[1.0, 2.0], [3.0, 4.0], [2.0, 3.0], [0.0, 1.0]]);
+        assert_eq!(s.labels, [1, 1, 0, 0]);
     }
 }

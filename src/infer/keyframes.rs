@@ -1,4 +1,5 @@
-//! Grid units → seconds (SPEC §6.3) and the start/apex/end keyframes (SPEC §6.4).
+//! Grid units → seconds (SPEC §6.3), the start/apex/end keyframes (SPEC §6.4) and, for a
+//! video without annotations, those keyframes as frames inside the video and in order.
 
 use super::decode::Candidates;
 
@@ -160,6 +161,69 @@ pub fn keyframes_of(
     )
 }
 
+/// The score of the highest-scoring segment of `class`, if any.
+pub fn top_score(c: &Candidates, class: usize) -> Option<f32> {
+    c.labels
+        .iter()
+        .zip(&c.scores)
+        .filter(|(l, _)| **l == class)
+        .map(|(_, s)| *s)
+        .reduce(f32::max)
+}
+
+/// Keyframes as frame indices of a video of `frames` frames: clamped to `[0, frames − 1]`
+/// and put in order. SPEC §6.4 reads them off two independent segments, so a poor model
+/// can give an apex before the start, or an end at `⌊fps·duration⌋ = frames`, one past the
+/// last frame. Returns whether anything changed.
+pub fn in_video_order(k: Keyframes, frames: usize) -> (Keyframes, bool) {
+    let last = frames.saturating_sub(1) as i64;
+    let mut v = [k.start, k.apex, k.end].map(|f| f.clamp(0, last));
+    v.sort_unstable();
+    let out = Keyframes {
+        start: v[0],
+        apex: v[1],
+        end: v[2],
+    };
+    (out, out != k)
+}
+
+/// The keyframes of a video without annotations (what `xca predict` reports).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoPrediction {
+    /// Frames in the video, `⌊fps·duration⌋`.
+    pub frames: usize,
+    /// Start, apex and end frame, in `[0, frames)` and in order.
+    pub keyframes: Keyframes,
+    /// Whether a filling or washout segment was missing (SPEC §6.4 fallback).
+    pub fallback: Fallback,
+    /// Whether the SPEC §6.4 frames had to be clamped into the video or put in order.
+    pub adjusted: bool,
+    /// Scores of the top filling and top washout segments (the keyframes' confidence).
+    pub confidence: [Option<f32>; 2],
+}
+
+/// [`keyframes_of`] a post-processed video of `duration` seconds (segments in seconds),
+/// then [`in_video_order`] in its `⌊fps·duration⌋` frames.
+pub fn predict_in_video(
+    c: &Candidates,
+    filling_class: usize,
+    washout_class: usize,
+    fps: f64,
+    duration: f64,
+    setting: DecodeSetting,
+) -> VideoPrediction {
+    let frames = frame_at(fps, duration).max(0) as usize;
+    let (raw, fallback) = keyframes_of(c, filling_class, washout_class, fps, setting);
+    let (keyframes, adjusted) = in_video_order(raw, frames);
+    VideoPrediction {
+        frames,
+        keyframes,
+        fallback,
+        adjusted,
+        confidence: [top_score(c, filling_class), top_score(c, washout_class)],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,5 +383,68 @@ mod tests {
                 Fallback::None
             )
         );
+    }
+
+    fn k(start: i64, apex: i64, end: i64) -> Keyframes {
+        Keyframes { start, apex, end }
+    }
+
+    #[test]
+    fn keyframes_are_clamped_into_the_video_and_ordered() {
+        assert_eq!(in_video_order(k(3, 5, 9), 10), (k(3, 5, 9), false));
+        // End one past the last frame (segment clipped to the duration).
+        assert_eq!(in_video_order(k(3, 5, 10), 10), (k(3, 5, 9), true));
+        // Apex before start (washout starting before filling).
+        assert_eq!(in_video_order(k(6, 2, 8), 10), (k(2, 6, 8), true));
+        // End before everything, and beyond the video.
+        assert_eq!(in_video_order(k(7, 12, 1), 10), (k(1, 7, 9), true));
+        assert_eq!(in_video_order(k(-1, 0, 0), 1), (k(0, 0, 0), true));
+        assert_eq!(in_video_order(k(0, 0, 0), 0), (k(0, 0, 0), false));
+    }
+
+    #[test]
+    fn a_prediction_reads_the_top_segments_and_stays_inside_the_video() {
+        // 6 s at 10 fps: 60 frames. Top filling [1.0, 3.0] (0.8), top washout [4.0, 6.0] (0.6).
+        let c = Candidates {
+            segs: vec![[1.0, 3.0], [4.0, 6.0], [0.5, 2.0], [2.0, 5.0]],
+            scores: vec![0.8, 0.6, 0.3, 0.7],
+            labels: vec![0, 1, 0, 2],
+        };
+        let p = predict_in_video(&c, 0, 1, 10.0, 6.0, S0);
+        assert_eq!(p.frames, 60);
+        // apex ⌊(30 + 40)/2⌋ = 35; end ⌊10·6⌋ = 60 is one past the last frame → 59.
+        assert_eq!(p.keyframes, k(10, 35, 59));
+        assert!(p.adjusted);
+        assert_eq!(p.fallback, Fallback::None);
+        assert_eq!(p.confidence, [Some(0.8), Some(0.6)]);
+
+        // Washout before filling: the apex would precede the start; no washout class 3.
+        let c = Candidates {
+            segs: vec![[3.0, 4.0], [0.5, 1.0]],
+            scores: vec![0.9, 0.4],
+            labels: vec![0, 1],
+        };
+        let p = predict_in_video(&c, 0, 1, 10.0, 6.0, S0);
+        // raw start 30, apex ⌊(40 + 5)/2⌋ = 22, end 10 → 10, 22, 30
+        assert_eq!((p.keyframes, p.adjusted), (k(10, 22, 30), true));
+        let p = predict_in_video(&c, 0, 3, 10.0, 6.0, S0);
+        assert_eq!(
+            (p.keyframes, p.fallback, p.adjusted, p.confidence),
+            (k(30, 40, 40), Fallback::NoWashout, false, [Some(0.9), None])
+        );
+        // A video shorter than a frame has no frames: everything collapses to 0.
+        assert_eq!(predict_in_video(&c, 0, 1, 10.0, 0.05, S0).keyframes, k(0, 0, 0));
+        assert_eq!(predict_in_video(&c, 0, 1, 10.0, 0.05, S0).frames, 0);
+    }
+
+    #[test]
+    fn top_score_is_the_best_of_the_class() {
+        let c = Candidates {
+            segs: vec![[0.0, 1.0], [1.0, 2.0], [2.0, 3.0], [3.0, 4.0]],
+            scores: vec![0.2, 0.9, 0.5, 0.9],
+            labels: vec![0, 1, 0, 1],
+        };
+        assert_eq!(top_score(&c, 0), Some(0.5));
+        assert_eq!(top_score(&c, 5), None);
     }
 }

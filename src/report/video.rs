@@ -423,12 +423,15 @@ fn draw_strip(area: &Area, p: &VideoPlot) -> DrawResult {
             .ok_or("strip image buffer has the wrong size")?;
         area.draw(&img)?;
         let s = size as i32;
-        let border = if c.truth {
-            c.color.stroke_width(1)
+        // The image spans x + 2 ..= x + s + 1, and a 3 px plotters line reaches two pixels
+        // before its coordinate: the thick border's far sides go one pixel further out than
+        // the thin one's, or they cover the image's last row and column.
+        let (border, far) = if c.truth {
+            (c.color.stroke_width(1), s + 3)
         } else {
-            c.color.stroke_width(3)
+            (c.color.stroke_width(3), s + 4)
         };
-        area.draw(&Rectangle::new([(x, iy), (x + s + 3, iy + s + 3)], border))?;
+        area.draw(&Rectangle::new([(x, iy), (x + far, iy + far)], border))?;
     }
     Ok(())
 }
@@ -437,6 +440,7 @@ fn draw_strip(area: &Area, p: &VideoPlot) -> DrawResult {
 mod tests {
     use super::super::test_util::{decode, unwritable, write_doc_example};
     use super::*;
+    use image::GenericImageView;
 
     /// A made-up but plausible video: 30 rows of 32×32 "vessel maps" at 4 frames a row,
     /// filling rising then washout.
@@ -530,34 +534,179 @@ mod tests {
         assert!(colors > 2);
     }
 
+    fn pixels(path: &Path) -> image::RgbImage {
+        image::open(path).expect("a decodable PNG").to_rgb8()
+    }
+
+    /// How often the `size`×`size` gray block `want` (row-major gray levels) appears in `img`.
+    fn count_block(img: &image::RgbImage, want: &[u8], size: u32) -> usize {
+        let gray = |x, y| {
+            let p = img.get_pixel(x, y).0;
+            (p[0] == p[1] && p[1] == p[2]).then_some(p[0])
+        };
+        let last = want[want.len() - 1];
+        let mut n = 0;
+        for oy in 0..=img.height() - size {
+            for ox in 0..=img.width() - size {
+                if gray(ox, oy) != Some(want[0]) || gray(ox + size - 1, oy + size - 1) != Some(last) {
+                    continue;
+                }
+                let all =
+                    (0..size).all(|y| (0..size).all(|x| gray(ox + x, oy + y) == Some(want[(y * size + x) as usize])));
+                n += all as usize;
+            }
+        }
+        n
+    }
+
+    /// The gray level the strip should show for `v` in the range `lo..hi` (NaN/Inf black).
+    fn gray(v: f32, lo: f64, hi: f64) -> u8 {
+        if v.is_finite() {
+            ((v as f64 - lo) / (hi - lo) * 255.0).round() as u8
+        } else {
+            0
+        }
+    }
+
+    /// Columns of `color` in the rows `y0..y1` of `img`.
+    fn columns_of(img: &image::RgbImage, color: RGBColor, y0: u32, y1: u32) -> Vec<u32> {
+        let want = [color.0, color.1, color.2];
+        (0..img.width())
+            .filter(|&x| (y0..y1).any(|y| img.get_pixel(x, y).0 == want))
+            .collect()
+    }
+
     #[test]
-    fn non_finite_values_are_skipped() {
+    fn non_finite_pixels_are_black_and_left_out_of_the_gray_range() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nan.png");
-        let mut feats = example_features(30, 16);
-        feats[5] = f32::NAN;
-        let mut p = example(Some((&feats, 30, 16)));
-        p.class_scores[0].1[3] = f32::NAN;
-        p.class_scores[1].1[7] = f32::INFINITY;
-        p.detections.push(("filling".into(), [f64::NAN, 2.0], 0.5));
-        p.detections.push(("washout".into(), [3.0, 1.0], 0.5));
-        p.detections.push(("washout".into(), [1.0, 2.0], f32::NAN));
-        // Absurd but finite: drawn off-chart rather than squashing the video.
-        p.detections.push(("washout".into(), [1e12, 2e12], 0.2));
-        p.truth = Some([i64::MIN, 55, i64::MAX]);
-        plot_video(&p, &path).unwrap();
-        assert_eq!(decode(&path).0, VIDEO_SIZE.0);
+        let side = 16;
+        let mut feats = example_features(30, side);
+        // Keyframe rows: predicted 22, 58, 103 → rows 5, 14, 25; truth 20, 55, 108 → 5, 13, 27.
+        let shown = [5, 14, 25, 5, 13, 27];
+        feats[5 * side * side + 3 * side + 7] = f32::NAN;
+        feats[14 * side * side + 9] = f32::INFINITY;
+        plot_video(&example(Some((&feats, 30, side))), &path).unwrap();
+        let row = |r: usize| &feats[r * side * side..(r + 1) * side * side];
+        let finite: Vec<f64> = shown
+            .iter()
+            .flat_map(|&r| row(r))
+            .filter(|v| v.is_finite())
+            .map(|&v| v as f64)
+            .collect();
+        let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        assert!(hi - lo > 0.5, "{lo} {hi}");
+        // 16 px images are zoomed 3× (nearest neighbour) to 48 px.
+        let block = |r: usize| -> Vec<u8> {
+            (0..48 * 48)
+                .map(|i| gray(row(r)[(i / 48 / 3) * side + (i % 48) / 3], lo, hi))
+                .collect()
+        };
+        let b5 = block(5);
+        assert_eq!(b5[(3 * 3) * 48 + 7 * 3], 0, "the NaN pixel is black");
+        let img = pixels(&path);
+        let counts: Vec<usize> = [5, 14, 25, 13, 27]
+            .iter()
+            .map(|&r| count_block(&img, &block(r), 48))
+            .collect();
+        assert_eq!(counts, [2, 1, 1, 1, 1], "rows 5, 14, 25, 13, 27 in the strip");
+    }
+
+    #[test]
+    fn non_finite_scores_leave_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let draw = |value: Option<f32>, name: &str| {
+            let mut p = example(None);
+            p.truth = None;
+            if let Some(v) = value {
+                p.class_scores[0].1[3] = v;
+            }
+            let path = dir.path().join(name);
+            plot_video(&p, &path).unwrap();
+            pixels(&path)
+        };
+        let (clean, nan) = (draw(None, "clean.png"), draw(Some(f32::NAN), "nan.png"));
+        // The curves' panel: below the title, above the detection lanes (2/3 of 650 px).
+        let (y0, y1) = (60, 460);
+        // Frame → pixel column from the predicted start (frame 22) and end (frame 103) lines.
+        let col = |k: usize| columns_of(&clean, KEYFRAME_COLORS[k], y0, y1)[0] as f64;
+        let (c22, c103) = (col(0), col(2));
+        let px = |frame: f64| c22 + (frame - 22.0) * (c103 - c22) / 81.0;
+        // Rows 2 and 4 sit at frames 10 and 18; with row 3 missing nothing of the filling
+        // curve lies between them.
+        let inside = |img: &image::RgbImage| {
+            columns_of(img, class_color(0), y0, y1)
+                .into_iter()
+                .filter(|&x| (x as f64) > px(10.0) + 3.0 && (x as f64) < px(18.0) - 3.0)
+                .count()
+        };
+        assert!(inside(&clean) > 20, "the clean curve crosses rows 2..4");
+        assert_eq!(inside(&nan), 0, "a NaN score bridges rows 2..4");
+        // ±Inf leave the same gap, pixel for pixel.
+        assert!(draw(Some(f32::INFINITY), "inf.png") == nan);
+        assert!(draw(Some(f32::NEG_INFINITY), "ninf.png") == nan);
+    }
+
+    #[test]
+    fn bad_detections_are_skipped_and_absurd_ones_leave_the_axis_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let draw = |extra: &[(&str, [f64; 2], f32)], truth: Option<[i64; 3]>, name: &str| {
+            let mut p = example(None);
+            p.truth = truth;
+            p.detections
+                .extend(extra.iter().map(|(n, s, c)| (n.to_string(), *s, *c)));
+            let path = dir.path().join(name);
+            plot_video(&p, &path).unwrap();
+            pixels(&path)
+        };
+        let truth = example(None).truth;
+        let clean = draw(&[], truth, "clean.png");
+        let bad = [
+            ("filling", [f64::NAN, 2.0], 0.5),
+            ("washout", [3.0, 1.0], 0.5),
+            ("washout", [1.0, 2.0], f32::NAN),
+        ];
+        assert!(
+            draw(&bad, truth, "bad.png") == clean,
+            "skipped detections change nothing"
+        );
+        // A detection a billion frames out gets a lane (off-chart) but the frame axis, and
+        // with it everything above the lanes, stays as it was.
+        let absurd = draw(&[("washout", [1e12, 2e12], 0.2)], truth, "absurd.png");
+        assert!(absurd != clean);
+        let top = |img: &image::RgbImage| img.view(0, 0, img.width(), 460).to_image();
+        assert!(top(&absurd) == top(&clean));
+        // Keyframes at the ends of i64 are drawn clamped, not overflowing.
+        let extreme = draw(&[], Some([i64::MIN, 55, i64::MAX]), "extreme.png");
+        assert_eq!(extreme.dimensions(), VIDEO_SIZE);
     }
 
     #[test]
     fn large_side_is_sampled_down() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.png");
-        let feats = example_features(3, 300);
-        let mut p = example(Some((&feats, 3, 300)));
+        let side = 300;
+        // Row r: (x + 2y + 100r)/1097 at column x, image row y: 0 at row 0's corner, 1 at row 2's.
+        let value = |r: usize, y: usize, x: usize| (x + 2 * y + 100 * r) as f32 / 1097.0;
+        let feats: Vec<f32> = (0..3 * side * side)
+            .map(|i| value(i / (side * side), (i / side) % side, i % side))
+            .collect();
+        let mut p = example(Some((&feats, 3, side)));
         p.frames_per_row = 40.0;
         plot_video(&p, &path).unwrap();
-        assert_eq!(decode(&path).1, VIDEO_SIZE.1);
+        // The strip is 190 px high; less 64 px of labels leaves 126 px per image, so each
+        // shows every (300/126)-th pixel: pixel (x, y) is source (⌊300x/126⌋, ⌊300y/126⌋).
+        let size = 126;
+        let block = |r: usize| -> Vec<u8> {
+            (0..size * size)
+                .map(|i| gray(value(r, (i / size) * side / size, (i % size) * side / size), 0.0, 1.0))
+                .collect()
+        };
+        let img = pixels(&path);
+        // Predicted 22, 58, 103 → rows 1, 1, 2; truth 20, 55, 108 → rows 0, 1, 2.
+        let counts: Vec<usize> = (0..3).map(|r| count_block(&img, &block(r), size as u32)).collect();
+        assert_eq!(counts, [1, 3, 2]);
     }
 
     #[test]

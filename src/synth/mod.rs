@@ -21,6 +21,7 @@ mod flow;
 mod motion;
 mod noise;
 mod preview;
+mod sample;
 mod tree;
 mod writer;
 

@@ -9,7 +9,7 @@
 use rand::{Rng, RngExt};
 
 use super::flow::sigmoid;
-use super::noise::normal;
+use super::sample::normal;
 
 /// Side of the canvas the geometry is drawn on; other image sides are rescaled.
 pub(crate) const CANVAS: f32 = 64.0;
