@@ -84,9 +84,17 @@ pub fn decays(path: &str) -> bool {
 
 /// TEST-ONLY fault injection: `XCA_TEST_NAN_STEP=<global step>` multiplies that step's batch
 /// by NaN, so the real path from a non-finite input to the loss check is exercised end to end
-/// (tests/pipeline.rs). Unset in normal use.
+/// (tests/pipeline.rs). Only built with the internal `test-hooks` feature, which `cargo test`
+/// turns on (Cargo.toml's self dev-dependency) and a `cargo build` never does.
+#[cfg(feature = "test-hooks")]
 fn test_poison_step() -> Option<usize> {
     std::env::var("XCA_TEST_NAN_STEP").ok()?.trim().parse().ok()
+}
+
+/// Without the `test-hooks` feature (every shipped build) the variable is never read.
+#[cfg(not(feature = "test-hooks"))]
+fn test_poison_step() -> Option<usize> {
+    None
 }
 
 fn seed_for(seed: u64, epoch: usize, stream: u64) -> u64 {
