@@ -15,7 +15,7 @@ thread_local! {
         );
         let cfg = Config::from_yaml_str(&yaml, Path::new("model.yaml")).expect("fuzz/model.yaml").config;
         let device = xca::device::DeviceChoice::Cpu.device().expect("the CPU device");
-        xca::runtime::network_config(&cfg).init(&device).expect("the tiny network")
+        xca::config::adapt::network_config(&cfg).init(&device).expect("the tiny network")
     };
 }
 
