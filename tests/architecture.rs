@@ -53,7 +53,10 @@ fn imports(text: &str) -> BTreeSet<String> {
         let mut rest = line;
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
-            let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
             if !name.is_empty() {
                 found.insert(name);
             }
@@ -80,7 +83,11 @@ fn violations(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     rust_files(src, &mut files);
     let mut bad: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for path in files {
-        let rel = path.strip_prefix(src).expect("under src").to_string_lossy().replace('\\', "/");
+        let rel = path
+            .strip_prefix(src)
+            .expect("under src")
+            .to_string_lossy()
+            .replace('\\', "/");
         if rel.ends_with("/tests.rs") {
             continue;
         }

@@ -61,3 +61,22 @@ pub enum ReadError {
         available: String,
     },
 }
+
+/// What the reader tests of both files share: a small ground truth and a file writer.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+
+    pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub const GT: &str = r#"{"version": "x", "database": {
+        "v1": {"subset": "Test", "duration": 6.4, "fps": 15.0, "extra": 1,
+               "annotations": [{"label": "filling", "label_id": 0, "segment": [0.8, 2.6]},
+                               {"label": "washout", "label_id": 1, "segment": [2.6, 5.9]}]},
+        "v2": {"subset": "train", "annotations": [{"label": "washout", "segment": [1, 2]}]},
+        "v3": {"subset": "test", "duration": 3, "annotations": []}}}"#;
+}

@@ -182,20 +182,7 @@ pub fn parse_predictions(text: &str, path: &Path, gt: &GroundTruth) -> Result<Pr
 mod tests {
     use super::*;
     use crate::metrics::io::read_ground_truth;
-    use std::path::PathBuf;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    const GT: &str = r#"{"version": "x", "database": {
-        "v1": {"subset": "Test", "duration": 6.4, "fps": 15.0, "extra": 1,
-               "annotations": [{"label": "filling", "label_id": 0, "segment": [0.8, 2.6]},
-                               {"label": "washout", "label_id": 1, "segment": [2.6, 5.9]}]},
-        "v2": {"subset": "train", "annotations": [{"label": "washout", "segment": [1, 2]}]},
-        "v3": {"subset": "test", "duration": 3, "annotations": []}}}"#;
+    use crate::metrics::io::test_support::{GT, write};
 
     #[test]
     fn reads_both_prediction_layouts() {
