@@ -24,6 +24,8 @@ mod convlstm_op;
 #[cfg(feature = "flex")]
 mod flex_io;
 #[cfg(feature = "flex")]
+mod matmul_op;
+#[cfg(feature = "flex")]
 mod optim_op;
 
 use burn::nn::BatchNorm;
@@ -86,6 +88,34 @@ pub fn batch_norm_relu(bn: &BatchNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
     }
     let _ = (bn, x);
     None
+}
+
+/// `lhs.matmul(rhs)` for a batch of products (`[B or 1, M, K]` times `[B or 1, K, N]`, a
+/// batch of 1 shared by every item): on the fused CPU back-end one operation cut into one
+/// single-threaded GEMM per thread, forward and backward; burn's matmul elsewhere.
+///
+/// # Shapes
+/// - lhs: `[B or 1, M, K]`, rhs: `[B or 1, K, N]`
+/// - output: `[B, M, N]`
+pub fn matmul(lhs: Tensor<3>, rhs: Tensor<3>) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if fused_cpu(&lhs.device()) {
+        return matmul_op::matmul(lhs, rhs);
+    }
+    lhs.matmul(rhs)
+}
+
+/// `linear.forward(x)` (`x · W + b`, W stored `[in, out]`) through [`matmul`].
+///
+/// # Shapes
+/// - x: `[B, T, in]`
+/// - output: `[B, T, out]`
+pub fn linear(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
+    let out = matmul(x, linear.weight.val().unsqueeze::<3>()); // [B, T, out]
+    match &linear.bias {
+        Some(b) => out + b.val().unsqueeze::<3>(),
+        None => out,
+    }
 }
 
 /// One ConvLSTM layer's weights as the fused layer takes them.

@@ -154,6 +154,7 @@ pub fn downsample_mask(mask: Tensor<2, Bool>, stride: usize) -> Tensor<2, Bool> 
 /// burn's conv (whose weight gradient is a slow loop), and it is one GEMM on any back-end.
 /// The transformer's pointwise (k = 1) convs use it too: burn's conv hands back their weight
 /// gradients as transposed views, which the optimiser step then has to read across memory.
+/// The matmul is [`crate::kernels::matmul`]: on flex one task per thread, forward and backward.
 ///
 /// # Shapes
 /// - x: `[B, C, T]`
@@ -178,7 +179,7 @@ pub fn conv1d_dense(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     let cols: Vec<Tensor<3>> = (0..k).map(|j| xp.clone().slice([0..b, 0..c, j..j + t])).collect();
     let col = Tensor::stack::<4>(cols, 2).reshape([b, c * k, t]); // [B, C·k, T]
     let w = conv.weight.val().reshape([1, o, c * k]);
-    let out = w.matmul(col); // [B, O, T]
+    let out = crate::kernels::matmul(w, col); // [B, O, T]
     match &conv.bias {
         Some(bias) => out + bias.val().reshape([1, o, 1]),
         None => out,

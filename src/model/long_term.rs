@@ -169,7 +169,7 @@ impl Projection {
     /// - x: `[B, T, d_input]`
     /// - output: `[B, T, d_output]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.fc2.forward(self.fc1.forward(x))
+        kernels::linear(&self.fc2, kernels::linear(&self.fc1, x))
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! - [`simd`]: `exp`, sigmoid and tanh that vectorise, and the ConvLSTM gate arithmetic
 //!   (portable and AVX2 + FMA, picked at run time);
-//! - [`gemm`]: matrix products with transposed and strided views;
+//! - [`gemm`]: matrix products with transposed and strided views, and batched products cut
+//!   into one single-threaded GEMM per thread;
 //! - [`im2col`]: im2col / col2im by bands of rows, and the band size;
 //! - [`conv`]: a same-padded k×k conv of many frames, forward and backward;
 //! - [`convlstm`], [`convlstm_backward`]: the ConvLSTM recurrence;
