@@ -5,7 +5,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::activation::relu;
-use burn::tensor::{Bool, Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, maybe_norm};
 
@@ -59,6 +59,73 @@ fn run_trunk(
     x
 }
 
+/// Every level's trunk and final conv at once: the levels laid end to end along time, with
+/// `kernel_size / 2` zero steps between them so that no conv window reaches from one level
+/// into the next, and those gap steps zeroed again after every trunk layer (where ln and
+/// ReLU made them non-zero), so each level sees exactly the zero padding it sees alone. One
+/// GEMM per layer for all levels instead of one per level: the shared weights are read once,
+/// and the short levels (down to 4 steps) no longer run as products too small to use the
+/// cores (issue #19).
+///
+/// # Shapes
+/// - xs: levels `[B, C, T_l]`, masks `[B, T_l]`
+/// - output: levels `[B, O, T_l]` of the final conv (masked)
+fn run_levels(
+    head: &[MaskedConv1d],
+    norm: &[Option<ChannelLayerNorm>],
+    last: &MaskedConv1d,
+    xs: &[Tensor<3>],
+    masks: &[Tensor<2, Bool>],
+) -> Vec<Tensor<3>> {
+    let Some(x0) = xs.first() else {
+        return Vec::new();
+    };
+    let [b, c, _] = x0.dims();
+    let gap = head
+        .iter()
+        .chain(std::iter::once(last))
+        .map(|conv| conv.conv.weight.dims()[2] / 2)
+        .max()
+        .unwrap_or(0);
+    let (dev, lens): (_, Vec<usize>) = (x0.device(), xs.iter().map(|x| x.dims()[2]).collect());
+    let mut x_parts = Vec::with_capacity(2 * xs.len());
+    let mut m_parts = Vec::with_capacity(2 * xs.len());
+    let mut keep = Vec::new();
+    for (l, (x, m)) in xs.iter().zip(masks).enumerate() {
+        if l > 0 && gap > 0 {
+            x_parts.push(Tensor::<3>::zeros([b, c, gap], &dev));
+            // The gap's mask only decides what the discarded gap outputs hold.
+            m_parts.push(Tensor::<2, Bool>::from_data(
+                TensorData::new(vec![false; b * gap], [b, gap]),
+                &dev,
+            ));
+            keep.extend(std::iter::repeat_n(0.0f32, gap));
+        }
+        x_parts.push(x.clone());
+        m_parts.push(m.clone());
+        keep.extend(std::iter::repeat_n(1.0f32, lens[l]));
+    }
+    let total = keep.len();
+    let keep = Tensor::<3>::from_data(TensorData::new(keep, [1, 1, total]), &dev); // [1, 1, ΣT + gaps]
+    let mut x = Tensor::cat(x_parts, 2); // [B, C, ΣT + gaps]
+    let mask = Tensor::cat(m_parts, 1); // [B, ΣT + gaps]
+    for (conv, n) in head.iter().zip(norm) {
+        let (y, _) = conv.forward(x, mask.clone());
+        x = relu(maybe_norm(n, y)) * keep.clone();
+    }
+    let (y, _) = last.forward(x, mask);
+    let mut out = Vec::with_capacity(lens.len());
+    let mut at = 0;
+    for (l, len) in lens.iter().enumerate() {
+        if l > 0 {
+            at += gap;
+        }
+        out.push(y.clone().narrow(2, at, *len)); // [B, O, T_l]
+        at += len;
+    }
+    out
+}
+
 /// Configuration of [`ClsHead`].
 #[derive(Config, Debug)]
 pub struct ClsHeadConfig {
@@ -102,10 +169,7 @@ impl ClsHeadConfig {
                 *b = empty;
             }
         }
-        cls_head.conv.bias = Some(Param::from_data(
-            burn::tensor::TensorData::new(bias, [self.num_classes]),
-            device,
-        ));
+        cls_head.conv.bias = Some(Param::from_data(TensorData::new(bias, [self.num_classes]), device));
         ClsHead { head, norm, cls_head }
     }
 }
@@ -120,6 +184,20 @@ impl ClsHead {
         let x = run_trunk(&self.head, &self.norm, x, mask);
         let (y, _) = self.cls_head.forward(x, mask.clone());
         y.swap_dims(1, 2) // [B, T, classes]
+    }
+}
+
+impl ClsHead {
+    /// [`Self::forward`] of every level, all levels in one pass (see `run_levels`).
+    ///
+    /// # Shapes
+    /// - xs: levels `[B, C, T_l]`, masks `[B, T_l]`
+    /// - output: levels `[B, T_l, num_classes]`
+    pub fn forward_levels(&self, xs: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> Vec<Tensor<3>> {
+        run_levels(&self.head, &self.norm, &self.cls_head, xs, masks)
+            .into_iter()
+            .map(|y| y.swap_dims(1, 2)) // [B, T_l, classes]
+            .collect()
     }
 }
 
@@ -183,5 +261,121 @@ impl RegHead {
             None => y,
         };
         relu(y).swap_dims(1, 2) // [B, T, 2]
+    }
+
+    /// [`Self::forward`] of every level (level l scaled by its own Scale), all levels in one
+    /// pass (see `run_levels`).
+    ///
+    /// # Shapes
+    /// - xs: levels `[B, C, T_l]`, masks `[B, T_l]`
+    /// - output: levels `[B, T_l, 2]`
+    pub fn forward_levels(&self, xs: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> Vec<Tensor<3>> {
+        run_levels(&self.head, &self.norm, &self.offset_head, xs, masks)
+            .into_iter()
+            .enumerate()
+            .map(|(level, y)| {
+                let y = match self.scale.get(level) {
+                    Some(s) => y * s.scale.val().reshape([1, 1, 1]),
+                    None => y,
+                };
+                relu(y).swap_dims(1, 2) // [B, T_l, 2]
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    /// Values of a tensor.
+    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn all_levels_at_once_equal_each_level_alone_forward_and_backward() {
+        // Levels of 8, 4, 2 and 1 steps with padded tails (and one whole level padded), a
+        // kernel of 3 and of 5 (gap 2); trained weights stand-ins: every ln weight and bias
+        // random, so that ln(0) = bias ≠ 0 on the gaps would leak into the next level's window
+        // if the gaps were not zeroed again.
+        let dev = Device::flex().autodiff();
+        dev.seed(21);
+        for k in [3, 5] {
+            let trunk = HeadConfig::new(6, 5).with_kernel_size(k);
+            let mut cls = ClsHeadConfig::new(trunk.clone(), 3).init(&dev);
+            let mut reg = RegHeadConfig::new(trunk, 4).init(&dev);
+            for n in cls.norm.iter_mut().chain(reg.norm.iter_mut()).flatten() {
+                n.weight = Param::from_tensor(Tensor::random([5], Distribution::Uniform(0.5, 1.5), &dev));
+                n.bias = Param::from_tensor(Tensor::random([5], Distribution::Uniform(0.2, 1.0), &dev));
+            }
+            for (l, s) in reg.scale.iter_mut().enumerate() {
+                s.scale = Param::from_tensor(Tensor::from_data(
+                    TensorData::new(vec![1.0 + l as f32 * 0.5], [1]),
+                    &dev,
+                ));
+            }
+            let lens = [8usize, 4, 2, 1];
+            let valid = [[6usize, 3, 1, 0], [8, 4, 2, 1]];
+            let xs: Vec<Tensor<3>> = lens
+                .iter()
+                .map(|&t| Tensor::random([2, 6, t], Distribution::Uniform(-1.0, 1.0), &dev).require_grad())
+                .collect();
+            let masks: Vec<Tensor<2, Bool>> = lens
+                .iter()
+                .enumerate()
+                .map(|(l, &t)| {
+                    let m: Vec<bool> = (0..2).flat_map(|b| (0..t).map(move |i| i < valid[b][l])).collect();
+                    Tensor::from_data(TensorData::new(m, [2, t]), &dev)
+                })
+                .collect();
+            let together = (cls.forward_levels(&xs, &masks), reg.forward_levels(&xs, &masks));
+            let alone: (Vec<_>, Vec<_>) = (
+                xs.iter().zip(&masks).map(|(x, m)| cls.forward(x.clone(), m)).collect(),
+                xs.iter()
+                    .zip(&masks)
+                    .enumerate()
+                    .map(|(l, (x, m))| reg.forward(x.clone(), m, l))
+                    .collect(),
+            );
+            // A loss over every output, to compare the gradients into each level's input.
+            let loss = |(c, r): &(Vec<Tensor<3>>, Vec<Tensor<3>>)| {
+                c.iter()
+                    .chain(r)
+                    .enumerate()
+                    .fold(Tensor::<1>::zeros([1], &dev), |acc, (i, y)| {
+                        acc + y.clone().mul_scalar(1.0 + i as f64).sin().sum()
+                    })
+            };
+            // Not a comparison of zeros: the logits of every level have non-zero values (the
+            // offsets pass a ReLU, so a short level's may all be 0).
+            for (l, y) in together.0.iter().enumerate() {
+                assert!(
+                    vals(y.clone().inner()).iter().any(|v| *v != 0.0),
+                    "k {k}, level {l}: logits all zero"
+                );
+            }
+            let g_together = loss(&together).backward();
+            let g_alone = loss(&alone).backward();
+            for (l, x) in xs.iter().enumerate() {
+                for (a, b, what) in [
+                    (&together.0[l], &alone.0[l], "logits"),
+                    (&together.1[l], &alone.1[l], "offsets"),
+                ] {
+                    assert_eq!(a.dims(), b.dims(), "k {k}, level {l}: {what}");
+                    let (a, b) = (vals(a.clone().inner()), vals(b.clone().inner()));
+                    assert!(
+                        a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5),
+                        "k {k}, level {l}: {what}"
+                    );
+                }
+                let (a, b) = (vals(x.grad(&g_together).unwrap()), vals(x.grad(&g_alone).unwrap()));
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4),
+                    "k {k}, level {l}: d x"
+                );
+            }
+        }
     }
 }

@@ -197,12 +197,8 @@ impl Network {
     /// - output: see [`HeadOutputs`]
     fn heads(&self, feats: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> HeadOutputs {
         let (fpn_feats, masks) = self.neck.forward(feats, masks);
-        let mut cls_logits = Vec::with_capacity(fpn_feats.len());
-        let mut offsets = Vec::with_capacity(fpn_feats.len());
-        for (l, (x, m)) in fpn_feats.iter().zip(&masks).enumerate() {
-            cls_logits.push(self.cls_head.forward(x.clone(), m));
-            offsets.push(self.reg_head.forward(x.clone(), m, l));
-        }
+        let cls_logits = self.cls_head.forward_levels(&fpn_feats, &masks);
+        let offsets = self.reg_head.forward_levels(&fpn_feats, &masks);
         HeadOutputs {
             cls_logits,
             offsets,
