@@ -120,6 +120,7 @@ where
         .y_labels(10)
         .x_desc("epoch")
         .x_label_formatter(&tick)
+        .y_label_formatter(&loss_tick)
         .max_light_lines(4)
         .y_desc("loss")
         .label_style(text(13.0))
@@ -173,6 +174,17 @@ const SMOOTH_WINDOW: usize = 15;
 
 /// The centred moving average of `run`'s y values over `window` points (shrinking at the
 /// ends), or `None` when the run is too short for smoothing to mean anything.
+/// A loss-axis label: [`tick`]'s short form (plotters' own printed a log axis's 0.3 as
+/// `0.30000000000000004`), and powers of ten below 0.01, where three decimals would round
+/// every label to 0.
+fn loss_tick(v: &f64) -> String {
+    if *v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.0e}")
+    } else {
+        tick(v)
+    }
+}
+
 fn moving_average(run: &[(f64, f64)], window: usize) -> Option<Vec<(f64, f64)>> {
     if run.len() < 3 * window {
         return None;
@@ -377,6 +389,17 @@ mod tests {
         ];
         plot_curves(&[one], &val, &path).unwrap();
         assert_eq!(decode(&path).1, CURVES_SIZE.1);
+    }
+
+    #[test]
+    fn loss_ticks_are_short_on_a_log_axis() {
+        // The values a log axis from 0.06 to 2.6 labels, as plotters computes them.
+        assert_eq!(loss_tick(&0.30000000000000004), "0.3");
+        assert_eq!(loss_tick(&0.7000000000000001), "0.7");
+        assert_eq!(loss_tick(&2.0), "2");
+        assert_eq!(loss_tick(&0.05), "0.05");
+        assert_eq!(loss_tick(&0.0004), "4e-4");
+        assert_eq!(loss_tick(&0.0), "0");
     }
 
     #[test]
