@@ -185,9 +185,7 @@ impl ClsHead {
         let (y, _) = self.cls_head.forward(x, mask.clone());
         y.swap_dims(1, 2) // [B, T, classes]
     }
-}
 
-impl ClsHead {
     /// [`Self::forward`] of every level, all levels in one pass (see `run_levels`).
     ///
     /// # Shapes

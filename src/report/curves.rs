@@ -172,8 +172,6 @@ where
 /// Points of a loss curve averaged over (half a window either side, within the run).
 const SMOOTH_WINDOW: usize = 15;
 
-/// The centred moving average of `run`'s y values over `window` points (shrinking at the
-/// ends), or `None` when the run is too short for smoothing to mean anything.
 /// A loss-axis label: [`tick`]'s short form (plotters' own printed a log axis's 0.3 as
 /// `0.30000000000000004`), and powers of ten below 0.01, where three decimals would round
 /// every label to 0.
@@ -185,6 +183,8 @@ fn loss_tick(v: &f64) -> String {
     }
 }
 
+/// The centred moving average of `run`'s y values over `window` points (shrinking at the
+/// ends), or `None` when the run is too short for smoothing to mean anything.
 fn moving_average(run: &[(f64, f64)], window: usize) -> Option<Vec<(f64, f64)>> {
     if run.len() < 3 * window {
         return None;
