@@ -4,8 +4,7 @@
 //! Why: burn's flex matmul hands large products to the `gemm` crate's own threading, which
 //! forks and joins once per depth block; on a 2-core VM the second core was often asleep at
 //! those hand-overs, and the dense Conv1d layers (embedding, heads, the transformer's
-//! pointwise convs) and the contrastive projection ran at one core's speed about half the
-//! time (issue #19). The products here are the same `gemm` calls, one per task.
+//! pointwise convs) and the contrastive projection often ran at one core's speed (issue #19). The products here are the same `gemm` calls, one per task.
 
 use std::sync::Arc;
 
@@ -100,23 +99,25 @@ impl Backward<Flex, 2> for MatmulBackward {
         let d = s.dims;
         let dc = values(&grad);
         let dc = Stack::row_major(&dc, d.m, d.n, false);
+        // One operand's gradient `[items, rows, cols]` = x_i · y_i, summed over the batch
+        // when that operand was shared (one item).
+        let grad_of = |shared: bool, (rows, cols): (usize, usize), x: Stack, y: Stack| {
+            let items = if shared { 1 } else { d.batch };
+            let mut g = vec![0.0f32; items * rows * cols];
+            par_matmul(&mut g, d.batch, x, y, shared, false);
+            tensor(g, vec![items, rows, cols])
+        };
         if let Some(node) = node_lhs {
-            // dA_i = dC_i · B_iᵀ, summed over the batch when A is shared.
+            // dA_i = dC_i · B_iᵀ.
             let b = values(&s.rhs);
-            let items = if d.lhs_shared { 1 } else { d.batch };
-            let mut da = vec![0.0f32; items * d.m * d.k];
             let bt = Stack::row_major(&b, d.k, d.n, d.rhs_shared).t();
-            par_matmul(&mut da, d.batch, dc, bt, d.lhs_shared, false);
-            grads.register::<Flex>(node.id, tensor(da, vec![items, d.m, d.k]));
+            grads.register::<Flex>(node.id, grad_of(d.lhs_shared, (d.m, d.k), dc, bt));
         }
         if let Some(node) = node_rhs {
-            // dB_i = A_iᵀ · dC_i, summed over the batch when B is shared.
+            // dB_i = A_iᵀ · dC_i.
             let a = values(&s.lhs);
-            let items = if d.rhs_shared { 1 } else { d.batch };
-            let mut db = vec![0.0f32; items * d.k * d.n];
             let at = Stack::row_major(&a, d.m, d.k, d.lhs_shared).t();
-            par_matmul(&mut db, d.batch, at, dc, d.rhs_shared, false);
-            grads.register::<Flex>(node.id, tensor(db, vec![items, d.k, d.n]));
+            grads.register::<Flex>(node.id, grad_of(d.rhs_shared, (d.k, d.n), at, dc));
         }
     }
 }

@@ -168,8 +168,9 @@ const ROW_ALIGN: usize = 16;
 /// at most one task per thread (whole items, or blocks of rows when there are fewer items
 /// than threads), each a single-threaded GEMM, so a product costs one hand-over between
 /// threads rather than one per depth block as the `gemm` crate's own threading does (which
-/// on a 2-core VM often left the second core idle: the same 512×12288×128 product took
-/// 9–19 ms there, 8.5 ms cut here). No value is split between threads: each is one GEMM's
+/// on a 2-core VM often left the second core idle: the embedding's 512×12288×128 product
+/// took 9–19 ms inside a forward pass; cut in two row blocks it took 8.0–8.2 ms in a
+/// stand-alone benchmark, where the crate's own threading took 8.2–8.6 ms). No value is split between threads: each is one GEMM's
 /// sum over k (and, when `sum`, the items added in order), so the thread count only moves
 /// which task computes it.
 ///
