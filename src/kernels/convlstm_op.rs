@@ -1,6 +1,6 @@
-//! A ConvLSTM layer (input half and recurrence) as one burn operation on the flex CPU
-//! back-end, with a hand-written backward (the kernels are [`super::cpu::conv`] for the input
-//! half and [`super::cpu::convlstm`] for the recurrence).
+//! A ConvLSTM layer as one burn operation on the flex CPU back-end, with a hand-written
+//! backward (the kernels: [`super::cpu::convlstm`] forward, [`super::cpu::convlstm_backward`]
+//! through time, [`super::cpu::conv::input_backward`] through the input half's conv).
 //!
 //! burn's backend-extension API routes the call: the plain flex device runs the forward
 //! alone; the autodiff flex device also records one graph node whose backward calls
@@ -97,10 +97,9 @@ fn out_shape(d: Dims) -> Vec<usize> {
 
 impl ConvLstmOps for Flex {
     fn convlstm_layer(x: FlexTensor, wx: FlexTensor, bias: FlexTensor, wh: FlexTensor) -> FlexTensor {
-        let (input, dims) = dims_of(&x, &wx, &bias, &wh);
-        let gx = conv::input_forward(&values(&x), &values(&wx), &values(&bias), input);
-        let (hidden, _) = convlstm::forward(gx, &values(&wh), dims, false);
-        tensor(hidden, out_shape(dims))
+        let dims = dims_of(&x, &wx, &bias, &wh);
+        let out = run((&x, &wx, &bias, &wh), dims, None, false);
+        tensor(out.hidden, out_shape(dims.1))
     }
 
     fn convlstm_layer_from(
@@ -112,11 +111,30 @@ impl ConvLstmOps for Flex {
         c0: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
         let (input, dims) = dims_of(&x, &wx, &bias, &wh);
-        let gx = conv::input_forward(&values(&x), &values(&wx), &values(&bias), input);
-        let (hidden, c_last) = convlstm::forward_from(gx, &values(&wh), dims, &values(&h0), &values(&c0));
+        let (h0, c0) = (values(&h0), values(&c0));
+        let out = run((&x, &wx, &bias, &wh), (input, dims), Some((&h0, &c0)), false);
         let state = vec![dims.b, dims.h, dims.height, dims.width];
-        (tensor(hidden, out_shape(dims)), tensor(c_last, state))
+        (tensor(out.hidden, out_shape(dims)), tensor(out.c_last, state))
     }
+}
+
+/// Run a layer on flex tensors from the state `init` (zero when `None`), keeping the
+/// activations for the backward when `save`.
+fn run(
+    (x, wx, bias, wh): (&FlexTensor, &FlexTensor, &FlexTensor, &FlexTensor),
+    (input, dims): (InputDims, Dims),
+    init: Option<(&[f32], &[f32])>,
+    save: bool,
+) -> convlstm::Forward {
+    let (x, wx, bias, wh) = (values(x), values(wx), values(bias), values(wh));
+    let input = convlstm::Input {
+        x: &x,
+        c: input.c,
+        kx: input.k,
+        wx: &wx,
+        bias: &bias,
+    };
+    convlstm::forward(input, &wh, dims, init, save)
 }
 
 /// What the backward needs: the recurrence's activations and the input half's operands.
@@ -175,10 +193,9 @@ impl<C: CheckpointStrategy> ConvLstmOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wxp, bp, whp) = (x.primitive(), wx.primitive(), bias.primitive(), wh.primitive());
                 let (input, dims) = dims_of(xp, wxp, bp, whp);
-                let gx = conv::input_forward(&values(xp), &values(wxp), &values(bp), input);
-                let (hidden, saved) = convlstm::forward(gx, &values(whp), dims, true);
-                let recurrence = saved.unwrap_or_else(|| unreachable!("forward saves when asked"));
-                let out = tensor(hidden, out_shape(dims));
+                let run = run((xp, wxp, bp, whp), (input, dims), None, true);
+                let recurrence = run.saved.unwrap_or_else(|| unreachable!("forward saves when asked"));
+                let out = tensor(run.hidden, out_shape(dims));
                 let state = LayerSaved {
                     recurrence,
                     input,

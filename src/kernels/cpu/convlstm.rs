@@ -1,24 +1,26 @@
-//! The ConvLSTM recurrence (SPEC §3.1 step 1) as plain Rust on `f32` slices: the forward,
-//! with the activations a backward needs ([`super::convlstm_backward`] is the backward).
+//! A ConvLSTM layer (SPEC §3.1 step 1) as plain Rust on `f32` slices: the forward, with the
+//! activations a backward needs when asked ([`super::convlstm_backward`] is the backward).
 //!
 //! Why by hand: the recurrence is T sequential steps of a small 3×3 convolution plus gate
 //! arithmetic. As tensor ops each step is ~20 small kernels, each allocating and recorded
 //! for autodiff, and the framework's per-op overhead dominates the arithmetic (measured in
-//! issue #6). Here each step is one im2col + one GEMM (the `gemm` crate, which picks AVX2/
-//! AVX-512/NEON at run time) and one fused pass over the gates, done band by band so each
-//! band's operands stay in cache (see [`BAND_PIXELS`]); videos of a batch run on separate
-//! threads, as their recurrences are independent, and a lone video shares out its bands.
+//! issue #6). Here each step runs band by band (see [`BAND_PIXELS`]): one im2col of the
+//! band's rows of `x_t` and `h_{t-1}`, one GEMM over both with the cell's conv unsplit
+//! (`[4h, (C + h)·k²]`, the `gemm` crate, which picks AVX2/AVX-512/NEON at run time) into a
+//! scratch that stays in cache, and one fused pass over the gates (bias added there) that
+//! writes the cell and hidden state and, for training, the activated gates. Videos of a batch
+//! run on separate threads, as their recurrences are independent; a lone video shares out
+//! the bands of each step.
 //!
-//! A layer's conv over `concat(x_t, h_{t-1})` is split by linearity: the input half
-//! `conv_x(x_t)` (with the bias) does not depend on the state, so [`input_forward`] runs it
-//! for all frames in parallel; only the hidden half is inside the sequential [`forward`].
+//! The input half `conv(x_t)` does not depend on the state and was once a separate batched
+//! conv of all frames written to a `[B, T, 4h, H, W]` buffer that the recurrence then read
+//! back: 64 MB per video and layer at the paper's T = 128, h = 8, 64 × 64, a round trip to
+//! memory that cost more than the product itself saved by batching (issue #19).
 //!
 //! [`BAND_PIXELS`]: super::im2col::BAND_PIXELS
-//! [`input_forward`]: super::conv::input_forward
 //!
-//! Layout: batch-major. `gx` is the input half of the gates `[B, T, 4h, H, W]`; the hidden
-//! half's weight is `[4h, h, k, k]`. Gate order i, f, o, g (ConvLSTM_pytorch). The state
-//! starts at zero.
+//! Layout: batch-major. The input half's weight is `[4h, C, kx, kx]`, the hidden half's
+//! `[4h, h, k, k]`. Gate order i, f, o, g (ConvLSTM_pytorch).
 
 use rayon::prelude::*;
 
@@ -67,13 +69,35 @@ impl Dims {
     pub fn weight_len(&self) -> usize {
         4 * self.h * self.col_rows()
     }
-    /// Values of `gx` (and of its gradient).
+    /// Values of the gates of every step (and of their gradient, `d gx`).
     pub fn gx_len(&self) -> usize {
         self.b * self.t * self.gates()
     }
     /// Values of the output (and of its gradient).
     pub fn out_len(&self) -> usize {
         self.b * self.t * self.state()
+    }
+}
+
+/// The input side of a layer: its frames and the input half of the cell's conv.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// Frames `[B, T, C, H, W]`.
+    pub x: &'a [f32],
+    /// Input channels C.
+    pub c: usize,
+    /// Odd kernel side of the input half (padding `kx / 2`).
+    pub kx: usize,
+    /// The input half's weight `[4h, C, kx, kx]`.
+    pub wx: &'a [f32],
+    /// The cell's bias `[4h]`.
+    pub bias: &'a [f32],
+}
+
+impl Input<'_> {
+    /// Rows of the input half's im2col matrix (`C·kx²`).
+    fn col_rows(&self) -> usize {
+        self.c * self.kx * self.kx
     }
 }
 
@@ -89,79 +113,106 @@ pub struct Saved {
     pub weight: Vec<f32>,
 }
 
-/// Run the recurrence over the input half `gx` `[B, T, 4h, H, W]`, which it consumes: each
-/// step adds the hidden half into its slice of `gx` and activates it there, so the saved
-/// gates are that same buffer (no second 4h·H·W·T buffer per video, no copy). Returns the
-/// hidden state of every step `[B, T, h, H, W]` and, when `save`, what
-/// [`super::convlstm_backward::backward`] needs besides the hidden state itself.
-///
-/// # Panics
-/// If `gx` or `weight` do not have the sizes `dims` implies (callers check shapes).
-pub fn forward(gx: Vec<f32>, weight: &[f32], dims: Dims, save: bool) -> (Vec<f32>, Option<Saved>) {
-    let (hidden, saved, _) = forward_in_bands(gx, weight, dims, save, None, dims.band_len());
-    (hidden, saved)
+/// What [`forward`] returns.
+#[derive(Debug)]
+pub struct Forward {
+    /// The hidden state of every step `[B, T, h, H, W]`.
+    pub hidden: Vec<f32>,
+    /// The last step's cell state `[B, h, H, W]` (the initial one when T = 0): with the
+    /// last hidden state, where a next piece of the sequence starts.
+    pub c_last: Vec<f32>,
+    /// What [`super::convlstm_backward::backward`] needs besides the hidden state, when
+    /// asked for.
+    pub saved: Option<Saved>,
 }
 
-/// [`forward`] for inference (nothing saved) from the state `(h0, c0)`, each `[B, h, H, W]`,
-/// that a previous call over the frames before these ended in: returns the hidden state of
-/// every step `[B, T, h, H, W]` and the last step's cell state `[B, h, H, W]`. Running a
-/// sequence in pieces this way gives the same numbers as running it whole.
+/// Run a layer over `input` with the hidden half's weight `wh` `[4h, h, k, k]` from the
+/// state `init` (`(h0, c0)`, each `[B, h, H, W]`; zero when `None`). Running a sequence in
+/// pieces, each from the state the previous one ended in, gives the same numbers as running
+/// it whole. With `save`, also keeps every step's activated gates and cell state for the
+/// backward; without, only two cell planes per video, which stay in cache.
 ///
 /// # Panics
-/// If `gx`, `weight`, `h0` or `c0` do not have the sizes `dims` implies.
-pub fn forward_from(gx: Vec<f32>, weight: &[f32], dims: Dims, h0: &[f32], c0: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (hidden, _, c_last) = forward_in_bands(gx, weight, dims, false, Some((h0, c0)), dims.band_len());
-    (hidden, c_last)
+/// If the operands do not have the sizes `dims` and `input` imply (callers check shapes).
+pub fn forward(input: Input, wh: &[f32], dims: Dims, init: Option<(&[f32], &[f32])>, save: bool) -> Forward {
+    forward_in_bands(input, wh, dims, init, save, dims.band_len())
 }
 
-/// [`forward`] with bands of `band_len` values (whole rows), from the state `init` (zero
-/// when `None`); also returns the last step's cell state `[B, h, H, W]` when started from
-/// `init` (empty otherwise: training does not need it).
+/// [`forward`] with bands of `band_len` values (whole rows).
 pub(super) fn forward_in_bands(
-    mut gx: Vec<f32>,
-    weight: &[f32],
+    input: Input,
+    wh: &[f32],
     dims: Dims,
-    save: bool,
     init: Option<(&[f32], &[f32])>,
+    save: bool,
     band_len: usize,
-) -> (Vec<f32>, Option<Saved>, Vec<f32>) {
-    assert_eq!(gx.len(), dims.gx_len(), "ConvLSTM gates size");
-    assert_eq!(weight.len(), dims.weight_len(), "ConvLSTM weight size");
-    let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
-    let state_len = dims.b * s_len;
+) -> Forward {
+    let (c, hw, t) = (input.c, dims.hw(), dims.t);
+    let (s_len, g_len) = (dims.state(), dims.gates());
+    assert!(
+        input.x.len() == dims.b * t * c * hw
+            && input.wx.len() == 4 * dims.h * input.col_rows()
+            && input.bias.len() == 4 * dims.h,
+        "ConvLSTM input sizes"
+    );
+    assert_eq!(wh.len(), dims.weight_len(), "ConvLSTM weight size");
     if let Some((h0, c0)) = init {
         assert!(
-            h0.len() == state_len && c0.len() == state_len,
+            h0.len() == dims.b * s_len && c0.len() == dims.b * s_len,
             "ConvLSTM initial state size"
         );
     }
+    // The cell's conv unsplit: row r is [wx[r] | wh[r]], matching a column matrix of x_t's
+    // im2col rows above h_{t−1}'s.
+    let w_cat: Vec<f32> = input
+        .wx
+        .chunks(input.col_rows().max(1))
+        .zip(wh.chunks(dims.col_rows()))
+        .flat_map(|(a, b)| a.iter().chain(b).copied())
+        .collect();
+    let layer = Layer {
+        input,
+        w_cat: &w_cat,
+        dims,
+        band_len,
+    };
     let mut hidden = vec![0.0f32; dims.out_len()];
     // The backward needs every step's cell state; inference only the previous one, so it
-    // alternates between two planes that stay in cache instead of filling T of them.
-    let cell_slots = if save { t } else { t.min(2) };
-    let mut cell = vec![0.0f32; dims.b * cell_slots * s_len];
-    // Each video's slice of the initial state.
+    // alternates between two planes.
+    let slots = if save { t } else { t.min(2) };
+    let mut cell = vec![0.0f32; dims.b * slots * s_len];
+    let mut gates = if save { vec![0.0f32; dims.gx_len()] } else { Vec::new() };
     let init_of = |v: usize| init.map(|(h0, c0)| (&h0[v * s_len..][..s_len], &c0[v * s_len..][..s_len]));
-    let jobs: Vec<_> = gx
-        .chunks_mut(t * g_len)
-        .zip(hidden.chunks_mut(t * s_len))
-        .zip(cell.chunks_mut((cell_slots * s_len).max(1)))
-        .enumerate()
-        .map(|(v, ((gx_b, h_b), c_b))| (gx_b, h_b, c_b, init_of(v)))
-        .collect();
-    // Videos run on separate threads; with fewer videos than threads (inference), the
-    // bands of each step are shared out instead.
-    let parallel_bands = dims.b < rayon::current_num_threads();
-    jobs.into_par_iter().for_each(|(gx_b, h_b, c_b, init_b)| {
-        forward_video(gx_b, weight, dims, h_b, c_b, init_b, (band_len, parallel_bands))
-    });
+    let x_of = |v: usize| &input.x[v * t * c * hw..][..t * c * hw];
+    if t > 0 {
+        // Videos run on separate threads; with fewer videos than threads (inference), the
+        // bands of each step are shared out instead.
+        let parallel_bands = dims.b < rayon::current_num_threads();
+        let run = |(v, ((h_b, c_b), g_b)): (usize, ((&mut [f32], &mut [f32]), Option<&mut [f32]>))| {
+            video_forward(&layer, x_of(v), h_b, c_b, g_b, init_of(v), parallel_bands)
+        };
+        let gate_chunks: Vec<Option<&mut [f32]>> = if save {
+            gates.chunks_mut(t * g_len).map(Some).collect()
+        } else {
+            (0..dims.b).map(|_| None).collect()
+        };
+        let jobs = hidden
+            .chunks_mut(t * s_len)
+            .zip(cell.chunks_mut(slots * s_len))
+            .zip(gate_chunks);
+        if parallel_bands {
+            jobs.enumerate().for_each(run);
+        } else {
+            jobs.enumerate().collect::<Vec<_>>().into_par_iter().for_each(run);
+        }
+    }
     // The last step wrote plane (T − 1) mod slots of each video's cell buffer.
-    let c_last = match init {
-        None => Vec::new(),
-        Some((_, c0)) if t == 0 => c0.to_vec(),
-        Some(_) => {
-            let last = (t - 1) % cell_slots;
-            cell.chunks(cell_slots * s_len)
+    let c_last = match (init, t) {
+        (Some((_, c0)), 0) => c0.to_vec(),
+        (None, 0) => vec![0.0f32; dims.b * s_len],
+        _ => {
+            let last = (t - 1) % slots;
+            cell.chunks(slots * s_len)
                 .flat_map(|c_b| &c_b[last * s_len..][..s_len])
                 .copied()
                 .collect()
@@ -169,42 +220,37 @@ pub(super) fn forward_in_bands(
     };
     let saved = save.then(|| Saved {
         dims,
-        gates: gx,
+        gates,
         cell,
-        weight: weight.to_vec(),
+        weight: wh.to_vec(),
     });
-    (hidden, saved, c_last)
+    Forward { hidden, c_last, saved }
 }
 
-/// One band's share of a step: its segment of each of the 4h gate planes (gate-major,
-/// as in `gx`) and of the h cell and hidden planes.
+/// A layer's operands as the bands use them.
+struct Layer<'a> {
+    input: Input<'a>,
+    /// `[4h, C·kx² + h·k²]`.
+    w_cat: &'a [f32],
+    dims: Dims,
+    band_len: usize,
+}
+
+/// One band's share of a step: its segment of each of the h cell and hidden planes and,
+/// when saving, of the 4h gate planes.
 struct Band<'a> {
     /// First image row.
     y0: usize,
-    gates: Vec<&'a mut [f32]>,
     cell: Vec<&'a mut [f32]>,
     hidden: Vec<&'a mut [f32]>,
+    gates: Vec<&'a mut [f32]>,
 }
 
 /// Scratch of [`band_forward`]; every value it reads was written in the same call.
 #[derive(Default)]
 struct BandScratch {
     col: Vec<f32>,
-    hh: Vec<f32>,
-}
-
-impl BandScratch {
-    /// At least the sizes one band of `dims` needs (grown once, then reused).
-    fn fit(&mut self, dims: Dims, band_len: usize) -> &mut Self {
-        let (col, hh) = (dims.col_rows() * band_len, 4 * dims.h * band_len);
-        if self.col.len() < col {
-            self.col.resize(col, 0.0);
-        }
-        if self.hh.len() < hh {
-            self.hh.resize(hh, 0.0);
-        }
-        self
-    }
+    pre: Vec<f32>,
 }
 
 thread_local! {
@@ -235,19 +281,21 @@ fn cell_planes<'a>(cell: &'a mut [f32], c0: &'a [f32], step: usize, slots: usize
     }
 }
 
-/// One video's recurrence from the state `init` (`(h0, c0)`, zero when `None`); `gates`
-/// holds the input half on entry and the activated gates on return; `cell` holds T planes
-/// (all kept) or two (alternating).
-fn forward_video(
-    gates: &mut [f32],
-    weight: &[f32],
-    dims: Dims,
+/// One video's recurrence from the state `init` (zero when `None`): `x` `[T, C, H, W]`,
+/// `hidden` `[T, h, H, W]` (written), `cell` T planes (all kept) or two (alternating),
+/// `gates` `[T, 4h, H, W]` (written, when saving).
+fn video_forward(
+    layer: &Layer,
+    x: &[f32],
     hidden: &mut [f32],
     cell: &mut [f32],
+    mut gates: Option<&mut [f32]>,
     init: Option<(&[f32], &[f32])>,
-    (band_len, parallel): (usize, bool),
+    parallel: bool,
 ) {
-    let (g_len, s_len, hw) = (dims.gates(), dims.state(), dims.hw());
+    let dims = layer.dims;
+    let (g_len, s_len, hw, band_len) = (dims.gates(), dims.state(), dims.hw(), layer.band_len);
+    let x_len = layer.input.c * hw;
     let zeros;
     let (h0, c0) = match init {
         Some((h0, c0)) => (Some(h0), c0),
@@ -265,28 +313,29 @@ fn forward_video(
         } else {
             h0
         };
+        let x_t = &x[step * x_len..][..x_len];
         let (c_prev, c_now) = cell_planes(cell, c0, step, slots);
         let mut bands: Vec<Band> = (0..hw.div_ceil(band_len))
             .map(|i| Band {
                 y0: i * band_len / dims.width,
-                gates: Vec::with_capacity(4 * dims.h),
                 cell: Vec::with_capacity(dims.h),
                 hidden: Vec::with_capacity(dims.h),
+                gates: Vec::new(),
             })
             .collect();
-        let planes = |buf| band_segments(buf, hw, band_len);
-        for plane in planes(&mut gates[step * g_len..(step + 1) * g_len]) {
-            bands.iter_mut().zip(plane).for_each(|(b, seg)| b.gates.push(seg));
-        }
-        for plane in planes(c_now) {
+        let segments = |buf| band_segments(buf, hw, band_len);
+        for plane in segments(c_now) {
             bands.iter_mut().zip(plane).for_each(|(b, seg)| b.cell.push(seg));
         }
-        for plane in planes(&mut h_rest[..s_len]) {
+        for plane in segments(&mut h_rest[..s_len]) {
             bands.iter_mut().zip(plane).for_each(|(b, seg)| b.hidden.push(seg));
         }
-        let run = |band: Band| {
-            BAND_SCRATCH.with_borrow_mut(|s| band_forward(band, h_prev, c_prev, weight, dims, s.fit(dims, band_len)))
-        };
+        if let Some(g) = gates.as_deref_mut() {
+            for plane in segments(&mut g[step * g_len..(step + 1) * g_len]) {
+                bands.iter_mut().zip(plane).for_each(|(b, seg)| b.gates.push(seg));
+            }
+        }
+        let run = |band: Band| BAND_SCRATCH.with_borrow_mut(|s| band_forward(band, x_t, h_prev, c_prev, layer, s));
         if parallel {
             bands.into_par_iter().for_each(run);
         } else {
@@ -302,79 +351,181 @@ fn band_segments(buf: &mut [f32], hw: usize, band_len: usize) -> Vec<Vec<&mut [f
         .collect()
 }
 
-/// One band of one step: the hidden half of its gates from `h_prev` (none at the first
-/// step, whose state is zero), then the gate arithmetic.
+/// One band of one step: the gates' pre-activations from `x_t` and `h_prev` (none at the
+/// first step from a zero state) in one product, then the gate arithmetic.
 fn band_forward(
     band: Band,
+    x_t: &[f32],
     h_prev: Option<&[f32]>,
     c_prev: &[f32],
-    weight: &[f32],
-    dims: Dims,
+    layer: &Layer,
     scratch: &mut BandScratch,
 ) {
     let Band {
         y0,
-        mut gates,
         cell,
         hidden,
+        mut gates,
     } = band;
-    let (h, hw) = (dims.h, dims.hw());
+    let (dims, input) = (layer.dims, layer.input);
+    let (h, hw, size) = (dims.h, dims.hw(), (dims.height, dims.width));
     let len = cell[0].len();
-    let hh = &mut scratch.hh[..4 * h * len];
+    let (kx, kh) = (input.col_rows(), dims.col_rows());
+    let col_len = (kx + kh) * len;
+    if scratch.col.len() < col_len {
+        scratch.col.resize(col_len, 0.0);
+    }
+    if scratch.pre.len() < 4 * h * len {
+        scratch.pre.resize(4 * h * len, 0.0);
+    }
+    let (col, pre) = (&mut scratch.col[..col_len], &mut scratch.pre[..4 * h * len]);
+    let rows = y0..y0 + len / dims.width;
+    let (col_x, col_h) = col.split_at_mut(kx * len);
+    im2col_rows(x_t, col_x, input.c, size, input.kx, rows.clone());
     match h_prev {
         Some(h_prev) => {
-            let col = &mut scratch.col[..dims.col_rows() * len];
-            let rows = y0..y0 + len / dims.width;
-            im2col_rows(h_prev, col, h, (dims.height, dims.width), dims.k, rows);
-            matmul(hh, weight, col, (4 * h, dims.col_rows(), len), false, false, false);
+            im2col_rows(h_prev, col_h, h, size, dims.k, rows);
+            matmul(pre, layer.w_cat, col, (4 * h, kx + kh, len), false, false, false);
         }
-        None => hh.fill(0.0),
+        None => matmul(pre, input.wx, col_x, (4 * h, kx, len), false, false, false),
     }
-    let (gi, rest) = gates.split_at_mut(h);
-    let (gf, rest) = rest.split_at_mut(h);
-    let (go, gg) = rest.split_at_mut(h);
-    for (c, (c_now, h_now)) in cell.into_iter().zip(hidden).enumerate() {
-        let pre = [&mut *gi[c], &mut *gf[c], &mut *go[c], &mut *gg[c]];
-        let hh = [0, 1, 2, 3].map(|q| &hh[(q * h + c) * len..][..len]);
-        let c_prev = &c_prev[c * hw + y0 * dims.width..][..len];
-        gates_forward(pre, hh, c_prev, c_now, h_now);
+    // The gate segments are gate-major (q·h + channel), empty when not saving.
+    let save = !gates.is_empty();
+    for (ch, (c_now, h_now)) in cell.into_iter().zip(hidden).enumerate() {
+        let pre = [0, 1, 2, 3].map(|q| &pre[(q * h + ch) * len..][..len]);
+        let bias = [0, 1, 2, 3].map(|q| input.bias[q * h + ch]);
+        let c_prev = &c_prev[ch * hw + y0 * dims.width..][..len];
+        let act = save.then(|| [0, 1, 2, 3].map(|q| std::mem::take(&mut gates[q * h + ch])));
+        gates_forward(pre, bias, act, c_prev, c_now, h_now);
     }
+}
+
+/// A layer whose input half is a given `gx` `[B, T, 4h, H, W]` itself: a 1×1 conv of its
+/// 4h channels with the identity weight and no bias (for tests of the recurrence alone).
+#[cfg(test)]
+pub(super) fn identity_input(dims: Dims) -> (Vec<f32>, Vec<f32>) {
+    let g = 4 * dims.h;
+    let eye = (0..g * g).map(|i| if i / g == i % g { 1.0 } else { 0.0 }).collect();
+    (eye, vec![0.0; g])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::cpu::testing::values;
+    use crate::kernels::cpu::testing::{assert_close, conv_direct, values};
+
+    /// A layer of C input channels and its operands from fixed seeds.
+    fn layer(dims: Dims, c: usize, seed: u32) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (h, k, hw) = (dims.h, dims.k, dims.hw());
+        let x: Vec<f32> = values(dims.b * dims.t * c * hw, seed).iter().map(|v| v * 2.0).collect();
+        let wx: Vec<f32> = values(4 * h * c * k * k, seed + 1).iter().map(|v| v * 0.5).collect();
+        let bias = values(4 * h, seed + 2);
+        let wh: Vec<f32> = values(dims.weight_len(), seed + 3).iter().map(|v| v * 0.6).collect();
+        (x, wx, bias, wh)
+    }
+
+    fn input<'a>(x: &'a [f32], c: usize, k: usize, wx: &'a [f32], bias: &'a [f32]) -> Input<'a> {
+        Input { x, c, kx: k, wx, bias }
+    }
+
+    /// ConvLSTM_pytorch's cell in f64 from direct convolutions: hidden `[B, T, h, H, W]`.
+    fn reference(
+        dims: Dims,
+        c: usize,
+        (x, wx, bias, wh): (&[f32], &[f32], &[f32], &[f32]),
+        init: Option<(&[f32], &[f32])>,
+    ) -> Vec<f32> {
+        let (h, k, hw, t) = (dims.h, dims.k, dims.hw(), dims.t);
+        let s_len = dims.state();
+        let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+        let mut out = Vec::new();
+        for v in 0..dims.b {
+            let (mut hs, mut cs): (Vec<f32>, Vec<f64>) = match init {
+                Some((h0, c0)) => (
+                    h0[v * s_len..][..s_len].to_vec(),
+                    c0[v * s_len..][..s_len].iter().map(|&a| a as f64).collect(),
+                ),
+                None => (vec![0.0; s_len], vec![0.0; s_len]),
+            };
+            for step in 0..t {
+                let xt = &x[(v * t + step) * c * hw..][..c * hw];
+                let gx = conv_direct(xt, wx, c, 4 * h, dims.height, dims.width, k);
+                let gh = conv_direct(&hs, wh, h, 4 * h, dims.height, dims.width, k);
+                let pre = |q: usize, ch: usize, j: usize| {
+                    let i = (q * h + ch) * hw + j;
+                    gx[i] as f64 + gh[i] as f64 + bias[q * h + ch] as f64
+                };
+                for ch in 0..h {
+                    for j in 0..hw {
+                        let (i, f, o, g) = (
+                            sig(pre(0, ch, j)),
+                            sig(pre(1, ch, j)),
+                            sig(pre(2, ch, j)),
+                            pre(3, ch, j).tanh(),
+                        );
+                        let cell = f * cs[ch * hw + j] + i * g;
+                        cs[ch * hw + j] = cell;
+                        hs[ch * hw + j] = (o * cell.tanh()) as f32;
+                    }
+                }
+                out.extend_from_slice(&hs);
+            }
+        }
+        out
+    }
 
     #[test]
-    fn inference_with_two_cell_planes_gives_the_same_hidden_states() {
-        // Without `save` the cell state alternates between two planes; the hidden states
-        // must equal those of the run that keeps all T planes, bit for bit, for T = 1
-        // (one plane), 2 and an odd T.
-        for (b, t) in [(1, 1), (2, 2), (1, 5), (2, 6)] {
+    fn the_layer_is_convlstm_pytorchs_cell() {
+        // Batches of 1 (bands on threads) and 3 (videos on threads), C ≠ h, images of several
+        // bands (22 × 20 = 440 pixels, bands of 12 rows) and of one, k = 3 and 5, from zero
+        // and from a carried state; kept activations or not, the same hidden states.
+        for (b, t, c, h, (height, width), k) in [
+            (1, 6, 2, 3, (22, 20), 3),
+            (3, 4, 1, 2, (7, 5), 3),
+            (2, 3, 3, 1, (9, 30), 5),
+            (1, 1, 2, 2, (6, 6), 3),
+        ] {
             let dims = Dims {
                 b,
                 t,
-                h: 3,
-                height: 7,
-                width: 5,
-                k: 3,
+                h,
+                height,
+                width,
+                k,
             };
-            let gx: Vec<f32> = values(dims.gx_len(), 21).iter().map(|v| v * 1.5).collect();
-            let w: Vec<f32> = values(dims.weight_len(), 22).iter().map(|v| v * 0.6).collect();
-            let (h_all, saved, _) = forward_in_bands(gx.clone(), &w, dims, true, None, 5);
-            let (h_two, none, _) = forward_in_bands(gx, &w, dims, false, None, 5);
-            assert!(saved.is_some() && none.is_none());
-            assert_eq!(h_two, h_all, "b {b}, t {t}");
+            let (x, wx, bias, wh) = layer(dims, c, 71);
+            let inp = input(&x, c, k, &wx, &bias);
+            let what = format!("b {b}, t {t}, c {c}, h {h}, k {k}");
+            let want = reference(dims, c, (&x, &wx, &bias, &wh), None);
+            let kept = forward(inp, &wh, dims, None, true);
+            assert_close(&kept.hidden, &want, 2e-5, &format!("{what}: hidden"));
+            let plain = forward(inp, &wh, dims, None, false);
+            assert_eq!(plain.hidden, kept.hidden, "{what}: kept or not");
+            assert!(plain.saved.is_none());
+            let saved = kept.saved.unwrap();
+            // The last kept cell plane is the last cell state.
+            let s_len = dims.state();
+            let last: Vec<f32> = saved
+                .cell
+                .chunks(t * s_len)
+                .flat_map(|cb| cb[(t - 1) * s_len..].to_vec())
+                .collect();
+            assert_eq!(plain.c_last, last, "{what}: last cell");
+            // From a carried state (random, so the first step's hidden half is not zero).
+            let h0 = values(b * s_len, 75);
+            let c0: Vec<f32> = values(b * s_len, 76).iter().map(|v| v * 2.0).collect();
+            let want = reference(dims, c, (&x, &wx, &bias, &wh), Some((&h0, &c0)));
+            let from = forward(inp, &wh, dims, Some((&h0, &c0)), false);
+            assert_close(&from.hidden, &want, 2e-5, &format!("{what}: hidden from a state"));
+            assert_ne!(from.hidden, plain.hidden, "{what}: the carried state must matter");
         }
     }
 
     #[test]
     fn a_sequence_run_in_pieces_from_the_carried_state_equals_it_run_whole() {
-        // T = 7 as 3 + 1 + 3 steps, each piece from the state the previous one ended in
-        // (the first from zeros): the same hidden states bit for bit, and the last cell state
-        // equals the whole run's. A piece started from zeros instead differs (the test can
-        // tell a broken carry).
+        // T = 7 as 3 + 1 + 3 steps, each piece from the state the previous one ended in (the
+        // first from zero): the same hidden states bit for bit, and the last cell state equals
+        // the whole run's. T = 0 returns the state it was given.
         for b in [1, 2] {
             let dims = Dims {
                 b,
@@ -384,38 +535,39 @@ mod tests {
                 width: 5,
                 k: 3,
             };
-            let (s_len, g_len) = (dims.state(), dims.gates());
-            let gx: Vec<f32> = values(dims.gx_len(), 31).iter().map(|v| v * 1.5).collect();
-            let w: Vec<f32> = values(dims.weight_len(), 32).iter().map(|v| v * 0.6).collect();
-            let (whole, saved, _) = forward_in_bands(gx.clone(), &w, dims, true, None, dims.band_len());
-            let cell_all = saved.unwrap().cell;
+            let c = 2;
+            let (x, wx, bias, wh) = layer(dims, c, 31);
+            let (s_len, x_len) = (dims.state(), c * dims.hw());
+            let whole = forward(input(&x, c, 3, &wx, &bias), &wh, dims, None, false);
             // Steps [t0, t1) of every video: [B, n, …].
             let steps = |buf: &[f32], per: usize, t0: usize, t1: usize| -> Vec<f32> {
                 (0..b)
                     .flat_map(|v| buf[(v * 7 + t0) * per..(v * 7 + t1) * per].to_vec())
                     .collect()
             };
-            let (mut h, mut c) = (vec![0.0f32; b * s_len], vec![0.0f32; b * s_len]);
+            let mut state: Option<(Vec<f32>, Vec<f32>)> = None;
             let mut pieces = vec![Vec::new(); b];
-            for (t0, t1) in [(0, 3), (3, 4), (4, 7)] {
+            for (t0, t1) in [(0, 3), (3, 3), (3, 4), (4, 7)] {
                 let d = Dims { t: t1 - t0, ..dims };
-                let (hp, c_last) = forward_from(steps(&gx, g_len, t0, t1), &w, d, &h, &c);
+                let xp = steps(&x, x_len, t0, t1);
+                let init = state.as_ref().map(|(h, c)| (&h[..], &c[..]));
+                let out = forward(input(&xp, c, 3, &wx, &bias), &wh, d, init, false);
                 for (v, piece) in pieces.iter_mut().enumerate() {
-                    piece.extend_from_slice(&hp[v * d.t * s_len..(v + 1) * d.t * s_len]);
+                    piece.extend_from_slice(&out.hidden[v * d.t * s_len..(v + 1) * d.t * s_len]);
                 }
-                // The last step's hidden state of every video: [B, h, H, W].
-                h = (0..b)
-                    .flat_map(|v| hp[((v + 1) * d.t - 1) * s_len..(v + 1) * d.t * s_len].to_vec())
-                    .collect();
-                c = c_last;
+                let h_last = match d.t {
+                    0 => state.as_ref().map(|s| s.0.clone()).unwrap_or_default(),
+                    n => (0..b)
+                        .flat_map(|v| out.hidden[((v + 1) * n - 1) * s_len..(v + 1) * n * s_len].to_vec())
+                        .collect(),
+                };
+                if d.t == 0 {
+                    assert_eq!(Some(&out.c_last), state.as_ref().map(|s| &s.1), "b {b}: T = 0");
+                }
+                state = Some((h_last, out.c_last));
             }
-            assert_eq!(pieces.concat(), whole, "b {b}: hidden states");
-            assert_eq!(c, steps(&cell_all, s_len, 6, 7), "b {b}: last cell state");
-            // Without the carry (the last piece from zeros) the numbers change.
-            let d = Dims { t: 3, ..dims };
-            let zeros = vec![0.0f32; b * s_len];
-            let (cold, _) = forward_from(steps(&gx, g_len, 4, 7), &w, d, &zeros, &zeros);
-            assert_ne!(cold, steps(&whole, s_len, 4, 7));
+            assert_eq!(pieces.concat(), whole.hidden, "b {b}: hidden states");
+            assert_eq!(state.map(|s| s.1), Some(whole.c_last), "b {b}: last cell state");
         }
     }
 }

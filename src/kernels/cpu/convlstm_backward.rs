@@ -1,5 +1,7 @@
 //! The backward of the ConvLSTM recurrence ([`super::convlstm::forward`]) through time, on
-//! `f32` slices: per video on its own thread, band by band like the forward.
+//! `f32` slices: per video on its own thread, band by band like the forward. It returns the
+//! gradient of the gates' input half, which [`super::conv::input_backward`] takes through
+//! the input half's conv.
 
 use rayon::prelude::*;
 
@@ -144,8 +146,21 @@ fn backward_video(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::cpu::convlstm::{forward, forward_in_bands};
+    use crate::kernels::cpu::convlstm::{Forward, Input, forward_in_bands, identity_input};
     use crate::kernels::cpu::testing::{assert_close, values};
+
+    /// The recurrence over the input half `gx` itself, in bands of `band_len`.
+    fn run(gx: &[f32], w: &[f32], dims: Dims, save: bool, band_len: usize) -> Forward {
+        let (eye, zero) = identity_input(dims);
+        let input = Input {
+            x: gx,
+            c: 4 * dims.h,
+            kx: 1,
+            wx: &eye,
+            bias: &zero,
+        };
+        forward_in_bands(input, w, dims, None, save, band_len)
+    }
 
     #[test]
     fn backward_matches_finite_differences() {
@@ -162,11 +177,11 @@ mod tests {
         let r = values(dims.out_len(), 7);
         // Loss L = Σ r·h, so dL/dh = r.
         let loss = |gx: &[f32], w: &[f32]| -> f64 {
-            let (h, _) = forward(gx.to_vec(), w, dims, false);
+            let h = run(gx, w, dims, false, dims.band_len()).hidden;
             h.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
         };
-        let (hidden, saved) = forward(gx.clone(), &w, dims, true);
-        let (dgx, dw) = backward(&saved.unwrap(), &hidden, &r);
+        let out = run(&gx, &w, dims, true, dims.band_len());
+        let (dgx, dw) = backward(&out.saved.unwrap(), &out.hidden, &r);
         let eps = 1e-2f32;
         let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
             let numeric = (plus - minus) / (2.0 * eps as f64);
@@ -206,11 +221,13 @@ mod tests {
             let w: Vec<f32> = values(dims.weight_len(), 12).iter().map(|v| v * 0.6).collect();
             let r = values(dims.out_len(), 13);
             let whole = 7 * 5;
-            let (h_ref, saved_ref, _) = forward_in_bands(gx.clone(), &w, dims, true, None, whole);
-            let saved_ref = saved_ref.unwrap();
+            let Forward {
+                hidden: h_ref, saved, ..
+            } = run(&gx, &w, dims, true, whole);
+            let saved_ref = saved.unwrap();
             let (dgx_ref, dw_ref) = backward_in_bands(&saved_ref, &h_ref, &r, whole);
             for band_len in [5, 15] {
-                let (h, saved, _) = forward_in_bands(gx.clone(), &w, dims, true, None, band_len);
+                let Forward { hidden: h, saved, .. } = run(&gx, &w, dims, true, band_len);
                 let saved = saved.unwrap();
                 assert_close(&h, &h_ref, 1e-6, &format!("b {b}, band {band_len}: hidden"));
                 assert_close(&saved.gates, &saved_ref.gates, 1e-6, "gates");

@@ -25,6 +25,10 @@ pub fn im2col(img: &[f32], col: &mut [f32], c: usize, height: usize, width: usiz
 
 /// im2col of the output rows `rows` only: `col[(c·k + ky)·k + kx][(y − rows.start)·W + x]`
 /// (the kernel still reads the image rows next to the band).
+///
+/// Each (channel, ky, kx) row is one copy of the band's source rows shifted by `kx − k/2`,
+/// then the few values that wrapped across an image row's edge are zeroed: per image row a
+/// 64-value copy was mostly call overhead (`memmove` was 6 % of inference in `perf`).
 pub fn im2col_rows(
     img: &[f32],
     col: &mut [f32],
@@ -33,39 +37,53 @@ pub fn im2col_rows(
     k: usize,
     rows: Range<usize>,
 ) {
-    let p = (k / 2) as isize;
+    let p = k / 2;
     let hw = height * width;
     let len = rows.len() * width;
     for ic in 0..c {
         let plane = &img[ic * hw..(ic + 1) * hw];
         for ky in 0..k {
+            // The band's rows y whose source row y + ky − p lies inside the image.
+            let y_lo = rows.start.max(p.saturating_sub(ky)).min(rows.end);
+            let y_hi = rows.end.min((height + p).saturating_sub(ky)).max(y_lo);
+            // Output values before that block, and in it.
+            let (head, block) = ((y_lo - rows.start) * width, (y_hi - y_lo) * width);
+            // The block's first source row (only read when the block is not empty).
+            let ys = (y_lo + ky).saturating_sub(p);
             for kx in 0..k {
-                let row = &mut col[((ic * k + ky) * k + kx) * len..][..len];
-                let dx = kx as isize - p;
-                for (y, out) in rows.clone().zip(row.chunks_exact_mut(width)) {
-                    let yy = y as isize + ky as isize - p;
-                    if yy < 0 || yy >= height as isize {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[yy as usize * width..(yy as usize + 1) * width];
-                    shift_row(out, src, dx);
+                let out = &mut col[((ic * k + ky) * k + kx) * len..][..len];
+                let (before, rest) = out.split_at_mut(head);
+                let (mid, after) = rest.split_at_mut(block);
+                before.fill(0.0);
+                after.fill(0.0);
+                if block > 0 {
+                    shift_block(mid, plane, ys * width, width, kx as isize - p as isize);
                 }
             }
         }
     }
 }
 
-/// `out[x] = src[x + dx]`, zero outside.
+/// `out[j] = src[start + j + dx]` for whole image rows of `width` values, zero where
+/// `x + dx` leaves the row (the copy reads the neighbouring row's value there, or nothing
+/// past the plane's ends).
 #[inline]
-fn shift_row(out: &mut [f32], src: &[f32], dx: isize) {
-    let w = out.len() as isize;
-    let lo = (-dx).clamp(0, w) as usize;
-    let hi = (w - dx).clamp(0, w) as usize;
-    out[..lo].fill(0.0);
-    out[hi.max(lo)..].fill(0.0);
-    if hi > lo {
-        out[lo..hi].copy_from_slice(&src[(lo as isize + dx) as usize..(hi as isize + dx) as usize]);
+fn shift_block(out: &mut [f32], src: &[f32], start: usize, width: usize, dx: isize) {
+    let n = out.len();
+    let d = dx.unsigned_abs().min(width);
+    if dx >= 0 {
+        // The last d values would lie past the last row (or the plane); zeroed below.
+        out[..n - d].copy_from_slice(&src[start + d..start + n]);
+        for row in out.chunks_exact_mut(width) {
+            row[width - d..].fill(0.0);
+        }
+    } else {
+        // The first d values may lie before the plane; each row's first d are zeroed below.
+        let skip = d.saturating_sub(start);
+        out[skip..].copy_from_slice(&src[start + skip - d..start + n - d]);
+        for row in out.chunks_exact_mut(width) {
+            row[..d].fill(0.0);
+        }
     }
 }
 
@@ -121,6 +139,52 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::gemm::matmul;
     use crate::kernels::cpu::testing::{conv_direct, values};
+
+    #[test]
+    fn im2col_of_any_band_matches_the_definition() {
+        // Every band of rows of images narrower and shorter than the kernel included, k = 1,
+        // 3, 5 and 7: each column entry is the pixel it names, or zero outside the image.
+        for (c, hgt, wid, k) in [
+            (2, 5, 7, 3),
+            (1, 4, 4, 1),
+            (3, 6, 5, 5),
+            (1, 2, 1, 5),
+            (2, 3, 2, 7),
+            (1, 9, 3, 3),
+        ] {
+            let img = values(c * hgt * wid, 9);
+            for r0 in 0..hgt {
+                for r1 in r0 + 1..=hgt {
+                    let len = (r1 - r0) * wid;
+                    let mut col = vec![f32::NAN; c * k * k * len];
+                    im2col_rows(&img, &mut col, c, (hgt, wid), k, r0..r1);
+                    let p = (k / 2) as isize;
+                    for ic in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                for y in r0..r1 {
+                                    for x in 0..wid {
+                                        let (yy, xx) = (y as isize + ky as isize - p, x as isize + kx as isize - p);
+                                        let inside = (0..hgt as isize).contains(&yy) && (0..wid as isize).contains(&xx);
+                                        let want = if inside {
+                                            img[(ic * hgt + yy as usize) * wid + xx as usize]
+                                        } else {
+                                            0.0
+                                        };
+                                        let got = col[((ic * k + ky) * k + kx) * len + (y - r0) * wid + x];
+                                        assert_eq!(
+                                            got, want,
+                                            "c {ic} ky {ky} kx {kx} y {y} x {x}, band {r0}..{r1} of {hgt}x{wid}, k {k}"
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn im2col_gemm_is_a_convolution_and_col2im_its_adjoint() {

@@ -9,7 +9,7 @@
 //!   into one single-threaded GEMM per thread;
 //! - [`im2col`]: im2col / col2im by bands of rows, and the band size;
 //! - [`conv`]: a same-padded k×k conv of many frames, forward and backward;
-//! - [`convlstm`], [`convlstm_backward`]: the ConvLSTM recurrence;
+//! - [`convlstm`], [`convlstm_backward`]: a ConvLSTM layer, forward and backward through time;
 //! - [`batchnorm`]: training-mode BatchNorm2d (+ ReLU);
 //! - [`optim`]: clipping, AdamW and EMA arithmetic over parameter buffers.
 

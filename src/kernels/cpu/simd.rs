@@ -60,37 +60,36 @@ macro_rules! simd_dispatch {
 /// [`avx2_forward::gates_forward`]).
 macro_rules! gate_forward_kernel {
     ($($attr:meta)?; $($unsafety:ident)?) => {
-        /// Forward: `pre` holds the input half of the pre-activations i, f, o, g and is
-        /// overwritten by the activations, `hh` holds their hidden half; writes the cell and
-        /// hidden state.
+        /// Forward: from the gates' pre-activations `pre` (i, f, o, g) less their `bias`,
+        /// writes the cell and hidden state, and the activated gates into `act` when given
+        /// (training keeps them for the backward).
         $(#[$attr])?
         pub $($unsafety)? fn gates_forward(
-            pre: [&mut [f32]; 4],
-            hh: [&[f32]; 4],
+            pre: [&[f32]; 4],
+            bias: [f32; 4],
+            act: Option<[&mut [f32]; 4]>,
             c_prev: &[f32],
             c_now: &mut [f32],
             h_now: &mut [f32],
         ) {
             let n = c_now.len();
             let [pi, pf, po, pg] = pre;
-            let (pi, pf, po, pg) = (&mut pi[..n], &mut pf[..n], &mut po[..n], &mut pg[..n]);
-            let [hi, hf, ho, hg] = hh;
-            let (hi, hf, ho, hg, c_prev, h_now) = (&hi[..n], &hf[..n], &ho[..n], &hg[..n], &c_prev[..n], &mut h_now[..n]);
+            let (pi, pf, po, pg, c_prev, h_now) = (&pi[..n], &pf[..n], &po[..n], &pg[..n], &c_prev[..n], &mut h_now[..n]);
+            let [bi, bf, bo, bg] = bias;
+            let mut act = act.map(|[ai, af, ao, ag]| [&mut ai[..n], &mut af[..n], &mut ao[..n], &mut ag[..n]]);
             for j in 0..n {
-                let i = sigmoid(pi[j] + hi[j]);
-                let f = sigmoid(pf[j] + hf[j]);
-                let o = sigmoid(po[j] + ho[j]);
-                let g = tanh(pg[j] + hg[j]);
+                let i = sigmoid(pi[j] + bi);
+                let f = sigmoid(pf[j] + bf);
+                let o = sigmoid(po[j] + bo);
+                let g = tanh(pg[j] + bg);
                 let c = f * c_prev[j] + i * g;
                 c_now[j] = c;
                 h_now[j] = o * tanh(c);
-                pi[j] = i;
-                pf[j] = f;
-                po[j] = o;
-                pg[j] = g;
+                if let Some([ai, af, ao, ag]) = act.as_mut() {
+                    (ai[j], af[j], ao[j], ag[j]) = (i, f, o, g);
+                }
             }
         }
-
     };
 }
 
@@ -213,41 +212,44 @@ mod avx2_forward {
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gates_forward(
-        pre: [&mut [f32]; 4],
-        hh: [&[f32]; 4],
+        pre: [&[f32]; 4],
+        bias: [f32; 4],
+        act: Option<[&mut [f32]; 4]>,
         c_prev: &[f32],
         c_now: &mut [f32],
         h_now: &mut [f32],
     ) {
         let n = c_now.len();
         let [pi, pf, po, pg] = pre;
-        let (pi, pf, po, pg) = (&mut pi[..n], &mut pf[..n], &mut po[..n], &mut pg[..n]);
-        let [hi, hf, ho, hg] = hh;
-        let (hi, hf, ho, hg, c_prev, h_now) = (&hi[..n], &hf[..n], &ho[..n], &hg[..n], &c_prev[..n], &mut h_now[..n]);
+        let (pi, pf, po, pg, c_prev, h_now) = (&pi[..n], &pf[..n], &po[..n], &pg[..n], &c_prev[..n], &mut h_now[..n]);
+        let mut act = act.map(|[ai, af, ao, ag]| [&mut ai[..n], &mut af[..n], &mut ao[..n], &mut ag[..n]]);
+        let [bi, bf, bo, bg] = bias.map(|b| splat(b));
         let n8 = n - n % 8;
         for j in (0..n8).step_by(8) {
             // SAFETY: j + 8 ≤ n8 ≤ n, and every slice above has exactly n values.
             unsafe {
-                let pre = |s: &[f32], h: &[f32]| {
-                    _mm256_add_ps(_mm256_loadu_ps(s.as_ptr().add(j)), _mm256_loadu_ps(h.as_ptr().add(j)))
-                };
-                let i = sigmoid8(pre(pi, hi));
-                let f = sigmoid8(pre(pf, hf));
-                let o = sigmoid8(pre(po, ho));
-                let g = tanh8(pre(pg, hg));
+                let pre = |s: &[f32], b: __m256| _mm256_add_ps(_mm256_loadu_ps(s.as_ptr().add(j)), b);
+                let i = sigmoid8(pre(pi, bi));
+                let f = sigmoid8(pre(pf, bf));
+                let o = sigmoid8(pre(po, bo));
+                let g = tanh8(pre(pg, bg));
                 let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(c_prev.as_ptr().add(j)), _mm256_mul_ps(i, g));
                 _mm256_storeu_ps(c_now.as_mut_ptr().add(j), c);
                 _mm256_storeu_ps(h_now.as_mut_ptr().add(j), _mm256_mul_ps(o, tanh8(c)));
-                _mm256_storeu_ps(pi.as_mut_ptr().add(j), i);
-                _mm256_storeu_ps(pf.as_mut_ptr().add(j), f);
-                _mm256_storeu_ps(po.as_mut_ptr().add(j), o);
-                _mm256_storeu_ps(pg.as_mut_ptr().add(j), g);
+                if let Some([ai, af, ao, ag]) = act.as_mut() {
+                    _mm256_storeu_ps(ai.as_mut_ptr().add(j), i);
+                    _mm256_storeu_ps(af.as_mut_ptr().add(j), f);
+                    _mm256_storeu_ps(ao.as_mut_ptr().add(j), o);
+                    _mm256_storeu_ps(ag.as_mut_ptr().add(j), g);
+                }
             }
         }
         if n8 < n {
+            let act = act.map(|[ai, af, ao, ag]| [&mut ai[n8..], &mut af[n8..], &mut ao[n8..], &mut ag[n8..]]);
             super::portable::gates_forward(
-                [&mut pi[n8..], &mut pf[n8..], &mut po[n8..], &mut pg[n8..]],
-                [&hi[n8..], &hf[n8..], &ho[n8..], &hg[n8..]],
+                [&pi[n8..], &pf[n8..], &po[n8..], &pg[n8..]],
+                bias,
+                act,
                 &c_prev[n8..],
                 &mut c_now[n8..],
                 &mut h_now[n8..],
@@ -259,8 +261,15 @@ mod avx2_forward {
 /// The forward gate arithmetic of one band of one step (see the portable `gates_forward`),
 /// with AVX2 + FMA when the CPU has them.
 #[inline]
-pub fn gates_forward(pre: [&mut [f32]; 4], hh: [&[f32]; 4], c_prev: &[f32], c_now: &mut [f32], h_now: &mut [f32]) {
-    simd_dispatch!(gates_forward(pre, hh, c_prev, c_now, h_now))
+pub fn gates_forward(
+    pre: [&[f32]; 4],
+    bias: [f32; 4],
+    act: Option<[&mut [f32]; 4]>,
+    c_prev: &[f32],
+    c_now: &mut [f32],
+    h_now: &mut [f32],
+) {
+    simd_dispatch!(gates_forward(pre, bias, act, c_prev, c_now, h_now))
 }
 
 /// The backward gate arithmetic of one band of one step (see the portable `gates_backward`),
@@ -317,23 +326,33 @@ mod tests {
         pre[1][9] = -95.0;
         pre[3][17] = 0.0;
         pre[3][18] = -40.0;
-        let hh: Vec<Vec<f32>> = (0..4).map(|q| values(n, 50 + q)).collect();
+        let bias = [0.4, -0.3, 0.2, -0.1];
         let c_prev: Vec<f32> = values(n, 60).iter().map(|v| v * 3.0).collect();
-        let run = |fast: bool| {
-            let mut p = pre.clone();
+        // (activations when kept, cell, hidden) of the AVX2 or the portable kernel.
+        let run = |fast: bool, keep: bool| {
+            let mut act = vec![vec![f32::NAN; n]; 4];
             let (mut c, mut h) = (vec![0f32; n], vec![0f32; n]);
-            let [a, b, cc, d] = &mut p[..] else { unreachable!() };
-            let hh = [&hh[0][..], &hh[1][..], &hh[2][..], &hh[3][..]];
-            let pre = [&mut a[..], &mut b[..], &mut cc[..], &mut d[..]];
+            let [a, b, cc, d] = &mut act[..] else { unreachable!() };
+            let out = keep.then(|| [&mut a[..], &mut b[..], &mut cc[..], &mut d[..]]);
+            let pre = [&pre[0][..], &pre[1][..], &pre[2][..], &pre[3][..]];
             if fast {
                 // SAFETY: checked above that the CPU has AVX2 and FMA.
-                unsafe { avx2_forward::gates_forward(pre, hh, &c_prev, &mut c, &mut h) };
+                unsafe { avx2_forward::gates_forward(pre, bias, out, &c_prev, &mut c, &mut h) };
             } else {
-                portable::gates_forward(pre, hh, &c_prev, &mut c, &mut h);
+                portable::gates_forward(pre, bias, out, &c_prev, &mut c, &mut h);
             }
-            (p, c, h)
+            (act, c, h)
         };
-        let (fast, slow) = (run(true), run(false));
+        // Without the activations kept, the same state (and nothing written to them).
+        for fast in [true, false] {
+            let (act, c, h) = run(fast, false);
+            assert!(act.iter().flatten().all(|v| v.is_nan()));
+            assert_eq!((c, h), {
+                let r = run(fast, true);
+                (r.1, r.2)
+            });
+        }
+        let (fast, slow) = (run(true, true), run(false, true));
         let close = |a: &[f32], b: &[f32], what: &str| {
             for (j, (x, y)) in a.iter().zip(b).enumerate() {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{what}[{j}]: {x} vs {y}");
@@ -344,7 +363,7 @@ mod tests {
         }
         close(&fast.1, &slow.1, "cell");
         close(&fast.2, &slow.2, "hidden");
-        // Saturated: σ(95 + h) within an ulp of 1, σ(−95 + h) (clamped to e^−88) about 0.
+        // Saturated: σ(95 + b) within an ulp of 1, σ(−95 + b) (clamped to e^−88) about 0.
         assert!(fast.0[0][3] >= 1.0 - 1.2e-7 && fast.0[0][3] <= 1.0, "{}", fast.0[0][3]);
         assert!((0.0..1e-30).contains(&fast.0[1][9]), "{}", fast.0[1][9]);
     }
