@@ -1,6 +1,6 @@
 //! A ConvLSTM layer as one burn operation on the flex CPU back-end, with a hand-written
 //! backward (the kernels: [`super::cpu::convlstm`] forward, [`super::cpu::convlstm_backward`]
-//! through time, [`super::cpu::conv::input_backward`] through the input half's conv).
+//! backward through time).
 //!
 //! burn's backend-extension API routes the call: the plain flex device runs the forward
 //! alone; the autodiff flex device also records one graph node whose backward calls
@@ -18,7 +18,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 
-use super::cpu::conv::{self, InputDims};
+use super::cpu::conv::InputDims;
 use super::cpu::convlstm::{self, Dims, Saved};
 use super::cpu::convlstm_backward;
 use super::flex_io::{tensor, values};
@@ -161,8 +161,23 @@ impl Backward<Flex, 4> for LayerBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let saved = ops.state;
         let (d, inp) = (saved.recurrence.dims, saved.input);
-        let (dgx, dwh) = convlstm_backward::backward(&saved.recurrence, &values(&saved.hidden), &values(&grad));
-        let (dx, dwx, db) = conv::input_backward(&values(&saved.x), &values(&saved.wx), &dgx, inp, node_x.is_some());
+        let (x, wx) = (values(&saved.x), values(&saved.wx));
+        let input = convlstm::Input {
+            x: &x,
+            c: inp.c,
+            kx: inp.k,
+            wx: &wx,
+            // The backward does not read the bias.
+            bias: &[],
+        };
+        let grads_of = convlstm_backward::backward(
+            &saved.recurrence,
+            input,
+            &values(&saved.hidden),
+            &values(&grad),
+            node_x.is_some(),
+        );
+        let convlstm_backward::Grads { dx, dwx, db, dwh } = grads_of;
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, vec![d.b, d.t, inp.c, d.height, d.width]));
         }

@@ -96,8 +96,17 @@ pub struct Input<'a> {
 
 impl Input<'_> {
     /// Rows of the input half's im2col matrix (`C·kx²`).
-    fn col_rows(&self) -> usize {
+    pub(super) fn col_rows(&self) -> usize {
         self.c * self.kx * self.kx
+    }
+    /// The cell's conv unsplit, `[4h, C·kx² + h·k²]`: row r is `[wx[r] | wh[r]]`, matching a
+    /// column matrix of x_t's im2col rows above h_{t−1}'s (`kh` = h·k²).
+    pub(super) fn weight_cat(&self, wh: &[f32], kh: usize) -> Vec<f32> {
+        self.wx
+            .chunks(self.col_rows().max(1))
+            .zip(wh.chunks(kh))
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect()
     }
 }
 
@@ -162,14 +171,7 @@ pub(super) fn forward_in_bands(
             "ConvLSTM initial state size"
         );
     }
-    // The cell's conv unsplit: row r is [wx[r] | wh[r]], matching a column matrix of x_t's
-    // im2col rows above h_{t−1}'s.
-    let w_cat: Vec<f32> = input
-        .wx
-        .chunks(input.col_rows().max(1))
-        .zip(wh.chunks(dims.col_rows()))
-        .flat_map(|(a, b)| a.iter().chain(b).copied())
-        .collect();
+    let w_cat = input.weight_cat(wh, dims.col_rows());
     let layer = Layer {
         input,
         w_cat: &w_cat,
@@ -398,15 +400,6 @@ fn band_forward(
         let act = save.then(|| [0, 1, 2, 3].map(|q| std::mem::take(&mut gates[q * h + ch])));
         gates_forward(pre, bias, act, c_prev, c_now, h_now);
     }
-}
-
-/// A layer whose input half is a given `gx` `[B, T, 4h, H, W]` itself: a 1×1 conv of its
-/// 4h channels with the identity weight and no bias (for tests of the recurrence alone).
-#[cfg(test)]
-pub(super) fn identity_input(dims: Dims) -> (Vec<f32>, Vec<f32>) {
-    let g = 4 * dims.h;
-    let eye = (0..g * g).map(|i| if i / g == i % g { 1.0 } else { 0.0 }).collect();
-    (eye, vec![0.0; g])
 }
 
 #[cfg(test)]

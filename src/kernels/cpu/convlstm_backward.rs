@@ -1,59 +1,100 @@
-//! The backward of the ConvLSTM recurrence ([`super::convlstm::forward`]) through time, on
-//! `f32` slices: per video on its own thread, band by band like the forward. It returns the
-//! gradient of the gates' input half, which [`super::conv::input_backward`] takes through
-//! the input half's conv.
+//! The backward of a ConvLSTM layer ([`super::convlstm::forward`]) through time, on `f32`
+//! slices: per video on its own thread, band by band like the forward. Each band of a step
+//! takes its gates' gradient through the cell's conv unsplit, as the forward does: one
+//! product for the weight gradient of both halves, one for the gradient of the column
+//! matrix over `concat(x_t, h_{t-1})`, whose two parts land on `x_t` and `h_{t-1}`. So the
+//! gates' gradient of a whole sequence (`[B, T, 4h, H, W]`, 134 MB per layer at the paper's
+//! B = 2, T = 128) is never stored, and the input half needs no pass of its own.
 
 use rayon::prelude::*;
 
-use super::convlstm::{Dims, Saved};
+use super::convlstm::{Dims, Input, Saved};
 use super::gemm::{View, matmul_view};
 use super::im2col::{col2im_add_rows, im2col_rows};
 use super::simd::gates_backward;
 
-/// Gradients of a loss through the recurrence whose output was `hidden`, given its gradient
-/// with respect to that output `[B, T, h, H, W]`: returns (d gx `[B, T, 4h, H, W]`, d weight `[4h, h, k, k]`).
+/// The gradients of a layer.
+#[derive(Debug)]
+pub struct Grads {
+    /// Of the input `[B, T, C, H, W]`, when asked for.
+    pub dx: Option<Vec<f32>>,
+    /// Of the input half's weight `[4h, C, kx, kx]`.
+    pub dwx: Vec<f32>,
+    /// Of the bias `[4h]`.
+    pub db: Vec<f32>,
+    /// Of the hidden half's weight `[4h, h, k, k]`.
+    pub dwh: Vec<f32>,
+}
+
+/// Gradients of a loss through a layer run from a zero state (as training runs it) over
+/// `input`, whose output was `hidden`, given the loss's gradient with respect to that output
+/// `[B, T, h, H, W]`; `dx` only when `need_dx`.
 ///
 /// # Panics
-/// If `hidden` or `grad_out` does not have the output's size.
-pub fn backward(saved: &Saved, hidden: &[f32], grad_out: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    backward_in_bands(saved, hidden, grad_out, saved.dims.band_len())
+/// If `input`, `hidden` or `grad_out` does not have the sizes `saved.dims` implies.
+pub fn backward(saved: &Saved, input: Input, hidden: &[f32], grad_out: &[f32], need_dx: bool) -> Grads {
+    backward_in_bands(saved, input, hidden, grad_out, need_dx, saved.dims.band_len())
 }
 
 /// [`backward`] with bands of `band_len` values (whole rows).
 pub(super) fn backward_in_bands(
     saved: &Saved,
+    input: Input,
     hidden: &[f32],
     grad_out: &[f32],
+    need_dx: bool,
     band_len: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> Grads {
     let dims = saved.dims;
+    let (g_len, s_len, t, hw) = (dims.gates(), dims.state(), dims.t, dims.hw());
+    let (kx, kh) = (input.col_rows(), dims.col_rows());
+    let x_len = input.c * hw;
     assert_eq!(grad_out.len(), dims.out_len(), "ConvLSTM output gradient size");
     assert_eq!(hidden.len(), dims.out_len(), "ConvLSTM hidden state size");
-    let (g_len, s_len, t) = (dims.gates(), dims.state(), dims.t);
-    let mut dgx = vec![0.0f32; dims.gx_len()];
-    let per_video: Vec<Vec<f32>> = dgx
-        .par_chunks_mut(t * g_len)
+    assert!(
+        input.x.len() == dims.b * t * x_len && input.wx.len() == 4 * dims.h * kx,
+        "ConvLSTM input sizes"
+    );
+    let w_cat = input.weight_cat(&saved.weight, kh);
+    let mut dx = if need_dx { vec![0.0f32; dims.b * t * x_len] } else { Vec::new() };
+    let dx_videos: Vec<Option<&mut [f32]>> = if need_dx {
+        dx.chunks_mut((t * x_len).max(1)).map(Some).collect()
+    } else {
+        (0..dims.b).map(|_| None).collect()
+    };
+    let per_video: Vec<(Vec<f32>, Vec<f32>)> = dx_videos
+        .into_par_iter()
         .enumerate()
-        .map(|(v, dgx_b)| {
-            backward_video(
-                video(&saved.gates, v, t * g_len),
-                video(&saved.cell, v, t * s_len),
-                video(hidden, v, t * s_len),
-                &saved.weight,
-                video(grad_out, v, t * s_len),
-                (dims, band_len),
-                dgx_b,
-            )
+        .map(|(v, dx_v)| {
+            let fwd = Video {
+                x: video(input.x, v, t * x_len),
+                gates: video(&saved.gates, v, t * g_len),
+                cell: video(&saved.cell, v, t * s_len),
+                hidden: video(hidden, v, t * s_len),
+            };
+            let layer = (&input, &w_cat[..], dims, band_len);
+            backward_video(fwd, layer, video(grad_out, v, t * s_len), dx_v)
         })
         .collect();
-    // Sum the weight gradients of the videos in a fixed order (deterministic).
-    let mut dw = vec![0.0f32; dims.weight_len()];
-    for w in &per_video {
-        for (a, b) in dw.iter_mut().zip(w) {
-            *a += b;
-        }
+    // Sum the videos' weight and bias gradients in a fixed order (deterministic).
+    let mut dw = vec![0.0f32; 4 * dims.h * (kx + kh)];
+    let mut db = vec![0.0f32; 4 * dims.h];
+    for (w, b) in &per_video {
+        dw.iter_mut().zip(w).for_each(|(a, b)| *a += b);
+        db.iter_mut().zip(b).for_each(|(a, b)| *a += b);
     }
-    (dgx, dw)
+    // Split [4h, kx + kh] into the two halves' weights.
+    let (mut dwx, mut dwh) = (Vec::with_capacity(4 * dims.h * kx), Vec::with_capacity(4 * dims.h * kh));
+    for row in dw.chunks(kx + kh) {
+        dwx.extend_from_slice(&row[..kx]);
+        dwh.extend_from_slice(&row[kx..]);
+    }
+    Grads {
+        dx: need_dx.then_some(dx),
+        dwx,
+        db,
+        dwh,
+    }
 }
 
 /// Video `v`'s part of a batch-major buffer with `per` values per video.
@@ -61,36 +102,50 @@ fn video(buf: &[f32], v: usize, per: usize) -> &[f32] {
     &buf[v * per..(v + 1) * per]
 }
 
-/// One video's backward through time; writes d gx and returns its d weight. Runs band by
-/// band like the forward (see [`super::im2col::BAND_PIXELS`]); the gradient into h_{t-1}
-/// goes to a second buffer, as a band's col2im reaches into its neighbours' rows.
+/// One video's part of what the forward saw and kept.
+struct Video<'a> {
+    /// `[T, C, H, W]`.
+    x: &'a [f32],
+    /// `[T, 4h, H, W]`.
+    gates: &'a [f32],
+    /// `[T, h, H, W]`.
+    cell: &'a [f32],
+    /// `[T, h, H, W]`.
+    hidden: &'a [f32],
+}
+
+/// One video's backward through time; writes d x (when given) and returns its gradients of
+/// the unsplit weight `[4h, C·kx² + h·k²]` and of the bias. The gradient into h_{t-1} goes
+/// to a second buffer, as a band's col2im reaches into its neighbours' rows.
 fn backward_video(
-    gates: &[f32],
-    cell: &[f32],
-    hidden: &[f32],
-    weight: &[f32],
+    fwd: Video,
+    (input, w_cat, dims, band_len): (&Input, &[f32], Dims, usize),
     grad_out: &[f32],
-    (dims, band_len): (Dims, usize),
-    dgx: &mut [f32],
-) -> Vec<f32> {
+    mut dx: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
     let (g_len, s_len, hw, h) = (dims.gates(), dims.state(), dims.hw(), dims.h);
-    let rows = dims.col_rows();
-    let mut dw = vec![0.0f32; dims.weight_len()];
+    let size = (dims.height, dims.width);
+    let (kx, kh) = (input.col_rows(), dims.col_rows());
+    let x_len = input.c * hw;
+    let mut dw = vec![0.0f32; 4 * h * (kx + kh)];
+    let mut db = vec![0.0f32; 4 * h];
     let mut dh_next = vec![0.0f32; s_len];
     let mut dh_prev = vec![0.0f32; s_len];
     let mut dc_next = vec![0.0f32; s_len];
-    let mut col = vec![0.0f32; rows * band_len];
+    // The gates' gradient of one step, `[4h, H, W]`.
+    let mut dpre = vec![0.0f32; g_len];
+    let mut col = vec![0.0f32; (kx + kh) * band_len];
     let zeros = vec![0.0f32; s_len];
     for step in (0..dims.t).rev() {
-        let g = &gates[step * g_len..(step + 1) * g_len];
-        let c = &cell[step * s_len..(step + 1) * s_len];
+        let g = &fwd.gates[step * g_len..(step + 1) * g_len];
+        let c = &fwd.cell[step * s_len..(step + 1) * s_len];
         let c_prev = if step > 0 {
-            &cell[(step - 1) * s_len..step * s_len]
+            &fwd.cell[(step - 1) * s_len..step * s_len]
         } else {
             &zeros[..]
         };
         let dout = &grad_out[step * s_len..(step + 1) * s_len];
-        let dpre = &mut dgx[step * g_len..(step + 1) * g_len];
+        let x_t = &fwd.x[step * x_len..][..x_len];
         dh_prev.fill(0.0);
         for start in (0..hw).step_by(band_len) {
             let len = band_len.min(hw - start);
@@ -119,93 +174,137 @@ fn backward_video(
                     );
                 }
             }
+            // The band's columns over x_t, and over h_{t-1} after the first step (whose
+            // zero state had no hidden half).
+            let rows = start / dims.width..(start + len) / dims.width;
+            let k_used = if step > 0 { kx + kh } else { kx };
+            let col = &mut col[..k_used * len];
+            let (col_x, col_h) = col.split_at_mut(kx * len);
+            im2col_rows(x_t, col_x, input.c, size, input.kx, rows.clone());
+            let h_prev = &fwd.hidden[step.saturating_sub(1) * s_len..][..s_len];
             if step > 0 {
-                // The hidden half saw h_{t-1}: its weight gradient and the gradient into h_{t-1}.
-                let h_prev = &hidden[(step - 1) * s_len..step * s_len];
-                let band = start / dims.width..(start + len) / dims.width;
-                let col = &mut col[..rows * len];
-                im2col_rows(h_prev, col, h, (dims.height, dims.width), dims.k, band.clone());
-                // The band's d pre-activations: 4h rows of `len`, row stride HW.
-                let dpre_band = View {
-                    data: &dpre[start..],
-                    rows: 4 * h,
-                    cols: len,
-                    rs: hw,
-                    cs: 1,
-                };
-                matmul_view(&mut dw, rows, dpre_band, View::row_major(col, rows, len).t(), true);
-                matmul_view(col, len, View::row_major(weight, 4 * h, rows).t(), dpre_band, false);
-                col2im_add_rows(col, &mut dh_prev, h, (dims.height, dims.width), dims.k, band);
+                im2col_rows(h_prev, col_h, h, size, dims.k, rows.clone());
             }
+            // The band's d pre-activations: 4h rows of `len`, row stride HW.
+            let dpre_band = View {
+                data: &dpre[start..],
+                rows: 4 * h,
+                cols: len,
+                rs: hw,
+                cs: 1,
+            };
+            let w_used = View {
+                data: w_cat,
+                rows: 4 * h,
+                cols: k_used,
+                rs: kx + kh,
+                cs: 1,
+            };
+            matmul_view(&mut dw, kx + kh, dpre_band, View::row_major(col, k_used, len).t(), true);
+            matmul_view(col, len, w_used.t(), dpre_band, false);
+            let (dcol_x, dcol_h) = col.split_at(kx * len);
+            if let Some(dx) = dx.as_deref_mut() {
+                let dx_t = &mut dx[step * x_len..][..x_len];
+                col2im_add_rows(dcol_x, dx_t, input.c, size, input.kx, rows.clone());
+            }
+            if step > 0 {
+                col2im_add_rows(dcol_h, &mut dh_prev, h, size, dims.k, rows);
+            }
+        }
+        for (acc, plane) in db.iter_mut().zip(dpre.chunks(hw)) {
+            *acc += sum(plane);
         }
         std::mem::swap(&mut dh_next, &mut dh_prev);
     }
-    dw
+    (dw, db)
+}
+
+/// `Σ v` with 16 independent partial sums (vectorisable; a single running sum is a chain
+/// of dependent adds, several times slower).
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = v.chunks_exact(16);
+    for ch in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(ch) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::cpu::convlstm::{Forward, Input, forward_in_bands, identity_input};
+    use crate::kernels::cpu::convlstm::{Forward, forward_in_bands};
     use crate::kernels::cpu::testing::{assert_close, values};
 
-    /// The recurrence over the input half `gx` itself, in bands of `band_len`.
-    fn run(gx: &[f32], w: &[f32], dims: Dims, save: bool, band_len: usize) -> Forward {
-        let (eye, zero) = identity_input(dims);
-        let input = Input {
-            x: gx,
-            c: 4 * dims.h,
-            kx: 1,
-            wx: &eye,
-            bias: &zero,
-        };
-        forward_in_bands(input, w, dims, None, save, band_len)
+    /// A layer's operands from fixed seeds: x `[B, T, C, H, W]`, wx, bias, wh.
+    fn operands(dims: Dims, c: usize, seed: u32) -> [Vec<f32>; 4] {
+        let (h, k) = (dims.h, dims.k);
+        [
+            values(dims.b * dims.t * c * dims.hw(), seed).iter().map(|v| v * 1.5).collect(),
+            values(4 * h * c * k * k, seed + 1).iter().map(|v| v * 0.5).collect(),
+            values(4 * h, seed + 2),
+            values(dims.weight_len(), seed + 3).iter().map(|v| v * 0.6).collect(),
+        ]
+    }
+
+    fn input<'a>(ops: &'a [Vec<f32>; 4], c: usize, k: usize) -> Input<'a> {
+        Input {
+            x: &ops[0],
+            c,
+            kx: k,
+            wx: &ops[1],
+            bias: &ops[2],
+        }
+    }
+
+    fn run(ops: &[Vec<f32>; 4], c: usize, dims: Dims, save: bool, band_len: usize) -> Forward {
+        forward_in_bands(input(ops, c, dims.k), &ops[3], dims, None, save, band_len)
     }
 
     #[test]
     fn backward_matches_finite_differences() {
-        let dims = Dims {
-            b: 2,
-            t: 4,
-            h: 2,
-            height: 4,
-            width: 3,
-            k: 3,
-        };
-        let gx: Vec<f32> = values(dims.gx_len(), 5).iter().map(|v| v * 1.5).collect();
-        let w: Vec<f32> = values(dims.weight_len(), 6).iter().map(|v| v * 0.6).collect();
-        let r = values(dims.out_len(), 7);
-        // Loss L = Σ r·h, so dL/dh = r.
-        let loss = |gx: &[f32], w: &[f32]| -> f64 {
-            let h = run(gx, w, dims, false, dims.band_len()).hidden;
-            h.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
-        };
-        let out = run(&gx, &w, dims, true, dims.band_len());
-        let (dgx, dw) = backward(&out.saved.unwrap(), &out.hidden, &r);
-        let eps = 1e-2f32;
-        let check = |analytic: f32, plus: f64, minus: f64, what: &str| {
-            let numeric = (plus - minus) / (2.0 * eps as f64);
-            assert!(
-                (analytic as f64 - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
-                "{what}: analytic {analytic} vs numeric {numeric}"
-            );
-        };
-        for idx in (0..gx.len()).step_by(7) {
-            let (mut p, mut m) = (gx.clone(), gx.clone());
-            p[idx] += eps;
-            m[idx] -= eps;
-            check(dgx[idx], loss(&p, &w), loss(&m, &w), &format!("gx[{idx}]"));
-        }
-        for idx in 0..w.len() {
-            let (mut p, mut m) = (w.clone(), w.clone());
-            p[idx] += eps;
-            m[idx] -= eps;
-            check(dw[idx], loss(&gx, &p), loss(&gx, &m), &format!("w[{idx}]"));
+        // Every operand's gradient: x, both halves' weights and the bias, k = 3 and 5.
+        for (k, c) in [(3, 2), (5, 1)] {
+            let dims = Dims {
+                b: 2,
+                t: 4,
+                h: 2,
+                height: 4,
+                width: 3,
+                k,
+            };
+            let ops = operands(dims, c, 5);
+            let r = values(dims.out_len(), 7);
+            // Loss L = Σ r·h, so dL/dh = r.
+            let loss = |ops: &[Vec<f32>; 4]| -> f64 {
+                let h = run(ops, c, dims, false, dims.band_len()).hidden;
+                h.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+            };
+            let out = run(&ops, c, dims, true, dims.band_len());
+            let g = backward(&out.saved.unwrap(), input(&ops, c, k), &out.hidden, &r, true);
+            let analytic = [g.dx.unwrap(), g.dwx, g.db, g.dwh];
+            let eps = 1e-2f32;
+            for (which, name) in ["x", "wx", "bias", "wh"].iter().enumerate() {
+                assert_eq!(analytic[which].len(), ops[which].len(), "{name}: size");
+                for idx in (0..ops[which].len()).step_by(if which == 0 { 5 } else { 1 }) {
+                    let (mut p, mut m) = (ops.clone(), ops.clone());
+                    p[which][idx] += eps;
+                    m[which][idx] -= eps;
+                    let numeric = (loss(&p) - loss(&m)) / (2.0 * eps as f64);
+                    let got = analytic[which][idx] as f64;
+                    assert!(
+                        (got - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
+                        "k {k}, {name}[{idx}]: analytic {got} vs numeric {numeric}"
+                    );
+                }
+            }
         }
     }
 
     #[test]
-    fn bands_do_not_change_the_recurrence() {
+    fn bands_do_not_change_the_layer() {
         // 7 rows of 5: bands of 1 and 3 rows (the last one short) against one band, for one
         // video (bands shared out over threads) and two (bands in turn on each video's thread).
         for b in [1, 2] {
@@ -217,24 +316,29 @@ mod tests {
                 width: 5,
                 k: 3,
             };
-            let gx: Vec<f32> = values(dims.gx_len(), 11).iter().map(|v| v * 1.5).collect();
-            let w: Vec<f32> = values(dims.weight_len(), 12).iter().map(|v| v * 0.6).collect();
+            let c = 2;
+            let ops = operands(dims, c, 11);
             let r = values(dims.out_len(), 13);
             let whole = 7 * 5;
-            let Forward {
-                hidden: h_ref, saved, ..
-            } = run(&gx, &w, dims, true, whole);
+            let Forward { hidden: h_ref, saved, .. } = run(&ops, c, dims, true, whole);
             let saved_ref = saved.unwrap();
-            let (dgx_ref, dw_ref) = backward_in_bands(&saved_ref, &h_ref, &r, whole);
+            let g_ref = backward_in_bands(&saved_ref, input(&ops, c, 3), &h_ref, &r, true, whole);
             for band_len in [5, 15] {
-                let Forward { hidden: h, saved, .. } = run(&gx, &w, dims, true, band_len);
+                let Forward { hidden: h, saved, .. } = run(&ops, c, dims, true, band_len);
                 let saved = saved.unwrap();
                 assert_close(&h, &h_ref, 1e-6, &format!("b {b}, band {band_len}: hidden"));
                 assert_close(&saved.gates, &saved_ref.gates, 1e-6, "gates");
                 assert_close(&saved.cell, &saved_ref.cell, 1e-6, "cell");
-                let (dgx, dw) = backward_in_bands(&saved, &h, &r, band_len);
-                assert_close(&dgx, &dgx_ref, 1e-5, &format!("b {b}, band {band_len}: d gx"));
-                assert_close(&dw, &dw_ref, 1e-5, &format!("b {b}, band {band_len}: d w"));
+                let g = backward_in_bands(&saved, input(&ops, c, 3), &h, &r, true, band_len);
+                let what = |o: &str| format!("b {b}, band {band_len}: d {o}");
+                assert_close(g.dx.as_deref().unwrap(), g_ref.dx.as_deref().unwrap(), 1e-5, &what("x"));
+                assert_close(&g.dwx, &g_ref.dwx, 1e-5, &what("wx"));
+                assert_close(&g.db, &g_ref.db, 1e-5, &what("bias"));
+                assert_close(&g.dwh, &g_ref.dwh, 1e-5, &what("wh"));
+                // Without d x, the same weight gradients.
+                let none = backward_in_bands(&saved, input(&ops, c, 3), &h, &r, false, band_len);
+                assert!(none.dx.is_none());
+                assert_eq!((none.dwx, none.dwh, none.db), (g.dwx, g.dwh, g.db));
             }
         }
     }
