@@ -1,7 +1,7 @@
 //! A same-padded k×k 2-D convolution with bias (stride 1) as one burn operation on the flex
 //! CPU back-end, with a hand-written backward: the spatial-attention stack (SPEC §3.1 step
 //! 2) runs its convs over all B·T frames, where im2col + GEMM per frame on parallel threads
-//! ([`super::cpu::conv::input_forward`]) is several times faster than the generic conv.
+//! ([`super::cpu::conv::forward`]) is several times faster than the generic conv.
 
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
-use super::cpu::conv::{self, InputDims};
+use super::cpu::conv::{self, ConvDims};
 use super::flex_io::{tensor, values};
 
 /// The same-padded convolution.
@@ -27,7 +27,7 @@ pub trait ConvSameOps: burn::backend::Backend {
     fn conv2d_same(x: FloatTensor<Self>, w: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> InputDims {
+fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> ConvDims {
     let (xs, ws, bs) = (x.layout().shape(), w.layout().shape(), bias.layout().shape());
     assert!(
         xs.num_dims() == 4
@@ -39,7 +39,7 @@ fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> InputDims {
             && bs[0] == ws[0],
         "same-padded conv shapes: x {xs:?}, w {ws:?}, bias {bs:?}"
     );
-    InputDims {
+    ConvDims {
         frames: xs[0],
         c: xs[1],
         out: ws[0],
@@ -52,7 +52,7 @@ fn dims_of(x: &FlexTensor, w: &FlexTensor, bias: &FlexTensor) -> InputDims {
 impl ConvSameOps for Flex {
     fn conv2d_same(x: FlexTensor, w: FlexTensor, bias: FlexTensor) -> FlexTensor {
         let d = dims_of(&x, &w, &bias);
-        let y = conv::input_forward(&values(&x), &values(&w), &values(&bias), d);
+        let y = conv::forward(&values(&x), &values(&w), &values(&bias), d);
         tensor(y, vec![d.frames, d.out, d.height, d.width])
     }
 }
@@ -60,7 +60,7 @@ impl ConvSameOps for Flex {
 /// The forward's operands, for the backward.
 #[derive(Debug)]
 struct ConvSaved {
-    dims: InputDims,
+    dims: ConvDims,
     /// The input and weight themselves (shared buffers, not copies).
     x: FlexTensor,
     w: FlexTensor,
@@ -77,7 +77,7 @@ impl Backward<Flex, 3> for ConvSameBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
         let d = s.dims;
-        let (dx, dw, db) = conv::input_backward(&values(&s.x), &values(&s.w), &values(&grad), d, node_x.is_some());
+        let (dx, dw, db) = conv::backward(&values(&s.x), &values(&s.w), &values(&grad), d, node_x.is_some());
         if let (Some(node), Some(dx)) = (node_x, dx) {
             grads.register::<Flex>(node.id, tensor(dx, vec![d.frames, d.c, d.height, d.width]));
         }
@@ -100,7 +100,7 @@ impl<C: CheckpointStrategy> ConvSameOps for Autodiff<Flex, C> {
             OpsKind::Tracked(prep) => {
                 let (xp, wp, bp) = (x.primitive(), w.primitive(), bias.primitive());
                 let dims = dims_of(xp, wp, bp);
-                let y = conv::input_forward(&values(xp), &values(wp), &values(bp), dims);
+                let y = conv::forward(&values(xp), &values(wp), &values(bp), dims);
                 let out = tensor(y, vec![dims.frames, dims.out, dims.height, dims.width]);
                 prep.finish(
                     Arc::new(ConvSaved {

@@ -18,7 +18,7 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 
-use super::cpu::conv::InputDims;
+use super::cpu::conv::ConvDims;
 use super::cpu::convlstm::{self, Dims, Saved};
 use super::cpu::convlstm_backward;
 use super::flex_io::{tensor, values};
@@ -50,7 +50,7 @@ pub trait ConvLstmOps: burn::backend::Backend {
 }
 
 /// Sizes of the layer from its operands' shapes.
-fn dims_of(x: &FlexTensor, wx: &FlexTensor, bias: &FlexTensor, wh: &FlexTensor) -> (InputDims, Dims) {
+fn dims_of(x: &FlexTensor, wx: &FlexTensor, bias: &FlexTensor, wh: &FlexTensor) -> (ConvDims, Dims) {
     let (xs, wxs, bs, whs) = (
         x.layout().shape(),
         wx.layout().shape(),
@@ -69,7 +69,7 @@ fn dims_of(x: &FlexTensor, wx: &FlexTensor, bias: &FlexTensor, wh: &FlexTensor) 
         width: xs[4],
         k: whs[2],
     };
-    let input = InputDims {
+    let input = ConvDims {
         frames: xs[0] * xs[1],
         c: xs[2],
         out: 4 * dims.h,
@@ -122,7 +122,7 @@ impl ConvLstmOps for Flex {
 /// activations for the backward when `save`.
 fn run(
     (x, wx, bias, wh): (&FlexTensor, &FlexTensor, &FlexTensor, &FlexTensor),
-    (input, dims): (InputDims, Dims),
+    (input, dims): (ConvDims, Dims),
     init: Option<(&[f32], &[f32])>,
     save: bool,
 ) -> convlstm::Forward {
@@ -141,7 +141,7 @@ fn run(
 #[derive(Debug)]
 struct LayerSaved {
     recurrence: Saved,
-    input: InputDims,
+    input: ConvDims,
     /// The input and weight themselves (shared buffers, not copies).
     x: FlexTensor,
     wx: FlexTensor,

@@ -130,8 +130,8 @@ pub struct LstmWeights {
 }
 
 /// A stack of ConvLSTM layers over a sequence from a zero state, each layer one fused
-/// operation (input half over all frames in parallel, then the recurrence) with a
-/// hand-written backward; `None` where there is none (then the caller runs its tensor-op
+/// operation (each step one product over `concat(x_t, h_{t-1})` and the gate arithmetic)
+/// with a hand-written backward; `None` where there is none (then the caller runs its tensor-op
 /// layers). Gate order i, f, o, g.
 ///
 /// # Shapes

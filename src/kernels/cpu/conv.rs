@@ -1,21 +1,20 @@
 //! A same-padded k×k 2-D convolution with bias (stride 1) of many frames on `f32` slices,
-//! forward and backward: im2col + GEMM per frame on parallel threads, band by band. It is
-//! the ConvLSTM's input half (all frames at once, outside the recurrence) and the
-//! spatial-attention stack's convs.
+//! forward and backward: im2col + GEMM per frame on parallel threads, band by band. The
+//! spatial-attention stack's convs run on it.
 
 use rayon::prelude::*;
 
 use super::gemm::{View, matmul, matmul_view};
 use super::im2col::{band_len, col2im_add_rows, im2col_rows};
 
-/// Sizes of the input half of a layer: a k×k conv (padding k / 2) of every frame.
+/// Sizes of a k×k conv (padding k / 2) of every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputDims {
+pub struct ConvDims {
     /// Frames (B·T).
     pub frames: usize,
     /// Input channels.
     pub c: usize,
-    /// Output channels (4h).
+    /// Output channels.
     pub out: usize,
     pub height: usize,
     pub width: usize,
@@ -23,7 +22,7 @@ pub struct InputDims {
     pub k: usize,
 }
 
-impl InputDims {
+impl ConvDims {
     fn hw(&self) -> usize {
         self.height * self.width
     }
@@ -53,25 +52,25 @@ fn sum(v: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
-/// Frames per task of the input half's backward: the weight gradient is summed per chunk,
+/// Frames per task of the backward: the weight gradient is summed per chunk,
 /// then over chunks in order, so the result does not depend on thread scheduling.
 const FRAME_CHUNK: usize = 8;
 
-/// The input half of the gates of every frame: `conv(x, w) + bias`, `[frames, out, H, W]`.
+/// The conv of every frame: `conv(x, w) + bias`, `[frames, out, H, W]`.
 ///
 /// # Panics
 /// If the operands do not have the sizes `d` implies.
-pub fn input_forward(x: &[f32], w: &[f32], bias: &[f32], d: InputDims) -> Vec<f32> {
+pub fn forward(x: &[f32], w: &[f32], bias: &[f32], d: ConvDims) -> Vec<f32> {
     assert!(
         x.len() == d.x_len() && w.len() == d.weight_len() && bias.len() == d.out,
-        "ConvLSTM input-half sizes"
+        "conv operand sizes"
     );
     let (hw, rows) = (d.hw(), d.col_rows());
     let band = band_len(d.height, d.width);
-    let mut gx = vec![0.0f32; d.frames * d.out * hw];
+    let mut y = vec![0.0f32; d.frames * d.out * hw];
     // A 1×1 conv's im2col is the frame itself.
     let col_len = if d.k == 1 { 0 } else { rows * band };
-    gx.par_chunks_mut(d.out * hw).zip(x.par_chunks(d.c * hw)).for_each_init(
+    y.par_chunks_mut(d.out * hw).zip(x.par_chunks(d.c * hw)).for_each_init(
         || vec![0.0f32; col_len],
         |col, (g, xf)| {
             for (plane, b) in g.chunks_mut(hw).zip(bias) {
@@ -93,25 +92,25 @@ pub fn input_forward(x: &[f32], w: &[f32], bias: &[f32], d: InputDims) -> Vec<f3
             }
         },
     );
-    gx
+    y
 }
 
-/// Gradients of the input half given d gx `[frames, out, H, W]`: (d x when `need_dx`,
+/// Gradients of the conv given d y `[frames, out, H, W]`: (d x when `need_dx`,
 /// d w, d bias).
 ///
 /// # Panics
 /// If the operands do not have the sizes `d` implies.
-pub fn input_backward(
+pub fn backward(
     x: &[f32],
     w: &[f32],
-    dgx: &[f32],
-    d: InputDims,
+    dy: &[f32],
+    d: ConvDims,
     need_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (hw, rows) = (d.hw(), d.col_rows());
     assert!(
-        x.len() == d.x_len() && w.len() == d.weight_len() && dgx.len() == d.frames * d.out * hw,
-        "ConvLSTM input-half gradient sizes"
+        x.len() == d.x_len() && w.len() == d.weight_len() && dy.len() == d.frames * d.out * hw,
+        "conv gradient sizes"
     );
     let mut dx = if need_dx { vec![0.0f32; d.x_len()] } else { Vec::new() };
     let chunks = d.frames.div_ceil(FRAME_CHUNK);
@@ -131,7 +130,7 @@ pub fn input_backward(
             let mut col = vec![0.0f32; if d.k == 1 { 0 } else { rows * band }];
             let first = ci * FRAME_CHUNK;
             for f in first..(first + FRAME_CHUNK).min(d.frames) {
-                let g = &dgx[f * d.out * hw..(f + 1) * d.out * hw];
+                let g = &dy[f * d.out * hw..(f + 1) * d.out * hw];
                 for (acc, plane) in db.iter_mut().zip(g.chunks(hw)) {
                     *acc += sum(plane);
                 }
@@ -187,7 +186,7 @@ mod tests {
 
     #[test]
     fn input_half_is_a_conv_with_bias_and_its_gradients_match_finite_differences() {
-        let d = InputDims {
+        let d = ConvDims {
             frames: 11, // more than one FRAME_CHUNK, not a multiple of it
             c: 2,
             out: 4,
@@ -199,7 +198,7 @@ mod tests {
         let x = values(d.x_len(), 21);
         let w = values(d.weight_len(), 22);
         let bias = values(d.out, 23);
-        let gx = input_forward(&x, &w, &bias, d);
+        let y = forward(&x, &w, &bias, d);
         let hw = d.height * d.width;
         for f in [0, 7, 10] {
             let want = conv_direct(
@@ -212,16 +211,16 @@ mod tests {
                 d.k,
             );
             for (j, v) in want.iter().enumerate() {
-                let got = gx[f * d.out * hw + j];
+                let got = y[f * d.out * hw + j];
                 assert!((got - (v + bias[j / hw])).abs() < 1e-5, "frame {f} value {j}");
             }
         }
-        let r = values(gx.len(), 24);
+        let r = values(y.len(), 24);
         let loss = |x: &[f32], w: &[f32], b: &[f32]| -> f64 {
-            let g = input_forward(x, w, b, d);
+            let g = forward(x, w, b, d);
             g.iter().zip(&r).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
         };
-        let (dx, dw, db) = input_backward(&x, &w, &r, d, true);
+        let (dx, dw, db) = backward(&x, &w, &r, d, true);
         let dx = dx.unwrap();
         let eps = 1e-2f32;
         let fd = |f: &dyn Fn(f32) -> f64| (f(eps) - f(-eps)) / (2.0 * eps as f64);
@@ -262,7 +261,7 @@ mod tests {
             );
         }
         // Without d x the parameter gradients are the same numbers.
-        let (none, dw2, db2) = input_backward(&x, &w, &r, d, false);
+        let (none, dw2, db2) = backward(&x, &w, &r, d, false);
         assert!(none.is_none() && dw2 == dw && db2 == db);
     }
 }

@@ -22,6 +22,8 @@
 //! Layout: batch-major. The input half's weight is `[4h, C, kx, kx]`, the hidden half's
 //! `[4h, h, k, k]`. Gate order i, f, o, g (ConvLSTM_pytorch).
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use rayon::prelude::*;
 
 use super::gemm::matmul;
@@ -156,6 +158,28 @@ pub(super) fn forward_in_bands(
     save: bool,
     band_len: usize,
 ) -> Forward {
+    // Videos run on separate threads. With fewer videos than threads (inference), each
+    // video in turn shares the bands of every step out over its own threads instead
+    // (not inside a thread pool's task, where the pool already has the cores).
+    let threads = rayon::current_num_threads();
+    let share = if dims.b < threads && rayon::current_thread_index().is_none() {
+        threads
+    } else {
+        1
+    };
+    forward_shared(input, wh, dims, (init, save), band_len, share)
+}
+
+/// [`forward_in_bands`] with each video's bands shared out over `share` threads (videos in
+/// turn), or, when `share` is 1, videos on the thread pool's threads.
+fn forward_shared(
+    input: Input,
+    wh: &[f32],
+    dims: Dims,
+    (init, save): (Option<(&[f32], &[f32])>, bool),
+    band_len: usize,
+    share: usize,
+) -> Forward {
     let (c, hw, t) = (input.c, dims.hw(), dims.t);
     let (s_len, g_len) = (dims.state(), dims.gates());
     assert!(
@@ -187,11 +211,8 @@ pub(super) fn forward_in_bands(
     let init_of = |v: usize| init.map(|(h0, c0)| (&h0[v * s_len..][..s_len], &c0[v * s_len..][..s_len]));
     let x_of = |v: usize| &input.x[v * t * c * hw..][..t * c * hw];
     if t > 0 {
-        // Videos run on separate threads; with fewer videos than threads (inference), the
-        // bands of each step are shared out instead.
-        let parallel_bands = dims.b < rayon::current_num_threads();
         let run = |(v, ((h_b, c_b), g_b)): (usize, ((&mut [f32], &mut [f32]), Option<&mut [f32]>))| {
-            video_forward(&layer, x_of(v), h_b, c_b, g_b, init_of(v), parallel_bands)
+            video_forward(&layer, x_of(v), (h_b, c_b, g_b), init_of(v), share)
         };
         let gate_chunks: Vec<Option<&mut [f32]>> = if save {
             gates.chunks_mut(t * g_len).map(Some).collect()
@@ -202,7 +223,7 @@ pub(super) fn forward_in_bands(
             .chunks_mut(t * s_len)
             .zip(cell.chunks_mut(slots * s_len))
             .zip(gate_chunks);
-        if parallel_bands {
+        if share > 1 {
             jobs.enumerate().for_each(run);
         } else {
             jobs.enumerate().collect::<Vec<_>>().into_par_iter().for_each(run);
@@ -256,48 +277,31 @@ struct BandScratch {
 }
 
 thread_local! {
-    /// Each thread's band scratch: a step hands its bands to whichever threads are free, so
-    /// the buffers live with the thread rather than with one video's loop (allocating them
-    /// per task cost an allocation and a zero-fill per band task per step). `band_forward`
-    /// starts no parallel work, so a thread never re-enters its own borrow.
+    /// Each thread's band scratch, grown once and reused by every band the thread runs
+    /// (allocating it per band cost an allocation and a zero-fill per band per step).
+    /// `band_forward` starts no parallel work, so a thread never re-enters its own borrow.
     static BAND_SCRATCH: std::cell::RefCell<BandScratch> = std::cell::RefCell::default();
 }
 
-/// The cell state `[h, H, W]` of the previous step (`c0`, the initial state, at the first)
-/// and the plane this step writes, from a video's cell buffer of `slots` planes: step t uses
-/// plane `t % slots` (every step its own plane when the buffer holds all T, two alternating
-/// ones otherwise).
-fn cell_planes<'a>(cell: &'a mut [f32], c0: &'a [f32], step: usize, slots: usize) -> (&'a [f32], &'a mut [f32]) {
-    let len = c0.len();
-    let now = step % slots;
-    if step == 0 {
-        return (c0, &mut cell[now * len..(now + 1) * len]);
-    }
-    let prev = (step - 1) % slots;
-    if prev < now {
-        let (a, b) = cell.split_at_mut(now * len);
-        (&a[prev * len..(prev + 1) * len], &mut b[..len])
-    } else {
-        let (a, b) = cell.split_at_mut(prev * len);
-        (&b[..len], &mut a[now * len..(now + 1) * len])
-    }
-}
-
-/// One video's recurrence from the state `init` (zero when `None`): `x` `[T, C, H, W]`,
-/// `hidden` `[T, h, H, W]` (written), `cell` T planes (all kept) or two (alternating),
+/// One video's recurrence from the state `init` (zero when `None`) on `threads` threads
+/// (the calling one and `threads − 1` it starts), each running a contiguous share of the
+/// bands of every step and waiting for the others at the end of the step: `x` `[T, C, H, W]`;
+/// `hidden` `[T, h, H, W]` (written), `cell` T planes (all kept) or two (alternating) and
 /// `gates` `[T, 4h, H, W]` (written, when saving).
+///
+/// Why own threads and a spinning barrier: a step of one band set is tens of microseconds,
+/// and handing its bands to the thread pool step by step lost ~35 µs per step to waking
+/// and waiting (measured at T = 128, 2 threads: the bands' summed time was 52 ms, the layer
+/// 33 ms instead of 26).
 fn video_forward(
     layer: &Layer,
     x: &[f32],
-    hidden: &mut [f32],
-    cell: &mut [f32],
-    mut gates: Option<&mut [f32]>,
+    (hidden, cell, gates): (&mut [f32], &mut [f32], Option<&mut [f32]>),
     init: Option<(&[f32], &[f32])>,
-    parallel: bool,
+    threads: usize,
 ) {
     let dims = layer.dims;
-    let (g_len, s_len, hw, band_len) = (dims.gates(), dims.state(), dims.hw(), layer.band_len);
-    let x_len = layer.input.c * hw;
+    let (s_len, hw, band_len) = (dims.state(), dims.hw(), layer.band_len);
     let zeros;
     let (h0, c0) = match init {
         Some((h0, c0)) => (Some(h0), c0),
@@ -306,51 +310,193 @@ fn video_forward(
             (None, &zeros[..])
         }
     };
-    let slots = cell.len() / s_len;
-    for step in 0..dims.t {
-        let (h_done, h_rest) = hidden.split_at_mut(step * s_len);
-        // A zero initial state skips the hidden half of the first step (it is exactly zero).
-        let h_prev = if step > 0 {
-            Some(&h_done[(step - 1) * s_len..])
-        } else {
-            h0
-        };
-        let x_t = &x[step * x_len..][..x_len];
-        let (c_prev, c_now) = cell_planes(cell, c0, step, slots);
-        let mut bands: Vec<Band> = (0..hw.div_ceil(band_len))
-            .map(|i| Band {
-                y0: i * band_len / dims.width,
-                cell: Vec::with_capacity(dims.h),
-                hidden: Vec::with_capacity(dims.h),
-                gates: Vec::new(),
-            })
-            .collect();
-        let segments = |buf| band_segments(buf, hw, band_len);
-        for plane in segments(c_now) {
-            bands.iter_mut().zip(plane).for_each(|(b, seg)| b.cell.push(seg));
+    let out = Outputs {
+        hidden: SharedMut::new(hidden),
+        cell: SharedMut::new(cell),
+        gates: gates.map(SharedMut::new),
+    };
+    let bands = hw.div_ceil(band_len);
+    let threads = threads.clamp(1, bands);
+    let barrier = SpinBarrier::new(threads);
+    let share = |tid: usize| {
+        let _poison = barrier.poison_on_panic();
+        let mine = tid * bands / threads..(tid + 1) * bands / threads;
+        for step in 0..dims.t {
+            // SAFETY: every thread writes only its own bands' segments of step `step`'s
+            // planes, and reads the previous step's, which all threads finished writing
+            // before the barrier at the end of that step (release/acquire).
+            unsafe { step_forward(layer, x, &out, (h0, c0), step, mine.clone()) };
+            barrier.wait(step);
         }
-        for plane in segments(&mut h_rest[..s_len]) {
-            bands.iter_mut().zip(plane).for_each(|(b, seg)| b.hidden.push(seg));
+    };
+    if threads == 1 {
+        share(0);
+        return;
+    }
+    std::thread::scope(|scope| {
+        for tid in 1..threads {
+            let share = &share;
+            scope.spawn(move || share(tid));
         }
-        if let Some(g) = gates.as_deref_mut() {
-            for plane in segments(&mut g[step * g_len..(step + 1) * g_len]) {
-                bands.iter_mut().zip(plane).for_each(|(b, seg)| b.gates.push(seg));
-            }
+        share(0);
+    });
+}
+
+/// One video's output buffers, shared by the threads of [`video_forward`].
+struct Outputs<'a> {
+    hidden: SharedMut<'a>,
+    cell: SharedMut<'a>,
+    gates: Option<SharedMut<'a>>,
+}
+
+/// A buffer that several threads write in disjoint parts.
+struct SharedMut<'a> {
+    ptr: *mut f32,
+    len: usize,
+    _buf: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: the threads of `video_forward` write disjoint parts and read only parts whose
+// writers finished before a barrier (see `step_forward`).
+unsafe impl Sync for SharedMut<'_> {}
+
+impl<'a> SharedMut<'a> {
+    fn new(buf: &'a mut [f32]) -> Self {
+        SharedMut {
+            ptr: buf.as_mut_ptr(),
+            len: buf.len(),
+            _buf: std::marker::PhantomData,
         }
-        let run = |band: Band| BAND_SCRATCH.with_borrow_mut(|s| band_forward(band, x_t, h_prev, c_prev, layer, s));
-        if parallel {
-            bands.into_par_iter().for_each(run);
-        } else {
-            bands.into_iter().for_each(run);
-        }
+    }
+    /// `len` values from `start`.
+    ///
+    /// # Safety
+    /// No other live reference may overlap them while the returned one lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part_mut(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.len, "part of a shared buffer out of range");
+        // SAFETY: in range (checked); exclusive per the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+    /// The segment `range` of each of `planes` planes of `hw` values from `plane0`.
+    ///
+    /// # Safety
+    /// As [`Self::part_mut`], for each segment.
+    unsafe fn segments(
+        &self,
+        (plane0, planes, hw, range): (usize, usize, usize, std::ops::Range<usize>),
+    ) -> Vec<&mut [f32]> {
+        (0..planes)
+            // SAFETY: per the caller's contract.
+            .map(|p| unsafe { self.part_mut(plane0 + p * hw + range.start, range.len()) })
+            .collect()
+    }
+    /// `len` values from `start`, read only.
+    ///
+    /// # Safety
+    /// No live mutable reference may overlap them while the returned one lives.
+    unsafe fn part(&self, start: usize, len: usize) -> &[f32] {
+        assert!(start + len <= self.len, "part of a shared buffer out of range");
+        // SAFETY: in range (checked); no writer per the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(start), len) }
     }
 }
 
-/// `buf`'s planes of `hw` values, each cut into segments of `band_len`.
-fn band_segments(buf: &mut [f32], hw: usize, band_len: usize) -> Vec<Vec<&mut [f32]>> {
-    buf.chunks_mut(hw)
-        .map(|plane| plane.chunks_mut(band_len).collect())
-        .collect()
+/// The bands `mine` of step `step` of one video (see [`video_forward`]).
+///
+/// # Safety
+/// No other thread may touch those bands' segments of this step's planes meanwhile, and
+/// every writer of the previous step's planes must have finished.
+unsafe fn step_forward(
+    layer: &Layer,
+    x: &[f32],
+    out: &Outputs,
+    (h0, c0): (Option<&[f32]>, &[f32]),
+    step: usize,
+    mine: std::ops::Range<usize>,
+) {
+    let dims = layer.dims;
+    let (g_len, s_len, hw, h, band_len) = (dims.gates(), dims.state(), dims.hw(), dims.h, layer.band_len);
+    let x_len = layer.input.c * hw;
+    let x_t = &x[step * x_len..][..x_len];
+    let slots = out.cell.len / s_len;
+    let (now, prev) = (step % slots, step.checked_sub(1).map(|p| p % slots));
+    // SAFETY (all parts below): the previous step's planes are finished and read only; this
+    // step's segments are the bands `mine`, which only this thread touches. With two cell
+    // slots, the previous plane and this one differ (one slot: T = 1, no previous plane).
+    let h_prev = match step {
+        0 => h0,
+        _ => Some(unsafe { out.hidden.part((step - 1) * s_len, s_len) }),
+    };
+    let c_prev = match prev {
+        None => c0,
+        Some(p) => unsafe { out.cell.part(p * s_len, s_len) },
+    };
+    for band in mine {
+        let start = band * band_len;
+        let len = band_len.min(hw - start);
+        let segments = |plane0: usize, planes: usize| (plane0, planes, hw, start..start + len);
+        let band = Band {
+            y0: start / dims.width,
+            cell: unsafe { out.cell.segments(segments(now * s_len, h)) },
+            hidden: unsafe { out.hidden.segments(segments(step * s_len, h)) },
+            gates: match &out.gates {
+                Some(g) => unsafe { g.segments(segments(step * g_len, 4 * h)) },
+                None => Vec::new(),
+            },
+        };
+        BAND_SCRATCH.with_borrow_mut(|s| band_forward(band, x_t, h_prev, c_prev, layer, s));
+    }
+}
+
+/// A barrier for a few threads that each wait once per round, spinning (the rounds are
+/// tens of microseconds apart), then yielding if a round takes long.
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    poisoned: AtomicBool,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        SpinBarrier {
+            threads,
+            arrived: AtomicUsize::new(0),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// Wait until every thread has arrived at round `round` (rounds counted from 0).
+    ///
+    /// # Panics
+    /// If another thread panicked (instead of waiting for it forever).
+    fn wait(&self, round: usize) {
+        self.arrived.fetch_add(1, Ordering::AcqRel);
+        let target = self.threads * (round + 1);
+        let mut spins = 0u32;
+        while self.arrived.load(Ordering::Acquire) < target {
+            assert!(!self.poisoned.load(Ordering::Relaxed), "a ConvLSTM thread panicked");
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+                spins += 1;
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// A guard that marks the barrier poisoned if its thread unwinds.
+    fn poison_on_panic(&self) -> impl Drop + '_ {
+        struct Guard<'b>(&'b AtomicBool);
+        impl Drop for Guard<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        Guard(&self.poisoned)
+    }
 }
 
 /// One band of one step: the gates' pre-activations from `x_t` and `h_prev` (none at the
@@ -511,6 +657,40 @@ mod tests {
             let from = forward(inp, &wh, dims, Some((&h0, &c0)), false);
             assert_close(&from.hidden, &want, 2e-5, &format!("{what}: hidden from a state"));
             assert_ne!(from.hidden, plain.hidden, "{what}: the carried state must matter");
+        }
+    }
+
+    #[test]
+    fn threads_sharing_the_bands_give_the_same_numbers() {
+        // One and two videos; 1 to 5 threads on 4 bands (11 rows of 6, bands of 3 rows) and on
+        // 2 (more threads than bands): every output bit for bit as on one thread.
+        for b in [1, 2] {
+            for band_rows in [3, 6] {
+                let dims = Dims {
+                    b,
+                    t: 5,
+                    h: 2,
+                    height: 11,
+                    width: 6,
+                    k: 3,
+                };
+                let c = 3;
+                let (x, wx, bias, wh) = layer(dims, c, 41);
+                let inp = input(&x, c, 3, &wx, &bias);
+                let h0 = values(b * dims.state(), 45);
+                let c0 = values(b * dims.state(), 46);
+                for (init, save) in [(None, true), (Some((&h0[..], &c0[..])), false)] {
+                    let one = forward_shared(inp, &wh, dims, (init, save), band_rows * 6, 1);
+                    for share in 2..=5 {
+                        let many = forward_shared(inp, &wh, dims, (init, save), band_rows * 6, share);
+                        let what = format!("b {b}, band rows {band_rows}, {share} threads, save {save}");
+                        assert_eq!(many.hidden, one.hidden, "{what}: hidden");
+                        assert_eq!(many.c_last, one.c_last, "{what}: last cell");
+                        let kept = |f: &Forward| f.saved.as_ref().map(|s| (s.gates.clone(), s.cell.clone()));
+                        assert_eq!(kept(&many), kept(&one), "{what}: kept activations");
+                    }
+                }
+            }
         }
     }
 

@@ -56,7 +56,11 @@ pub(super) fn backward_in_bands(
         "ConvLSTM input sizes"
     );
     let w_cat = input.weight_cat(&saved.weight, kh);
-    let mut dx = if need_dx { vec![0.0f32; dims.b * t * x_len] } else { Vec::new() };
+    let mut dx = if need_dx {
+        vec![0.0f32; dims.b * t * x_len]
+    } else {
+        Vec::new()
+    };
     let dx_videos: Vec<Option<&mut [f32]>> = if need_dx {
         dx.chunks_mut((t * x_len).max(1)).map(Some).collect()
     } else {
@@ -242,7 +246,10 @@ mod tests {
     fn operands(dims: Dims, c: usize, seed: u32) -> [Vec<f32>; 4] {
         let (h, k) = (dims.h, dims.k);
         [
-            values(dims.b * dims.t * c * dims.hw(), seed).iter().map(|v| v * 1.5).collect(),
+            values(dims.b * dims.t * c * dims.hw(), seed)
+                .iter()
+                .map(|v| v * 1.5)
+                .collect(),
             values(4 * h * c * k * k, seed + 1).iter().map(|v| v * 0.5).collect(),
             values(4 * h, seed + 2),
             values(dims.weight_len(), seed + 3).iter().map(|v| v * 0.6).collect(),
@@ -320,7 +327,9 @@ mod tests {
             let ops = operands(dims, c, 11);
             let r = values(dims.out_len(), 13);
             let whole = 7 * 5;
-            let Forward { hidden: h_ref, saved, .. } = run(&ops, c, dims, true, whole);
+            let Forward {
+                hidden: h_ref, saved, ..
+            } = run(&ops, c, dims, true, whole);
             let saved_ref = saved.unwrap();
             let g_ref = backward_in_bands(&saved_ref, input(&ops, c, 3), &h_ref, &r, true, whole);
             for band_len in [5, 15] {
