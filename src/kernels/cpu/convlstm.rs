@@ -124,6 +124,9 @@ pub struct Saved {
     pub weight: Vec<f32>,
 }
 
+/// A state `(h, c)`, each `[B, h, H, W]`, that a previous piece of a sequence ended in.
+pub type State<'a> = Option<(&'a [f32], &'a [f32])>;
+
 /// What [`forward`] returns.
 #[derive(Debug)]
 pub struct Forward {
@@ -145,7 +148,7 @@ pub struct Forward {
 ///
 /// # Panics
 /// If the operands do not have the sizes `dims` and `input` imply (callers check shapes).
-pub fn forward(input: Input, wh: &[f32], dims: Dims, init: Option<(&[f32], &[f32])>, save: bool) -> Forward {
+pub fn forward(input: Input, wh: &[f32], dims: Dims, init: State, save: bool) -> Forward {
     forward_in_bands(input, wh, dims, init, save, dims.band_len())
 }
 
@@ -154,7 +157,7 @@ pub(super) fn forward_in_bands(
     input: Input,
     wh: &[f32],
     dims: Dims,
-    init: Option<(&[f32], &[f32])>,
+    init: State,
     save: bool,
     band_len: usize,
 ) -> Forward {
@@ -170,13 +173,17 @@ pub(super) fn forward_in_bands(
     forward_shared(input, wh, dims, (init, save), band_len, share)
 }
 
+/// One video's hidden states, cell planes and (when saving) gates, as [`video_forward`]
+/// writes them.
+type VideoOut<'a> = (&'a mut [f32], &'a mut [f32], Option<&'a mut [f32]>);
+
 /// [`forward_in_bands`] with each video's bands shared out over `share` threads (videos in
 /// turn), or, when `share` is 1, videos on the thread pool's threads.
 fn forward_shared(
     input: Input,
     wh: &[f32],
     dims: Dims,
-    (init, save): (Option<(&[f32], &[f32])>, bool),
+    (init, save): (State, bool),
     band_len: usize,
     share: usize,
 ) -> Forward {
@@ -211,22 +218,23 @@ fn forward_shared(
     let init_of = |v: usize| init.map(|(h0, c0)| (&h0[v * s_len..][..s_len], &c0[v * s_len..][..s_len]));
     let x_of = |v: usize| &input.x[v * t * c * hw..][..t * c * hw];
     if t > 0 {
-        let run = |(v, ((h_b, c_b), g_b)): (usize, ((&mut [f32], &mut [f32]), Option<&mut [f32]>))| {
-            video_forward(&layer, x_of(v), (h_b, c_b, g_b), init_of(v), share)
-        };
         let gate_chunks: Vec<Option<&mut [f32]>> = if save {
             gates.chunks_mut(t * g_len).map(Some).collect()
         } else {
             (0..dims.b).map(|_| None).collect()
         };
-        let jobs = hidden
+        // Each video's (hidden, cell, gates) buffers.
+        let videos: Vec<VideoOut> = hidden
             .chunks_mut(t * s_len)
             .zip(cell.chunks_mut(slots * s_len))
-            .zip(gate_chunks);
+            .zip(gate_chunks)
+            .map(|((h_b, c_b), g_b)| (h_b, c_b, g_b))
+            .collect();
+        let run = |(v, out): (usize, VideoOut)| video_forward(&layer, x_of(v), out, init_of(v), share);
         if share > 1 {
-            jobs.enumerate().for_each(run);
+            videos.into_iter().enumerate().for_each(run);
         } else {
-            jobs.enumerate().collect::<Vec<_>>().into_par_iter().for_each(run);
+            videos.into_par_iter().enumerate().for_each(run);
         }
     }
     // The last step wrote plane (T − 1) mod slots of each video's cell buffer.
@@ -293,13 +301,7 @@ thread_local! {
 /// and handing its bands to the thread pool step by step lost ~35 µs per step to waking
 /// and waiting (measured at T = 128, 2 threads: the bands' summed time was 52 ms, the layer
 /// 33 ms instead of 26).
-fn video_forward(
-    layer: &Layer,
-    x: &[f32],
-    (hidden, cell, gates): (&mut [f32], &mut [f32], Option<&mut [f32]>),
-    init: Option<(&[f32], &[f32])>,
-    threads: usize,
-) {
+fn video_forward(layer: &Layer, x: &[f32], (hidden, cell, gates): VideoOut, init: State, threads: usize) {
     let dims = layer.dims;
     let (s_len, hw, band_len) = (dims.state(), dims.hw(), layer.band_len);
     let zeros;
@@ -382,6 +384,7 @@ impl<'a> SharedMut<'a> {
     ///
     /// # Safety
     /// As [`Self::part_mut`], for each segment.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn segments(
         &self,
         (plane0, planes, hw, range): (usize, usize, usize, std::ops::Range<usize>),
@@ -568,12 +571,7 @@ mod tests {
     }
 
     /// ConvLSTM_pytorch's cell in f64 from direct convolutions: hidden `[B, T, h, H, W]`.
-    fn reference(
-        dims: Dims,
-        c: usize,
-        (x, wx, bias, wh): (&[f32], &[f32], &[f32], &[f32]),
-        init: Option<(&[f32], &[f32])>,
-    ) -> Vec<f32> {
+    fn reference(dims: Dims, c: usize, (x, wx, bias, wh): (&[f32], &[f32], &[f32], &[f32]), init: State) -> Vec<f32> {
         let (h, k, hw, t) = (dims.h, dims.k, dims.hw(), dims.t);
         let s_len = dims.state();
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
