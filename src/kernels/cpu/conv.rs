@@ -41,7 +41,7 @@ impl ConvDims {
 
 /// `Σ v` with 16 independent partial sums (vectorisable; a single running sum is a chain
 /// of dependent adds, several times slower).
-fn sum(v: &[f32]) -> f32 {
+pub(super) fn sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut chunks = v.chunks_exact(16);
     for ch in &mut chunks {

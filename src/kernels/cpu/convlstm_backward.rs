@@ -8,6 +8,7 @@
 
 use rayon::prelude::*;
 
+use super::conv::sum;
 use super::convlstm::{Dims, Input, Saved};
 use super::gemm::{View, matmul_view};
 use super::im2col::{col2im_add_rows, im2col_rows};
@@ -221,19 +222,6 @@ fn backward_video(
         std::mem::swap(&mut dh_next, &mut dh_prev);
     }
     (dw, db)
-}
-
-/// `Σ v` with 16 independent partial sums (vectorisable; a single running sum is a chain
-/// of dependent adds, several times slower).
-fn sum(v: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let mut chunks = v.chunks_exact(16);
-    for ch in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(ch) {
-            *a += x;
-        }
-    }
-    acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
 }
 
 #[cfg(test)]
