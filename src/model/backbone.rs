@@ -11,7 +11,7 @@ use super::ModelError;
 use super::layers::{
     ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, conv1d_dense, maybe_norm,
 };
-use super::long_term::{LongTermAttention, LongTermAttentionConfig, LongTermOutput, LongTermState};
+use super::long_term::{LongTermAttention, LongTermAttentionConfig, LongTermOutput, LongTermState, Project};
 use super::patch::{apply_patch, patch_kernels, random_patch};
 use super::transformer::{TransformerBlock, TransformerBlockConfig};
 
@@ -131,13 +131,13 @@ impl Backbone {
     /// - x: `[B, input_dim, T]`, mask: `[B, T]`
     /// - output: `1 + arch[2]` levels of `[B, embd_dim, T / stride_l]` with masks `[B, T / stride_l]`
     ///
-    /// `project` = false skips the fg/bg projections of the long-term layer.
+    /// `project` says where the long-term layer's fg/bg projections run ([`Project`]).
     pub fn forward(
         &self,
         x: Tensor<3>,
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
-        project: bool,
+        project: Project<'_>,
     ) -> Result<BackboneOutput, ModelError> {
         let long_term = self.long_term.forward(x, project);
         let mut x = long_term.x.clone();

@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::convlstm::{ConvLstm, ConvLstmConfig, LstmState};
 use crate::kernels;
@@ -218,15 +218,41 @@ pub struct LongTermAttention {
     pub image_side: usize,
 }
 
+/// Which time steps the foreground/background projections run on. They feed only the
+/// contrastive loss, which reads a few anchor steps per video, and each step's projection
+/// depends on that step alone: projecting only the anchors gives the same rows (and the same
+/// gradients) for a sliver of the two `[B·T, side²] × [side², d_hidden]` products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Project<'a> {
+    /// Not at all (detection).
+    Skip,
+    /// Every step: [`LongTermOutput::fg`] and [`LongTermOutput::bg`] `[B, d, T]`.
+    All,
+    /// The given steps only, as rows `video · T + t` of the videos' steps laid end to end, for
+    /// the foreground and the background separately: [`LongTermOutput::fg_rows`] and
+    /// [`LongTermOutput::bg_rows`] `[n, d]`, row i for `fg[i]` and `bg[i]`. Every row must be
+    /// < B·T.
+    Rows {
+        /// Foreground rows.
+        fg: &'a [usize],
+        /// Background rows.
+        bg: &'a [usize],
+    },
+}
+
 /// What [`LongTermAttention::forward`] returns.
 #[derive(Debug, Clone)]
 pub struct LongTermOutput {
     /// The re-weighted input `[B, C, T]`.
     pub x: Tensor<3>,
-    /// Foreground projection `[B, d, T]` (pretrain).
+    /// Foreground projection `[B, d, T]` (pretrain, [`Project::All`]).
     pub fg: Option<Tensor<3>>,
-    /// Background projection `[B, d, T]` (pretrain).
+    /// Background projection `[B, d, T]` (pretrain, [`Project::All`]).
     pub bg: Option<Tensor<3>>,
+    /// Foreground projection of the chosen steps `[n, d]` (pretrain, [`Project::Rows`]).
+    pub fg_rows: Option<Tensor<2>>,
+    /// Background projection of the chosen steps `[n, d]` (pretrain, [`Project::Rows`]).
+    pub bg_rows: Option<Tensor<2>>,
     /// Last ConvLSTM layer's hidden state `[B, T, 1, H, W]` (TeAtten).
     pub lstm_h: Option<Tensor<5>>,
     /// `lstm_h + x` as images `[B·T, 1, H, W]` (TeAtten and SpAtten).
@@ -260,8 +286,8 @@ impl LongTermAttention {
     /// - x: `[B, C, T]` with C = side²; step t of video b is the image `x[b, :, t]` row-major
     /// - output: see [`LongTermOutput`]
     ///
-    /// `project` = false skips the fg/bg projections (inference needs none).
-    pub fn forward(&self, x: Tensor<3>, project: bool) -> LongTermOutput {
+    /// `project` says which steps the fg/bg projections run on (inference needs none).
+    pub fn forward(&self, x: Tensor<3>, project: Project<'_>) -> LongTermOutput {
         self.attend(x, project, |lstm, x_img| lstm.forward(x_img))
     }
 
@@ -277,7 +303,7 @@ impl LongTermAttention {
     /// - x: `[B, C, n]`, the frames after those of the previous call
     /// - output: `[B, C, n]`
     pub fn forward_piece(&self, x: Tensor<3>, state: &mut LongTermState) -> Tensor<3> {
-        self.attend(x, false, |lstm, x_img| {
+        self.attend(x, Project::Skip, |lstm, x_img| {
             let (h, next) = lstm.forward_from(x_img, state.lstm.take());
             state.lstm = Some(next);
             h
@@ -289,7 +315,7 @@ impl LongTermAttention {
     fn attend(
         &self,
         x: Tensor<3>,
-        project: bool,
+        project: Project<'_>,
         lstm_run: impl FnOnce(&ConvLstm, Tensor<5>) -> Tensor<5>,
     ) -> LongTermOutput {
         let [b, c, t] = x.dims();
@@ -298,6 +324,8 @@ impl LongTermAttention {
             x: x.clone(),
             fg: None,
             bg: None,
+            fg_rows: None,
+            bg_rows: None,
             lstm_h: None,
             x_lstm: None,
             attention: None,
@@ -310,12 +338,33 @@ impl LongTermAttention {
                 let x_lstm = (h.clone() + x_img).reshape([b * t, 1, s, s]); // [B·T, 1, H, W]
                 let a_btc = spatial.forward(x_lstm.clone()).reshape([b, t, c]); // [B, T, C]
                 let attention = a_btc.clone().swap_dims(1, 2); // [B, C, T]
-                if let Some(proj) = self.projection.as_ref().filter(|_| project) {
-                    let xl = x_lstm.clone().reshape([b, t, c]); // [B, T, C]
-                    let fg = proj.forward(xl.clone() * a_btc.clone());
-                    let bg = proj.forward(xl * a_btc.neg().add_scalar(1.0));
-                    out.fg = Some(fg.swap_dims(1, 2)); // [B, d, T]
-                    out.bg = Some(bg.swap_dims(1, 2));
+                match (&self.projection, project) {
+                    (Some(proj), Project::All) => {
+                        let xl = x_lstm.clone().reshape([b, t, c]); // [B, T, C]
+                        let fg = proj.forward(xl.clone() * a_btc.clone());
+                        let bg = proj.forward(xl * a_btc.neg().add_scalar(1.0));
+                        out.fg = Some(fg.swap_dims(1, 2)); // [B, d, T]
+                        out.bg = Some(bg.swap_dims(1, 2));
+                    }
+                    (Some(proj), Project::Rows { fg, bg }) => {
+                        let xl = x_lstm.clone().reshape([b * t, c]); // [B·T, C]
+                        let a = a_btc.clone().reshape([b * t, c]); // [B·T, C]
+                        let device = xl.device();
+                        let pick = |x: Tensor<2>, rows: &[usize]| {
+                            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+                            let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+                            x.select(0, idx).unsqueeze_dim::<3>(0) // [1, n, C]
+                        };
+                        let rows = |y: Tensor<3>| {
+                            let [_, n, d] = y.dims();
+                            y.reshape([n, d]) // [n, d]
+                        };
+                        let fg_in = pick(xl.clone(), fg) * pick(a.clone(), fg);
+                        let bg_in = pick(xl, bg) * pick(a, bg).neg().add_scalar(1.0);
+                        out.fg_rows = Some(rows(proj.forward(fg_in)));
+                        out.bg_rows = Some(rows(proj.forward(bg_in)));
+                    }
+                    _ => {}
                 }
                 out.x = x.clone() + x * attention.clone();
                 out.lstm_h = Some(h);
@@ -376,7 +425,7 @@ mod tests {
                     l.fused = fused;
                 }
                 let x = Tensor::<3>::random([b, 64, 11], Distribution::Uniform(0.0, 1.0), &dev);
-                let whole = lt.forward(x.clone(), false).x;
+                let whole = lt.forward(x.clone(), Project::Skip).x;
                 let mut state = LongTermState::default();
                 let pieces: Vec<Tensor<3>> = [(0, 4), (4, 4), (8, 3)]
                     .into_iter()

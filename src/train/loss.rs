@@ -354,6 +354,21 @@ pub fn sample_anchors<R: Rng + ?Sized>(
     anchors
 }
 
+/// The rows of the anchors' foreground and background steps in the videos' steps laid end
+/// to end (`video · t + step`, the layout of [`crate::model::long_term::Project::Rows`]), for
+/// a batch of `b` videos of `t` steps.
+pub fn anchor_rows(anchors: &[Anchor], b: usize, t: usize) -> Result<(Vec<usize>, Vec<usize>), LossError> {
+    if let Some(a) = anchors.iter().find(|a| a.video >= b || a.t_fg >= t || a.t_bg >= t) {
+        return Err(LossError::Shape(format!(
+            "anchor {a:?} outside {b} videos of {t} steps"
+        )));
+    }
+    Ok(anchors
+        .iter()
+        .map(|a| (a.video * t + a.t_fg, a.video * t + a.t_bg))
+        .unzip())
+}
+
 /// Gather anchor features from `fg`, `bg` laid out `[B, C, T]` into `[n_anchors, C]` each
 /// (differentiable index selection).
 pub fn gather_anchor_features(
@@ -365,21 +380,15 @@ pub fn gather_anchor_features(
     if bg.dims() != [b, c, t] {
         return Err(LossError::Shape(format!("fg {:?}, bg {:?}", [b, c, t], bg.dims())));
     }
-    if let Some(a) = anchors.iter().find(|a| a.video >= b || a.t_fg >= t || a.t_bg >= t) {
-        return Err(LossError::Shape(format!(
-            "anchor {a:?} outside features [{b}, {c}, {t}]"
-        )));
-    }
+    let (fg_rows, bg_rows) = anchor_rows(anchors, b, t)?;
     let device = fg.device();
-    let index = |f: fn(&Anchor) -> usize| {
-        let idx: Vec<i64> = anchors.iter().map(|a| (a.video * t + f(a)) as i64).collect();
-        Tensor::<1, Int>::from_data(TensorData::new(idx, [anchors.len()]), &device)
+    let index = |rows: Vec<usize>| {
+        let idx: Vec<i64> = rows.into_iter().map(|r| r as i64).collect();
+        let n = idx.len();
+        Tensor::<1, Int>::from_data(TensorData::new(idx, [n]), &device)
     };
     let rows = |x: Tensor<3>| x.swap_dims(1, 2).reshape([b * t, c]);
-    Ok((
-        rows(fg).select(0, index(|a| a.t_fg)),
-        rows(bg).select(0, index(|a| a.t_bg)),
-    ))
+    Ok((rows(fg).select(0, index(fg_rows)), rows(bg).select(0, index(bg_rows))))
 }
 
 #[cfg(test)]
@@ -558,6 +567,8 @@ mod tests {
                 t_bg: 1,
             },
         ];
+        assert_eq!(anchor_rows(&anchors, 2, 4).unwrap(), (vec![6, 0], vec![7, 1]));
+        assert!(anchor_rows(&anchors, 2, 3).is_err());
         let (u, d) = gather_anchor_features(fg.clone(), bg.clone(), &anchors).unwrap();
         assert_eq!(read(u), vec![102.0, 112.0, 122.0, 0.0, 10.0, 20.0]);
         assert_eq!(read(d), vec![-103.0, -113.0, -123.0, -1.0, -11.0, -21.0]);

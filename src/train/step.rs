@@ -15,12 +15,13 @@ use super::clip::clip_grad_global_norm;
 use super::ema::ema_update;
 use super::error::TrainError;
 use super::loss::{
-    AnchorDraw, LossConfig, LossNormalizer, contrastive_loss, count_positives, detection_losses,
-    gather_anchor_features, sample_anchors,
+    AnchorDraw, LossConfig, LossNormalizer, anchor_rows, contrastive_loss, count_positives, detection_losses,
+    sample_anchors,
 };
 use crate::config::Config;
 use crate::dataset::batch::Batch;
 use crate::dataset::crop::Crop;
+use crate::model::long_term::Project;
 use crate::model::{Network, draw_patch_centres};
 
 /// What does not change between the steps of a run.
@@ -104,12 +105,32 @@ impl Learner {
         } = self;
         let b = crops.len();
         let centres = setup.random_patch.then(|| draw_patch_centres(rng, b, setup.side));
-        let out = model.forward(batch.feats, batch.mask, centres.as_deref())?;
-
         let segs_f32: Vec<Vec<[f32; 2]>> = crops
             .iter()
             .map(|c| c.segments.iter().map(|s| [s[0] as f32, s[1] as f32]).collect())
             .collect();
+        // The anchors depend on the labels alone, so they are drawn before the forward and
+        // only their steps are projected (the same rows, draws in the same order as drawing
+        // them after the forward).
+        let anchors = (use_con && model.has_projection()).then(|| {
+            let per_video: Vec<(&[[f32; 2]], &[usize])> = segs_f32
+                .iter()
+                .zip(crops)
+                .map(|(s, c)| (s.as_slice(), c.labels.as_slice()))
+                .collect();
+            sample_anchors(&per_video, setup.t_len, AnchorDraw::Shared, rng)
+        });
+        // Fewer than two anchors give no contrastive term (`contrastive_loss`).
+        let rows = match anchors.as_deref() {
+            Some(a) if a.len() >= 2 => Some(anchor_rows(a, b, batch.feats.dims()[2])?),
+            _ => None,
+        };
+        let project = match &rows {
+            Some((fg, bg)) => Project::Rows { fg, bg },
+            None => Project::Skip,
+        };
+        let out = model.forward_projecting(batch.feats, batch.mask, centres.as_deref(), project)?;
+
         let mut targets: Vec<Targets> = Vec::with_capacity(b);
         let mut valid = Vec::with_capacity(b * setup.points.len());
         for (c, segs) in crops.iter().zip(&segs_f32) {
@@ -127,17 +148,8 @@ impl Learner {
         let offsets = Tensor::cat(out.offsets, 1);
         let masks: Tensor<2, Bool> = Tensor::cat(out.masks, 1);
         let losses = detection_losses(cls_logits, offsets, masks, &targets, norm, &setup.loss)?;
-        let con = match (use_con, out.fg, out.bg) {
-            (true, Some(fg), Some(bg)) => {
-                let per_video: Vec<(&[[f32; 2]], &[usize])> = segs_f32
-                    .iter()
-                    .zip(crops)
-                    .map(|(s, c)| (s.as_slice(), c.labels.as_slice()))
-                    .collect();
-                let anchors = sample_anchors(&per_video, setup.t_len, AnchorDraw::Shared, rng);
-                let (u, d) = gather_anchor_features(fg, bg, &anchors)?;
-                contrastive_loss(u, d)
-            }
+        let con = match (out.fg_rows, out.bg_rows) {
+            (Some(u), Some(d)) => contrastive_loss(u, d),
             _ => None,
         };
         let total = losses.total_with(con.clone());

@@ -5,6 +5,7 @@ use burn::tensor::{Bool, Tensor};
 
 use super::{Network, NetworkOutput};
 use crate::model::ModelError;
+use crate::model::long_term::Project;
 
 /// Intermediate tensors of a forward pass (for the parity test and inspection).
 #[derive(Debug, Clone)]
@@ -36,6 +37,6 @@ impl Network {
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<(NetworkOutput, Intermediates), ModelError> {
-        self.run(feats, mask, patch_centres, true)
+        self.run(feats, mask, patch_centres, Project::All)
     }
 }

@@ -10,6 +10,7 @@ use burn::tensor::{Bool, Tensor};
 
 use super::backbone::Backbone;
 use super::head::{ClsHead, RegHead};
+use super::long_term::Project;
 use super::neck::Neck;
 use super::points::Points;
 use super::{ModelError, check_dims};
@@ -54,10 +55,15 @@ pub struct NetworkOutput {
     pub offsets: Vec<Tensor<3>>,
     /// Valid steps `[B, T_l]`.
     pub masks: Vec<Tensor<2, Bool>>,
-    /// Foreground projection `[B, proj_dim, T]` (pretrain only).
+    /// Foreground projection `[B, proj_dim, T]` (pretrain, [`Network::forward`]).
     pub fg: Option<Tensor<3>>,
-    /// Background projection `[B, proj_dim, T]` (pretrain only).
+    /// Background projection `[B, proj_dim, T]` (pretrain, [`Network::forward`]).
     pub bg: Option<Tensor<3>>,
+    /// Foreground projection of the chosen steps `[n, proj_dim]` (pretrain,
+    /// [`Network::forward_projecting`] with [`Project::Rows`]).
+    pub fg_rows: Option<Tensor<2>>,
+    /// Background projection of the chosen steps `[n, proj_dim]` (as `fg_rows`).
+    pub bg_rows: Option<Tensor<2>>,
 }
 
 /// Frames per piece of streamed inference ([`Network::infer`]): the input layer's
@@ -93,6 +99,28 @@ impl Network {
         patch_centres: Option<&[(usize, usize)]>,
     ) -> Result<NetworkOutput, ModelError> {
         self.forward_debug(feats, mask, patch_centres).map(|(o, _)| o)
+    }
+
+    /// [`Network::forward`] with the foreground/background projections (pretrain only) run
+    /// where `project` says: training projects only the contrastive loss's anchor steps
+    /// ([`Project::Rows`]), or nothing in epochs without that loss ([`Project::Skip`]).
+    ///
+    /// # Shapes
+    /// - as [`Network::forward`]; rows of [`Project::Rows`] must be < B·T
+    pub fn forward_projecting(
+        &self,
+        feats: Tensor<3>,
+        mask: Tensor<2, Bool>,
+        patch_centres: Option<&[(usize, usize)]>,
+        project: Project<'_>,
+    ) -> Result<NetworkOutput, ModelError> {
+        self.run(feats, mask, patch_centres, project).map(|(o, _)| o)
+    }
+
+    /// Whether the network has the foreground/background projections (`pretrain` with both
+    /// attentions), i.e. whether [`Project`] makes a difference.
+    pub fn has_projection(&self) -> bool {
+        self.backbone.long_term.projection.is_some()
     }
 
     /// [`Network::forward`] without the foreground/background projections (`fg` and `bg`
@@ -135,18 +163,37 @@ impl Network {
             masks: h.masks,
             fg: None,
             bg: None,
+            fg_rows: None,
+            bg_rows: None,
         })
     }
 
-    /// The forward, with or without the projections.
+    /// The forward, with the projections where `project` says.
     pub(super) fn run(
         &self,
         feats: Tensor<3>,
         mask: Tensor<2, Bool>,
         patch_centres: Option<&[(usize, usize)]>,
-        project: bool,
+        project: Project<'_>,
     ) -> Result<(NetworkOutput, Intermediates), ModelError> {
         self.check_inputs(&feats, &mask)?;
+        if let Project::Rows { fg, bg } = project {
+            let [b, _, t] = feats.dims();
+            if let Some(&r) = fg.iter().chain(bg).find(|&&r| r >= b * t) {
+                return Err(ModelError::Shape {
+                    what: "projected rows",
+                    expected: format!("rows < B·T = {}", b * t),
+                    actual: vec![r],
+                });
+            }
+            if fg.len() != bg.len() {
+                return Err(ModelError::Shape {
+                    what: "projected rows",
+                    expected: "as many background rows as foreground rows".into(),
+                    actual: vec![fg.len(), bg.len()],
+                });
+            }
+        }
         let bb = self.backbone.forward(feats, mask, patch_centres, project)?;
         let HeadOutputs {
             cls_logits,
@@ -161,6 +208,8 @@ impl Network {
             masks: fpn_masks,
             fg: lt.fg,
             bg: lt.bg,
+            fg_rows: lt.fg_rows,
+            bg_rows: lt.bg_rows,
         };
         let inter = Intermediates {
             lstm_h: lt.lstm_h,

@@ -362,3 +362,76 @@ fn same_seed_same_random_patch_output() {
     };
     assert_eq!(run(1), run(1));
 }
+
+#[test]
+fn projecting_chosen_rows_equals_gathering_every_step() {
+    // Training projects only the contrastive anchors' steps (`Project::Rows`): the rows and
+    // the gradients they send back must be those of projecting every step and gathering.
+    use crate::model::long_term::Project;
+    let dev = Device::flex().autodiff();
+    dev.seed(21);
+    let net = tiny().init(&dev).expect("valid");
+    let (b, t) = (2, 16);
+    let centres = draw_patch_centres(&mut ChaCha8Rng::seed_from_u64(4), b, 16);
+    let (x, mask) = inputs(b, 256, t, t, &dev);
+    let (fg_rows, bg_rows) = ([3usize, 17, 30], [4usize, 17, 2]);
+    let weights = |seed: u64| {
+        dev.seed(seed);
+        Tensor::<2>::random([3, 8], Distribution::Uniform(-1.0, 1.0), &dev)
+    };
+    let (wf, wb) = (weights(5), weights(6));
+    let pick = |y: Tensor<3>, rows: &[usize]| {
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [3]), &dev);
+        y.swap_dims(1, 2).reshape([b * t, 8]).select(0, idx)
+    };
+    let all = net.forward(x.clone(), mask.clone(), Some(&centres)).expect("forward");
+    let (u_all, d_all) = (pick(all.fg.expect("fg"), &fg_rows), pick(all.bg.expect("bg"), &bg_rows));
+    let rows = net
+        .forward_projecting(
+            x.clone(),
+            mask.clone(),
+            Some(&centres),
+            Project::Rows {
+                fg: &fg_rows,
+                bg: &bg_rows,
+            },
+        )
+        .expect("forward");
+    assert!(rows.fg.is_none() && rows.bg.is_none());
+    let (u, d) = (rows.fg_rows.expect("fg rows"), rows.bg_rows.expect("bg rows"));
+    assert_eq!(u.dims(), [3, 8]);
+    let close = |p: Tensor<2>, q: Tensor<2>, what: &str| {
+        let scale = q.clone().abs().max().into_scalar::<f32>();
+        let diff = (p - q).abs().max().into_scalar::<f32>();
+        assert!(scale > 0.0 && diff <= 1e-6 * scale, "{what}: {diff} of {scale}");
+    };
+    close(u.clone(), u_all.clone(), "fg");
+    close(d.clone(), d_all.clone(), "bg");
+    // A loss on the rows only: the projection's and the spatial stack's gradients agree.
+    let loss = |u: Tensor<2>, d: Tensor<2>| (u * wf.clone()).sum() + (d * wb.clone()).sum();
+    let g_all = loss(u_all, d_all).backward();
+    let g_rows = loss(u, d).backward();
+    fn agree<const D: usize>(w: Tensor<D>, a: &burn::tensor::Gradients, r: &burn::tensor::Gradients, what: &str) {
+        let (ga, gr) = (w.grad(a).expect("grad"), w.grad(r).expect("grad"));
+        let scale = ga.clone().abs().max().into_scalar::<f32>();
+        let diff = (ga - gr).abs().max().into_scalar::<f32>();
+        assert!(scale > 0.0 && diff <= 1e-5 * scale, "{what}: {diff} of {scale}");
+    }
+    let lt = &net.backbone.long_term;
+    let fc1 = lt.projection.as_ref().expect("projection").fc1.weight.val();
+    agree(fc1, &g_all, &g_rows, "projection fc1");
+    let conv1 = lt.spatial.as_ref().expect("spatial").conv1.weight.val();
+    agree(conv1, &g_all, &g_rows, "spatial conv1");
+    // Skip projects nothing; rows outside the batch and unequal counts are errors.
+    let skip = net
+        .forward_projecting(x.clone(), mask.clone(), Some(&centres), Project::Skip)
+        .expect("forward");
+    assert!(skip.fg.is_none() && skip.fg_rows.is_none() && skip.bg_rows.is_none());
+    for (f, g) in [(&[32usize][..], &[0usize][..]), (&[1, 2][..], &[1][..])] {
+        let err = net
+            .forward_projecting(x.clone(), mask.clone(), Some(&centres), Project::Rows { fg: f, bg: g })
+            .expect_err("bad rows");
+        assert!(err.to_string().contains("projected rows"), "{err}");
+    }
+}
