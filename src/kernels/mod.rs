@@ -27,6 +27,8 @@ mod flex_io;
 mod matmul_op;
 #[cfg(feature = "flex")]
 mod optim_op;
+#[cfg(feature = "flex")]
+mod spatial_op;
 
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
@@ -87,6 +89,29 @@ pub fn batch_norm_relu(bn: &BatchNorm, x: &Tensor<4>) -> Option<Tensor<4>> {
         }
     }
     let _ = (bn, x);
+    None
+}
+
+/// The spatial-attention stack for inference, `σ(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))))`
+/// with the BatchNorms' running statistics, as one pass per frame with each BatchNorm folded
+/// into its conv; `None` off the plain fused CPU back-end (training, other back-ends) or
+/// where the shapes are not the stack's (same-padded stride-1 convs, a 1×1 conv to one
+/// channel). The same values as the op-by-op stack to float rounding.
+///
+/// # Shapes
+/// - x: `[N, C, H, W]`
+/// - output: `[N, 1, H, W]`
+pub fn spatial_attention_eval(
+    x: &Tensor<4>,
+    first: (&Conv2d, &BatchNorm),
+    second: (&Conv2d, &BatchNorm),
+    last: &Conv2d,
+) -> Option<Tensor<4>> {
+    #[cfg(feature = "flex")]
+    if fused_cpu_plain(x) {
+        return spatial_op::forward(x, first, second, last);
+    }
+    let _ = (x, first, second, last);
     None
 }
 

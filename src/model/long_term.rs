@@ -57,12 +57,18 @@ impl SpatialAttentionConfig {
 }
 
 impl SpatialAttention {
-    /// The attention map, in (0, 1).
+    /// The attention map, in (0, 1). For inference on the CPU the whole stack is one pass
+    /// per frame with the BatchNorms folded in ([`kernels::spatial_attention_eval`]).
     ///
     /// # Shapes
     /// - x: `[N, 1, H, W]`
     /// - output: `[N, 1, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let fused =
+            kernels::spatial_attention_eval(&x, (&self.conv1, &self.bn1), (&self.conv2, &self.bn2), &self.conv3);
+        if let Some(a) = fused {
+            return a;
+        }
         let x = bn_relu(&self.bn1, conv(&self.conv1, x));
         let x = bn_relu(&self.bn2, conv(&self.conv2, x));
         sigmoid(conv(&self.conv3, x))
@@ -397,6 +403,50 @@ mod tests {
     use super::*;
     use burn::module::Module;
     use burn::tensor::{Distribution, TensorData};
+
+    #[test]
+    fn the_fused_inference_stack_equals_the_stack_op_by_op() {
+        // Inference runs the spatial stack as one kernel with the BatchNorms folded in; the
+        // op-by-op stack (fused convs, eval BatchNorm + ReLU, sigmoid) is the reference.
+        // Non-trivial running statistics and biases; 64×64 and odd-sized frames.
+        let dev = Device::flex();
+        dev.seed(12);
+        let mut sp = SpatialAttentionConfig::new().init(&dev);
+        for bn in [&mut sp.bn1, &mut sp.bn2] {
+            let c = bn.gamma.dims()[0];
+            let u = |lo, hi| Tensor::<1>::random([c], Distribution::Uniform(lo, hi), &dev);
+            bn.running_mean = burn::module::RunningState::new(u(-0.5, 0.5));
+            bn.running_var = burn::module::RunningState::new(u(0.5, 2.0));
+            bn.gamma = burn::module::Param::from_tensor(u(0.5, 1.5));
+            bn.beta = burn::module::Param::from_tensor(u(-0.2, 0.2));
+        }
+        let sp = sp.valid();
+        for shape in [[5, 1, 64, 64], [3, 1, 9, 7]] {
+            let x = Tensor::<4>::random(shape, Distribution::Uniform(0.0, 1.0), &dev);
+            let fused = kernels::spatial_attention_eval(&x, (&sp.conv1, &sp.bn1), (&sp.conv2, &sp.bn2), &sp.conv3)
+                .expect("the plain flex device runs the fused stack");
+            let want = sigmoid(conv(
+                &sp.conv3,
+                bn_relu(&sp.bn2, conv(&sp.conv2, bn_relu(&sp.bn1, conv(&sp.conv1, x.clone())))),
+            ));
+            assert_eq!(fused.dims(), want.dims());
+            let (f, w) = (
+                fused.into_data().try_to_vec::<f32>().unwrap(),
+                want.into_data().try_to_vec::<f32>().unwrap(),
+            );
+            let diff = f.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 2e-6, "{shape:?}: {diff}");
+            // Not a constant map: the attention varies over the frame.
+            let (lo, hi) = w.iter().fold((1.0f32, 0.0f32), |(l, h), &v| (l.min(v), h.max(v)));
+            assert!(hi - lo > 1e-3, "{shape:?}: {lo}..{hi}");
+            // `forward` takes the fused path.
+            let y = sp.forward(x).into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(y, f, "{shape:?}");
+        }
+        // An autodiff device declines (training keeps the op-by-op stack with its backward).
+        let ad = Tensor::<4>::zeros([1, 1, 8, 8], &dev.clone().autodiff());
+        assert!(kernels::spatial_attention_eval(&ad, (&sp.conv1, &sp.bn1), (&sp.conv2, &sp.bn2), &sp.conv3).is_none());
+    }
 
     #[test]
     fn the_input_layer_run_in_pieces_equals_it_run_whole() {

@@ -11,6 +11,7 @@
 //! - [`conv`]: a same-padded k×k conv of many frames, forward and backward;
 //! - [`convlstm`], [`convlstm_backward`]: a ConvLSTM layer, forward and backward through time;
 //! - [`batchnorm`]: training-mode BatchNorm2d (+ ReLU);
+//! - [`spatial`]: the spatial-attention stack for inference, BatchNorm folded, one pass per frame;
 //! - [`optim`]: clipping, AdamW and EMA arithmetic over parameter buffers.
 
 pub mod batchnorm;
@@ -21,6 +22,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod optim;
 pub mod simd;
+pub mod spatial;
 
 /// Helpers the kernels' tests share.
 #[cfg(test)]

@@ -23,8 +23,9 @@ fn exp_fast(x: f32) -> f32 {
     y * f32::from_bits(((ni + 127) << 23) as u32)
 }
 
+/// `1 / (1 + e^-x)` through [`exp_fast`] (absolute error < 3e-7; vectorises).
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
+pub(super) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp_fast(-x))
 }
 
