@@ -84,7 +84,7 @@ pub fn forward(x: &[f32], (height, width): (usize, usize), s: &SpatialStack) -> 
     let (c1, c2) = (&s.conv1, &s.conv2);
     let hw = height * width;
     assert!(
-        hw > 0 && x.len() % (c1.c * hw) == 0 && c2.c == c1.out && s.w3.len() == c2.out,
+        hw > 0 && x.len().is_multiple_of(c1.c * hw) && c2.c == c1.out && s.w3.len() == c2.out,
         "spatial stack sizes"
     );
     let frames = x.len() / (c1.c * hw);
