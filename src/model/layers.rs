@@ -148,8 +148,9 @@ pub fn downsample_mask(mask: Tensor<2, Bool>, stride: usize) -> Tensor<2, Bool> 
         .reshape([b, t / stride])
 }
 
-/// A dense (ungrouped), stride-1, same-padded Conv1d as im2col plus one batched matmul;
-/// anything else goes to burn's conv. The embedding (4096 → 512, k = 3) and the head convs
+/// A dense (ungrouped), stride-1, same-padded Conv1d as im2col plus one batched matmul; a
+/// depthwise same-padded one (any stride dividing T) as k shifted multiply-adds
+/// ([`depthwise`]); anything else goes to burn's conv. The embedding (4096 → 512, k = 3) and the head convs
 /// are such convs: on flex the matmul form is as fast forward and ~2× faster backward than
 /// burn's conv (whose weight gradient is a slow loop), and it is one GEMM on any back-end.
 /// The transformer's pointwise (k = 1) convs use it too: burn's conv hands back their weight
@@ -166,6 +167,9 @@ pub fn conv1d_dense(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     let same = matches!(conv.padding, PaddingConfig1d::Explicit(l, r) if l == p && r == p)
         || matches!(conv.padding, PaddingConfig1d::Same)
         || (k == 1 && matches!(conv.padding, PaddingConfig1d::Valid));
+    if conv.groups == cx && c == 1 && o == cx && conv.dilation == 1 && k % 2 == 1 && same && t % conv.stride == 0 {
+        return depthwise(conv, x);
+    }
     if conv.groups != 1 || conv.stride != 1 || conv.dilation != 1 || cx != c || k % 2 == 0 || !same {
         return conv.forward(x);
     }
@@ -186,6 +190,40 @@ pub fn conv1d_dense(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     }
 }
 
+/// A depthwise conv (groups = channels, one filter per channel), same-padded, with a stride
+/// dividing T: `Σ_j w[c, j] · x[c, t + j − k/2]` as k shifted multiply-adds, then every
+/// stride-th step. burn's grouped conv ran each channel's tiny product on its own (its
+/// backward was ~2 % of a training step on one thread); these are k element-wise passes.
+///
+/// # Shapes
+/// - x: `[B, C, T]`, conv weight `[C, 1, k]`
+/// - output: `[B, C, T / stride]`
+fn depthwise(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
+    let [ch, _, k] = conv.weight.dims();
+    let [b, _, t] = x.dims();
+    let p = k / 2;
+    let dev = x.device();
+    let xp = if p > 0 {
+        let z = Tensor::<3>::zeros([b, ch, p], &dev);
+        Tensor::cat(vec![z.clone(), x, z], 2) // [B, C, T + 2p]
+    } else {
+        x
+    };
+    let w = conv.weight.val().reshape([1, ch, k]); // [1, C, k]
+    let mut y = xp.clone().narrow(2, 0, t) * w.clone().narrow(2, 0, 1);
+    for j in 1..k {
+        y = y + xp.clone().narrow(2, j, t) * w.clone().narrow(2, j, 1);
+    }
+    let s = conv.stride;
+    if s > 1 {
+        y = y.reshape([b, ch, t / s, s]).narrow(3, 0, 1).reshape([b, ch, t / s]); // [B, C, T / s]
+    }
+    match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, ch, 1]),
+        None => y,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,14 +233,23 @@ mod tests {
     fn dense_conv1d_matches_burns_conv_forward_and_backward() {
         let dev = Device::flex().autodiff();
         dev.seed(3);
-        for (cin, cout, k, pad) in [
-            (5, 4, 3, PaddingConfig1d::Explicit(1, 1)),
-            (3, 2, 1, PaddingConfig1d::Valid),
-            (2, 3, 5, PaddingConfig1d::Same),
+        // (in, out, k, padding, groups, stride): dense convs, then depthwise ones (MHCA's
+        // query/key/value convs, stride 1 and 2) that take the shifted multiply-add path.
+        for (cin, cout, k, pad, groups, stride) in [
+            (5, 4, 3, PaddingConfig1d::Explicit(1, 1), 1, 1),
+            (3, 2, 1, PaddingConfig1d::Valid, 1, 1),
+            (2, 3, 5, PaddingConfig1d::Same, 1, 1),
+            (4, 4, 3, PaddingConfig1d::Explicit(1, 1), 4, 1),
+            (4, 4, 3, PaddingConfig1d::Explicit(1, 1), 4, 2),
+            (3, 3, 5, PaddingConfig1d::Explicit(2, 2), 3, 2),
         ] {
-            let conv = Conv1dConfig::new(cin, cout, k).with_padding(pad).init(&dev);
-            let x = Tensor::<3>::random([2, cin, 9], Distribution::Uniform(-1.0, 1.0), &dev);
-            let r = Tensor::<3>::random([2, cout, 9], Distribution::Uniform(-1.0, 1.0), &dev);
+            let conv = Conv1dConfig::new(cin, cout, k)
+                .with_padding(pad)
+                .with_groups(groups)
+                .with_stride(stride)
+                .init(&dev);
+            let x = Tensor::<3>::random([2, cin, 10], Distribution::Uniform(-1.0, 1.0), &dev);
+            let r = Tensor::<3>::random([2, cout, 10 / stride], Distribution::Uniform(-1.0, 1.0), &dev);
             let run = |dense: bool| {
                 let x = x.clone().detach().require_grad();
                 let y = if dense {
