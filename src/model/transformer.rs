@@ -10,13 +10,13 @@ use burn::config::Config;
 use burn::module::{Flag, Module, Param};
 use burn::nn::conv::Conv1d;
 use burn::nn::{Dropout, DropoutConfig, Initializer};
-use burn::tensor::activation::gelu;
 use burn::tensor::module::max_pool1d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Bool, Device, Distribution, Tensor};
 
 use super::attention::{Mhca, MhcaConfig, pointwise};
 use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, conv1d_dense};
+use crate::kernels;
 
 /// Configuration of [`AffineDropPath`].
 #[derive(Config, Debug)]
@@ -162,9 +162,10 @@ impl TransformerBlock {
             x
         };
         let out = skip * m.clone() + drop_path(&self.drop_path_attn, out);
-        let h = self
-            .mlp_drop
-            .forward(gelu(conv1d_dense(&self.mlp_fc1, self.ln2.forward(out.clone()))));
+        let h = self.mlp_drop.forward(kernels::gelu(conv1d_dense(
+            &self.mlp_fc1,
+            self.ln2.forward(out.clone()),
+        )));
         let h = self.mlp_drop.forward(conv1d_dense(&self.mlp_fc2, h));
         let out = out + drop_path(&self.drop_path_mlp, h * m);
         (out, out_mask)

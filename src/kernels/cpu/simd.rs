@@ -36,6 +36,35 @@ fn tanh(x: f32) -> f32 {
     ((1.0 - e) / (1.0 + e)).copysign(x)
 }
 
+/// `erf` to a few ulp that vectorises (the standard library has none; libm's is scalar):
+/// the rational approximation of Eigen and XLA on [-4, 4], beyond which erf is ±1 in `f32`.
+#[inline(always)]
+fn erf_fast(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = ((((((-2.726_142_3e-10 * x2 + 2.770_681_4e-8) * x2 - 2.101_024e-6) * x2 - 5.692_506_4e-5) * x2
+        - 7.349_906_3e-4)
+        * x2
+        - 2.954_6e-3)
+        * x2
+        - 1.609_603_3e-2)
+        * x;
+    let q = (((-1.456_607_2e-5 * x2 - 2.133_740_6e-4) * x2 - 1.682_827e-3) * x2 - 7.373_329e-3) * x2 - 1.426_474e-2;
+    p / q
+}
+
+/// GELU, `x/2 · (1 + erf(x/√2))` (burn's and PyTorch's exact form), in place.
+macro_rules! gelu_kernel {
+    ($($attr:meta)?; $($unsafety:ident)?) => {
+        $(#[$attr])?
+        pub $($unsafety)? fn gelu_in_place(v: &mut [f32]) {
+            for x in v.iter_mut() {
+                *x = 0.5 * *x * (1.0 + erf_fast(*x * std::f32::consts::FRAC_1_SQRT_2));
+            }
+        }
+    };
+}
+
 /// Call `$f` compiled for AVX2 + FMA when the CPU has them (8 lanes instead of SSE2's 4 for
 /// the gate arithmetic, which is most of the recurrence's non-GEMM time), else the portable
 /// build of the same body.
@@ -134,15 +163,17 @@ macro_rules! gate_kernels {
 }
 
 mod portable {
-    use super::{sigmoid, tanh};
+    use super::{erf_fast, sigmoid, tanh};
     gate_forward_kernel!(;);
     gate_kernels!(;);
+    gelu_kernel!(;);
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::tanh;
+    use super::{erf_fast, tanh};
     gate_kernels!(target_feature(enable = "avx2,fma"); unsafe);
+    gelu_kernel!(target_feature(enable = "avx2,fma"); unsafe);
     pub use super::avx2_forward::gates_forward;
 }
 
@@ -288,10 +319,53 @@ pub fn gates_backward(
     simd_dispatch!(gates_backward(g, c, c_prev, dout, dh_next, dc_next, dpre))
 }
 
+/// GELU in place (see the portable `gelu_in_place`), with AVX2 + FMA when the CPU has them.
+#[inline]
+pub fn gelu_in_place(v: &mut [f32]) {
+    simd_dispatch!(gelu_in_place(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::cpu::testing::values;
+
+    /// erf by its Taylor series in f64 (|x| ≤ 4: the terms peak near 1e5, so ~1e-11
+    /// absolute); ±1 beyond (1 − erf(4) ≈ 1.5e-8).
+    fn erf_series(x: f64) -> f64 {
+        if x.abs() > 4.0 {
+            return x.signum();
+        }
+        let (mut term, mut sum) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn fast_erf_and_gelu_are_accurate() {
+        let mut worst = 0.0f64;
+        for i in -5000..=5000 {
+            let x = i as f32 * 0.001 * 5.0; // [-25, 25]
+            let want = erf_series(x as f64);
+            worst = worst.max((erf_fast(x) as f64 - want).abs());
+        }
+        assert!(worst < 4e-7, "erf absolute error {worst}");
+        let xs: Vec<f32> = (-3000..=3000).map(|i| i as f32 * 0.004).collect();
+        let (mut a, mut b) = (xs.clone(), xs.clone());
+        gelu_in_place(&mut a);
+        portable::gelu_in_place(&mut b);
+        for ((x, g), p) in xs.iter().zip(&a).zip(&b) {
+            let want = 0.5 * *x as f64 * (1.0 + erf_series(*x as f64 / 2f64.sqrt()));
+            assert!(
+                (*g as f64 - want).abs() < 3e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {g}, want {want}"
+            );
+            assert!((g - p).abs() <= 1e-6 * (1.0 + p.abs()), "AVX2 against portable at {x}");
+        }
+    }
 
     #[test]
     fn fast_exp_sigmoid_and_tanh_are_accurate() {
