@@ -69,6 +69,7 @@ pub(super) fn into_flex<const D: usize>(t: Tensor<D>, order: Order) -> Result<Fl
     Ok(if usable { p } else { p.to_contiguous() })
 }
 
+/// A flex primitive back as a tensor (of the plain flex device).
 pub(super) fn from_flex<const D: usize>(p: FlexTensor) -> Tensor<D> {
     Tensor::from_primitive::<Flex>(p)
 }

@@ -116,9 +116,10 @@ pub fn spatial_attention_eval(
 }
 
 /// GELU (`x/2 · (1 + erf(x/√2))`): on the plain fused CPU back-end (inference) one
-/// vectorised pass in place ([`cpu::simd::gelu_in_place`]; burn's calls a scalar `erf`
-/// per value, ~9 ms of an inference at T = 128), burn's `gelu` elsewhere (training keeps
-/// burn's, which has the backward). The same values to a few ulp of `erf`.
+/// vectorised pass in place ([`cpu::simd::gelu_in_place`]; burn's runs several tensor
+/// passes around a scalar `erf`: ~2–3 ms of an inference at T = 128), burn's `gelu`
+/// elsewhere (training keeps burn's, which has the backward). The same values to a few ulp
+/// of `erf`.
 ///
 /// # Shapes
 /// - x: any; output: as x
