@@ -15,12 +15,14 @@ pub enum DeviceChoice {
     Ndarray,
     /// A GPU through wgpu (Vulkan, Metal or DX12).
     Wgpu,
+    /// An NVIDIA GPU through CUDA, by its index (`cuda` is `cuda:0`).
+    Cuda(usize),
 }
 
 /// The requested back-end was not compiled into this binary, or is unknown.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("unknown device '{0}': expected one of cpu, ndarray, wgpu")]
+    #[error("unknown device '{0}': expected one of cpu, ndarray, wgpu, cuda, cuda:N")]
     Unknown(String),
     #[error(
         "device '{0}' is not available: this xca binary was built without the cargo feature '{1}' \
@@ -36,18 +38,23 @@ impl FromStr for DeviceChoice {
             "cpu" | "flex" => Ok(Self::Cpu),
             "ndarray" => Ok(Self::Ndarray),
             "wgpu" | "gpu" => Ok(Self::Wgpu),
-            other => Err(DeviceError::Unknown(other.to_string())),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(Self::Cuda(i)),
+                _ => Err(DeviceError::Unknown(other.to_string())),
+            },
         }
     }
 }
 
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Cpu => "cpu",
-            Self::Ndarray => "ndarray",
-            Self::Wgpu => "wgpu",
-        })
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Ndarray => f.write_str("ndarray"),
+            Self::Wgpu => f.write_str("wgpu"),
+            Self::Cuda(i) => write!(f, "cuda:{i}"),
+        }
     }
 }
 
@@ -68,6 +75,10 @@ impl DeviceChoice {
             Self::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
             #[cfg(not(feature = "wgpu"))]
             Self::Wgpu => Err(DeviceError::NotCompiled(self, "wgpu")),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(i) => Ok(Device::cuda(i)),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => Err(DeviceError::NotCompiled(self, "cuda")),
         }
     }
 }
@@ -81,8 +92,20 @@ mod tests {
         assert_eq!("CPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
         assert_eq!("ndarray".parse::<DeviceChoice>().unwrap(), DeviceChoice::Ndarray);
         assert_eq!("wgpu".parse::<DeviceChoice>().unwrap(), DeviceChoice::Wgpu);
-        let err = "cuda".parse::<DeviceChoice>().unwrap_err().to_string();
-        assert!(err.contains("'cuda'"), "{err}");
+        assert_eq!("cuda".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(0));
+        assert_eq!("CUDA:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
+        assert_eq!(DeviceChoice::Cuda(2).to_string(), "cuda:2");
+        for bad in ["tpu", "cuda:", "cuda:x", "cuda:-1"] {
+            let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
+            assert!(err.contains(&format!("'{bad}'")) && err.contains("cuda:N"), "{err}");
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn missing_cuda_feature_names_the_feature() {
+        let err = DeviceChoice::Cuda(0).device().unwrap_err().to_string();
+        assert!(err.contains("'cuda:0'") && err.contains("--features cuda"), "{err}");
     }
 
     #[cfg(not(feature = "wgpu"))]

@@ -1412,3 +1412,36 @@ fn bounded_reads_sizes_and_names_are_refused_with_one_line_errors() {
     assert_eq!(code, Some(2));
     assert!(err.contains("--json and --detections are both"), "{err}");
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn a_gpu_back_end_this_binary_lacks_is_refused_naming_its_feature() {
+    let args = |device: &str| -> Vec<std::ffi::OsString> {
+        [
+            "bench",
+            "configs/vessel_demo.yaml",
+            "--iters",
+            "1",
+            "--long-t",
+            "0",
+            "--device",
+            device,
+        ]
+        .iter()
+        .map(Into::into)
+        .collect()
+    };
+    let run = |device: &str| {
+        let a = args(device);
+        xca_run(&a.iter().map(|s| s.as_os_str()).collect::<Vec<_>>())
+    };
+    let (code, err) = run("cuda:1");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("xca: error: device 'cuda:1' is not available") && err.contains("--features cuda"),
+        "{err}"
+    );
+    let (code, err) = run("cuda:x");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown device 'cuda:x'"), "{err}");
+}

@@ -21,7 +21,7 @@ pub struct Args {
     /// YAML config whose model and batch shape to time.
     #[arg(default_value = "configs/vessel.yaml")]
     pub config: PathBuf,
-    /// cpu (flex), ndarray or wgpu.
+    /// cpu (flex), ndarray, wgpu, or cuda / cuda:N (the GPU back-ends need their cargo features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Timed iterations of each piece (after the warm-up).
@@ -257,5 +257,6 @@ fn device_words(d: DeviceChoice) -> &'static str {
         DeviceChoice::Cpu => "burn flex, CPU",
         DeviceChoice::Ndarray => "burn ndarray, CPU",
         DeviceChoice::Wgpu => "burn wgpu, GPU",
+        DeviceChoice::Cuda(_) => "burn cuda, GPU",
     }
 }

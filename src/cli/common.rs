@@ -18,7 +18,7 @@ use super::InputError;
 /// The options of the commands that run a trained model (eval, select, predict).
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferArgs {
-    /// cpu (flex), ndarray or wgpu.
+    /// cpu (flex), ndarray, wgpu, or cuda / cuda:N (the GPU back-ends need their cargo features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Seed of the inference-time random-patch centres (default: init_rand_seed).

@@ -18,7 +18,7 @@ pub struct Args {
     /// Run name (the run folder is ckpt/<config stem>_<NAME>; replaced if it exists).
     #[arg(long, default_value = "demo", value_parser = super::common::run_name)]
     pub output: String,
-    /// cpu (flex), ndarray or wgpu.
+    /// cpu (flex), ndarray, wgpu, or cuda / cuda:N (the GPU back-ends need their cargo features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// No progress bars.

@@ -28,7 +28,7 @@ pub struct Args {
     /// where Ctrl-C stopped it).
     #[arg(long)]
     pub resume: bool,
-    /// cpu (flex), ndarray or wgpu.
+    /// cpu (flex), ndarray, wgpu, or cuda / cuda:N (the GPU back-ends need their cargo features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// Seed of every RNG (default: the config's init_rand_seed).
