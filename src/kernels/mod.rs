@@ -24,6 +24,8 @@ mod convlstm_op;
 #[cfg(feature = "flex")]
 mod flex_io;
 #[cfg(feature = "flex")]
+mod gelu_op;
+#[cfg(feature = "flex")]
 mod matmul_op;
 #[cfg(feature = "flex")]
 mod optim_op;
@@ -115,11 +117,11 @@ pub fn spatial_attention_eval(
     None
 }
 
-/// GELU (`x/2 · (1 + erf(x/√2))`): on the plain fused CPU back-end (inference) one
-/// vectorised pass in place ([`cpu::simd::gelu_in_place`]; burn's runs several tensor
-/// passes around a scalar `erf`: ~2–3 ms of an inference at T = 128), burn's `gelu`
-/// elsewhere (training keeps burn's, which has the backward). The same values to a few ulp
-/// of `erf`.
+/// GELU (`x/2 · (1 + erf(x/√2))`): on the fused CPU back-end one vectorised pass
+/// ([`cpu::simd::gelu_in_place`]; in place for inference, with a hand-written one-pass
+/// backward in training), burn's `gelu` elsewhere. burn's runs several tensor passes around
+/// a scalar `erf` (~2–3 ms of an inference at T = 128, ~5 % of a training step with its
+/// backward). The same values to a few ulp of `erf`.
 ///
 /// # Shapes
 /// - x: any; output: as x
@@ -130,6 +132,7 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
             cpu::simd::gelu_in_place(p.storage_mut::<f32>());
             return flex_io::from_flex(p);
         }
+        Err(x) if fused_cpu(&x.device()) && x.dtype() == burn::tensor::DType::F32 => return gelu_op::gelu(x),
         Err(x) => x,
     };
     burn::tensor::activation::gelu(x)
