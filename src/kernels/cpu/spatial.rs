@@ -65,6 +65,40 @@ impl FoldedConv {
     }
 }
 
+impl FoldedConv {
+    /// The conv plus bias of the output pixels `px` (whole image rows) of `img` `[c, H, W]`:
+    /// output channel o goes to `dst[o · dst_rs..][..px.len()]`; `col` is scratch of at
+    /// least `c·k² · px.len()` values.
+    fn band(
+        &self,
+        img: &[f32],
+        (height, width): (usize, usize),
+        px: std::ops::Range<usize>,
+        col: &mut [f32],
+        dst: &mut [f32],
+        dst_rs: usize,
+    ) {
+        let (rows, len) = (self.c * self.k * self.k, px.len());
+        let col = &mut col[..rows * len];
+        im2col_rows(
+            img,
+            col,
+            self.c,
+            (height, width),
+            self.k,
+            px.start / width..px.end / width,
+        );
+        for (o, b) in self.bias.iter().enumerate() {
+            dst[o * dst_rs..][..len].fill(*b);
+        }
+        let (wv, cv) = (
+            View::row_major(&self.w, self.out, rows),
+            View::row_major(col, rows, len),
+        );
+        matmul_view(dst, dst_rs, wv, cv, true);
+    }
+}
+
 /// The stack's weights: two folded convs, then a 1×1 conv to one channel (`w3` `[c2]`,
 /// `b3`).
 #[derive(Debug, Clone, PartialEq)]
@@ -104,40 +138,14 @@ pub fn forward(x: &[f32], (height, width): (usize, usize), s: &SpatialStack) -> 
             // First conv + ReLU, band by band into the whole first map.
             for start in (0..hw).step_by(band) {
                 let len = band.min(hw - start);
-                let col = &mut col[..rows1 * len];
-                im2col_rows(
-                    xf,
-                    col,
-                    c1.c,
-                    (height, width),
-                    c1.k,
-                    start / width..(start + len) / width,
-                );
-                for (o, b) in c1.bias.iter().enumerate() {
-                    m1[o * hw + start..][..len].fill(*b);
-                }
-                let (wv, cv) = (View::row_major(&c1.w, c1.out, rows1), View::row_major(col, rows1, len));
-                matmul_view(&mut m1[start..], hw, wv, cv, true);
+                c1.band(xf, (height, width), start..start + len, col, &mut m1[start..], hw);
             }
             m1.iter_mut().for_each(|v| *v = v.max(0.0));
             // Second conv + ReLU, the 1×1 conv and the sigmoid, band by band.
             for start in (0..hw).step_by(band) {
                 let len = band.min(hw - start);
-                let col = &mut col[..rows2 * len];
-                im2col_rows(
-                    m1,
-                    col,
-                    c2.c,
-                    (height, width),
-                    c2.k,
-                    start / width..(start + len) / width,
-                );
                 let m2 = &mut m2[..c2.out * len];
-                for (plane, b) in m2.chunks_mut(len).zip(&c2.bias) {
-                    plane.fill(*b);
-                }
-                let (wv, cv) = (View::row_major(&c2.w, c2.out, rows2), View::row_major(col, rows2, len));
-                matmul_view(m2, len, wv, cv, true);
+                c2.band(m1, (height, width), start..start + len, col, m2, len);
                 let z = &mut out[start..start + len];
                 z.fill(s.b3);
                 for (plane, &w) in m2.chunks(len).zip(&s.w3) {
