@@ -10,10 +10,15 @@
 //!   and of autodiff over it, with the backward node that calls the kernels' backward;
 //! - this file: the one switch, [`fused_cpu`], and the API the model and training code call.
 //!
-//! A GPU kernel of the same ops would sit beside `cpu/` and take its own branch of the
-//! switch.
+//! The GPU kernels sit beside them: [`cube`] (CubeCL, for burn's `CubeBackend`: CUDA and
+//! wgpu builds only) with their glue `*_cube_op`, and their own switch, [`fused_cube`].
 
 pub mod cpu;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod convlstm_cube_op;
 
 #[cfg(feature = "flex")]
 mod batchnorm_op;
@@ -42,6 +47,22 @@ pub fn fused_cpu(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     return device.clone().without_autodiff() == Device::flex();
     #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
+}
+
+/// The GPU switch: whether the CubeCL kernels run for tensors on `device`, a device of
+/// burn's CubeCL back-end (CUDA or wgpu) with or without autodiff. Always false in a build
+/// without `wgpu` or `cuda`.
+pub fn fused_cube(device: &Device) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    return matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn::backend::DispatchDevice::Cube(_)
+    );
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
     {
         let _ = device;
         false
@@ -194,6 +215,14 @@ pub fn convlstm(x: &Tensor<5>, layers: impl IntoIterator<Item = LstmWeights>) ->
         }
         return Some(seq);
     }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if fused_cube(&x.device()) {
+        let mut seq = x.clone(); // [B, T, C, H, W]
+        for w in layers {
+            seq = convlstm_cube_op::layer(seq, w); // [B, T, h, H, W]
+        }
+        return Some(seq);
+    }
     let _ = (x, layers);
     None
 }
@@ -220,6 +249,20 @@ pub fn convlstm_from(
         for (w, state) in layers {
             let hidden = w.wh.dims()[1];
             let (h, c_last) = convlstm_op::layer_from(seq, w.wx, w.bias, w.wh, state);
+            let h_last = h.clone().narrow(1, t - 1, 1).reshape([b, hidden, hgt, wid]); // [B, h, H, W]
+            states.push((h_last, c_last));
+            seq = h; // [B, T, h, H, W]
+        }
+        return Some((seq, states));
+    }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if fused_cube(&x.device()) && !x.is_autodiff() && x.dims()[1] > 0 {
+        let [b, t, _, hgt, wid] = x.dims();
+        let mut seq = x.clone(); // [B, T, C, H, W]
+        let mut states = Vec::new();
+        for (w, state) in layers {
+            let hidden = w.wh.dims()[1];
+            let (h, c_last) = convlstm_cube_op::layer_from(seq, w, state);
             let h_last = h.clone().narrow(1, t - 1, 1).reshape([b, hidden, hgt, wid]); // [B, h, H, W]
             states.push((h_last, c_last));
             seq = h; // [B, T, h, H, W]

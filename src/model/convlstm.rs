@@ -317,13 +317,19 @@ mod tests {
         a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
     }
 
-    #[test]
-    fn fused_layers_match_the_tensor_op_path_forward_and_backward() {
-        let dev = Device::flex().autodiff();
+    /// The fused layers (hidden `dims`, frames `[b, t, c, hgt, wid]`) against the tensor-op
+    /// path on `dev` (plain; autodiff is added here): the hidden states, the gradient of the
+    /// input and of every weight and bias, and the plain device's forward.
+    fn check_fused_matches(dev: &Device, dims: Vec<usize>, [b, t, c, hgt, wid]: [usize; 5]) {
+        let dev = dev.clone().autodiff();
         dev.seed(11);
-        let mut lstm = ConvLstmConfig::new().with_hidden_dims(vec![3, 2, 1]).init(&dev);
-        let x = Tensor::<5>::random([2, 5, 1, 6, 7], Distribution::Uniform(0.0, 1.0), &dev);
-        let r = Tensor::<5>::random([2, 5, 1, 6, 7], Distribution::Uniform(-1.0, 1.0), &dev);
+        let mut lstm = ConvLstmConfig::new()
+            .with_input_dim(c)
+            .with_hidden_dims(dims)
+            .init(&dev);
+        let h_last = *lstm.cells.last().map(|c| &c.hidden).unwrap();
+        let x = Tensor::<5>::random([b, t, c, hgt, wid], Distribution::Uniform(0.0, 1.0), &dev);
+        let r = Tensor::<5>::random([b, t, h_last, hgt, wid], Distribution::Uniform(-1.0, 1.0), &dev);
         let run = |lstm: &ConvLstm| {
             let x = x.clone().detach().require_grad();
             let h = lstm.forward(x.clone());
@@ -363,13 +369,39 @@ mod tests {
     }
 
     #[test]
+    fn fused_layers_match_the_tensor_op_path_forward_and_backward() {
+        check_fused_matches(&Device::flex(), vec![3, 2, 1], [2, 5, 1, 6, 7]);
+    }
+
+    /// The CubeCL layers (`kernels::cube::convlstm`) on wgpu (a software Vulkan driver
+    /// where there is no GPU): two input channels, three layers, and a layer whose state
+    /// (8 × 12 × 13) outnumbers a cube's units, so each unit owns several items.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_layers_match_the_tensor_op_path_forward_and_backward() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        check_fused_matches(&dev, vec![3, 2, 1], [2, 5, 2, 6, 7]);
+        check_fused_matches(&dev, vec![8], [1, 4, 1, 12, 13]);
+    }
+
+    #[test]
     fn a_sequence_run_in_pieces_from_the_carried_state_equals_it_run_whole() {
+        check_pieces(&Device::flex());
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_layers_run_in_pieces_equal_the_whole_run() {
+        check_pieces(&Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
+    }
+
+    fn check_pieces(dev: &Device) {
         // T = 7 as pieces of 3, 3 and 1 frames (not a multiple of the piece), B = 1 and 2,
-        // on the fused flex layers and on the tensor-op path (what ndarray and wgpu run):
-        // the hidden states equal the whole run's, and so does the state after the last
-        // frame (checked by continuing with one more frame). Breaking the carry (starting
-        // the second piece from zero) changes its outputs, which the last check shows.
-        let dev = Device::flex();
+        // on the fused layers (flex or CubeCL) and on the tensor-op path: the hidden states
+        // equal the whole run's, and so does the state after the last frame (checked by
+        // continuing with one more frame). Breaking the carry (starting the second piece
+        // from zero) changes its outputs, which the last check shows.
+        let dev = dev.clone();
         dev.seed(5);
         let mut lstm = ConvLstmConfig::new()
             .with_hidden_dims(vec![3, 2, 1])
@@ -429,5 +461,68 @@ mod tests {
             a.into_data().try_to_vec::<f32>().unwrap(),
             b.into_data().try_to_vec::<f32>().unwrap()
         );
+    }
+}
+
+/// Kernel launches of the ConvLSTM on a CubeCL back-end, counted by CubeCL's own launch
+/// hook (`cubecl::logging::LaunchObserver`, which sees every launch a client issues).
+#[cfg(all(test, feature = "wgpu"))]
+mod launch_count {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread::ThreadId;
+
+    use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
+    use cubecl::logging::{LaunchObservation, LaunchObserver};
+
+    use super::ConvLstmConfig;
+
+    /// Counts the launches issued from one thread (tests run in parallel in one process).
+    struct Launches {
+        thread: ThreadId,
+        n: AtomicUsize,
+    }
+
+    impl LaunchObserver for Launches {
+        fn launched(&self, _kernel: &'static str) {
+            if std::thread::current().id() == self.thread {
+                self.n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Launches of one forward + backward of the paper's stack (hidden 8, 8, 1; T = 128,
+    /// B = 2; small frames, as the count does not depend on their size), after one warm-up
+    /// pass so that autotuning is over.
+    fn launches(fused: bool) -> usize {
+        let dev = Device::wgpu(DeviceKind::DefaultDevice).autodiff();
+        dev.seed(3);
+        let lstm = ConvLstmConfig::new().with_fused(fused).init(&dev);
+        let x = Tensor::<5>::random([2, 128, 1, 8, 8], Distribution::Uniform(0.0, 1.0), &dev);
+        let pass = || {
+            let x = x.clone().detach().require_grad();
+            let grads = lstm.forward(x.clone()).sum().backward();
+            let g = x.grad(&grads).map(|g| g.sum().into_scalar());
+            assert!(g.is_some_and(f32::is_finite));
+        };
+        pass();
+        let count = Arc::new(Launches {
+            thread: std::thread::current().id(),
+            n: AtomicUsize::new(0),
+        });
+        let watch = LaunchObservation::new(count.clone());
+        pass();
+        drop(watch);
+        count.n.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn fused_layers_launch_under_100_kernels_per_layer_forward_and_backward() {
+        let (fused, ops) = (launches(true), launches(false));
+        println!("ConvLSTM launches per forward + backward (3 layers, T = 128): fused {fused}, tensor ops {ops}");
+        // Issue #16's target: ≤ 100 per layer, forward + backward (the count includes the
+        // test's own sum and read-back, a handful).
+        assert!(fused <= 3 * 100, "fused: {fused} launches");
+        assert!(ops > 10 * fused, "tensor ops {ops} vs fused {fused}");
     }
 }
