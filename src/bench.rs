@@ -56,10 +56,7 @@ pub fn synthetic_features(rows: usize, dim: usize, seed: u64) -> Features {
 }
 
 fn read_scalar(t: Tensor<1>) -> Result<f64, BenchError> {
-    t.into_data()
-        .iter::<f64>()
-        .next()
-        .ok_or_else(|| BenchError::Readback("an empty loss".into()))
+    crate::host::read_scalar(t).map_err(BenchError::Readback)
 }
 
 /// One full training iteration of the config (forward, losses, backward, clip, AdamW,
@@ -126,8 +123,28 @@ impl TrainStepBench {
         })
     }
 
+    /// Run the ConvLSTM as burn tensor ops (`false`) or fused where the back-end has them
+    /// (`true`, the default); see [`ConvLstmBench::fused`].
+    pub fn fused_convlstm(mut self, on: bool) -> Self {
+        if let Some(l) = self.learner.as_mut() {
+            for net in [&mut l.model, &mut l.ema] {
+                if let Some(lstm) = net.backbone.long_term.convlstm.as_mut() {
+                    lstm.fused = on;
+                }
+            }
+        }
+        self
+    }
+
     /// One iteration; returns the classification loss (the one host read).
     pub fn run(&mut self) -> Result<f64, BenchError> {
+        let cls = self.step()?;
+        read_scalar(cls)
+    }
+
+    /// One iteration without reading anything back: what [`count`] measures. Returns the
+    /// classification loss, still on the device.
+    pub fn step(&mut self) -> Result<Tensor<1>, BenchError> {
         let windows: Vec<Window<'_>> = self.feats.iter().map(Window::whole).collect();
         let batch = collate(&windows, self.setup.t_len, &self.device)?;
         let learner = self
@@ -137,7 +154,7 @@ impl TrainStepBench {
         // A small fixed rate: the numbers must stay finite over many timed steps.
         let (learner, losses) = learner.step(&self.setup, batch, &self.crops, self.use_con, 1e-5, &mut self.rng)?;
         self.learner = Some(learner);
-        read_scalar(losses.cls)
+        Ok(losses.cls)
     }
 }
 
@@ -161,6 +178,15 @@ impl InferBench {
             feats: synthetic_features(t, cfg.dataset.input_dim, seed + 100),
             device: device.clone(),
         })
+    }
+
+    /// Run the ConvLSTM as burn tensor ops (`false`) or fused where the back-end has them
+    /// (`true`, the default); see [`ConvLstmBench::fused`].
+    pub fn fused_convlstm(mut self, on: bool) -> Self {
+        if let Some(l) = self.model.backbone.long_term.convlstm.as_mut() {
+            l.fused = on;
+        }
+        self
     }
 
     /// One video; returns the number of detections.
@@ -193,12 +219,29 @@ impl ConvLstmBench {
             .init(&device);
         let side = cfg.image_side();
         let shape = [cfg.loader.batch_size, cfg.dataset.max_seq_len, 1, side, side];
-        let x = Tensor::<5>::random(shape, Distribution::Uniform(0.0, 1.0), &device).into_data();
+        let x = Tensor::<5>::random(shape, Distribution::Uniform(0.0, 1.0), &device);
+        let x = crate::host::read(x).map_err(BenchError::Readback)?;
         Ok(Self { lstm, x, device })
+    }
+
+    /// Run the layers as burn tensor ops (`false`, the path before the fused kernels) or
+    /// fused where the back-end has them (`true`, the default).
+    pub fn fused(mut self, on: bool) -> Self {
+        self.lstm.fused = on;
+        self
     }
 
     /// Forward, sum, backward; returns the sum (read back after the backward).
     pub fn run(&self) -> Result<f64, BenchError> {
+        let (loss, g) = self.pass()?;
+        // Reading one gradient value waits for the whole backward.
+        read_scalar(g)?;
+        read_scalar(loss)
+    }
+
+    /// Forward, sum, backward without reading anything back: what [`count`] measures.
+    /// Returns the sum and one value of the input's gradient, still on the device.
+    pub fn pass(&self) -> Result<(Tensor<1>, Tensor<1>), BenchError> {
         let x = Tensor::<5>::from_data(self.x.clone(), &self.device).require_grad();
         let h = self.lstm.forward(x.clone());
         let loss = h.sum();
@@ -206,9 +249,75 @@ impl ConvLstmBench {
         let g = x
             .grad(&grads)
             .ok_or_else(|| BenchError::Readback("no gradient for the input".into()))?;
-        // Reading one gradient value waits for the whole backward.
-        read_scalar(g.slice([0..1, 0..1, 0..1, 0..1, 0..1]).reshape([1]))?;
-        read_scalar(loss)
+        Ok((loss, g.slice([0..1, 0..1, 0..1, 0..1, 0..1]).reshape([1])))
+    }
+}
+
+/// What one run of a piece asks of the device: kernel launches and reads back to the host,
+/// the figures of merit of a launch- and sync-bound GPU run that need no GPU to measure.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Kernels launched, counted by CubeCL's `LaunchObserver` on burn's CubeCL back-ends
+    /// (wgpu, cuda); `None` on the CPU back-ends, which launch no kernels.
+    pub launches: Option<usize>,
+    /// Tensor reads back to the host ([`crate::host`]): each one a device → host
+    /// synchronisation on a GPU.
+    pub host_reads: usize,
+}
+
+/// Run `f` once on this thread and count what it asks of `device` (see [`Counts`]). Run it
+/// after a warm-up: the first run of a kernel on a GPU also autotunes, which launches more.
+pub fn count<T, E>(device: &Device, f: impl FnOnce() -> Result<T, E>) -> Result<(T, Counts), E> {
+    let reads = crate::host::reads();
+    let (out, launches) = if crate::kernels::fused_cube(device) {
+        let (out, n) = launch_count::on_this_thread(f);
+        (out?, Some(n))
+    } else {
+        (f()?, None)
+    };
+    let counts = Counts {
+        launches,
+        host_reads: crate::host::reads() - reads,
+    };
+    Ok((out, counts))
+}
+
+/// Kernel launches through CubeCL's process-wide launch observer, keeping those of the
+/// calling thread (other threads may launch meanwhile: tests run in parallel).
+mod launch_count {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::thread::ThreadId;
+
+        use cubecl::logging::{LaunchObservation, LaunchObserver};
+
+        struct OnThread {
+            thread: ThreadId,
+            n: AtomicUsize,
+        }
+        impl LaunchObserver for OnThread {
+            fn launched(&self, _kernel: &'static str) {
+                if std::thread::current().id() == self.thread {
+                    self.n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let counter = Arc::new(OnThread {
+            thread: std::thread::current().id(),
+            n: AtomicUsize::new(0),
+        });
+        let watch = LaunchObservation::new(counter.clone());
+        let out = f();
+        drop(watch);
+        (out, counter.n.load(Ordering::Relaxed))
+    }
+
+    /// Without a CubeCL back-end nothing launches kernels ([`super::count`] does not call it).
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        (f(), 0)
     }
 }
 
@@ -332,6 +441,81 @@ fn vm_hwm_kb() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every component on (ConvLSTM, spatial attention, self-attention, contrastive), small.
+    fn tiny_config() -> Config {
+        let yaml = "dataset: {input_dim: 256, max_seq_len: 32}\n\
+             model: {backbone_arch: [2, 1, 2], regression_range: [[0, 4], [4, 8], [8, 10000]], \
+             embd_dim: 16, fpn_dim: 16, head_dim: 16, n_head: 2, SpAtten: True, TeAtten: True, \
+             SelfAtten: True, pretrain: True, random_patch: True}\n\
+             loader: {batch_size: 2}\n";
+        Config::from_yaml_str(yaml, std::path::Path::new("tiny.yaml"))
+            .expect("valid tiny config")
+            .config
+    }
+
+    /// What one warm run of each piece asks of `device`.
+    fn counts_on(device: &Device) -> [Counts; 3] {
+        let cfg = tiny_config();
+        let mut train = TrainStepBench::new(&cfg, device, 1).expect("train bench");
+        train.run().expect("warm-up");
+        let (_, train_n) = count(device, || train.step()).expect("step");
+        let infer = InferBench::new(&cfg, device, 64, 1).expect("infer bench");
+        infer.run().expect("warm-up");
+        let (_, infer_n) = count(device, || infer.run()).expect("infer");
+        let lstm = ConvLstmBench::new(&cfg, device, 1).expect("lstm bench");
+        lstm.run().expect("warm-up");
+        let (_, lstm_n) = count(device, || lstm.pass()).expect("lstm");
+        [train_n, infer_n, lstm_n]
+    }
+
+    #[test]
+    fn reads_of_a_training_step_and_of_inference_are_counted() {
+        let [train, infer, lstm] = counts_on(&Device::flex());
+        // The CPU back-end launches no kernels.
+        assert_eq!([train.launches, infer.launches, lstm.launches], [None; 3]);
+        // One read: the clipping scale, which flex reads to scale the gradients in place (a
+        // memory copy on the CPU; on the GPU back-ends it stays on the device, 0 reads).
+        assert_eq!(train.host_reads, 1, "a training step reads only the clip scale on flex");
+        assert_eq!(lstm.host_reads, 0);
+        // Inference reads the head outputs once; on flex the spatial stack's weights are
+        // also read (a memory copy there) to fold BatchNorm into the convs.
+        assert!(infer.host_reads >= 1, "{infer:?}");
+        // A read inside a counted run is counted.
+        let dev = Device::flex();
+        let (_, n) = count(&dev, || read_scalar(Tensor::<1>::ones([3], &dev).sum())).unwrap();
+        assert_eq!(
+            n,
+            Counts {
+                launches: None,
+                host_reads: 1
+            }
+        );
+    }
+
+    /// On wgpu (lavapipe where there is no GPU): launches are counted, a training step reads
+    /// nothing back, inference reads the head outputs once, the fused ConvLSTM launches a
+    /// handful of kernels.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn on_wgpu_launches_are_counted_and_a_step_reads_nothing() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        let [train, infer, lstm] = counts_on(&dev);
+        println!("tiny config on wgpu: train step {train:?}, inference T = 64 {infer:?}, ConvLSTM {lstm:?}");
+        assert_eq!(train.host_reads, 0);
+        assert_eq!(infer.host_reads, 1);
+        assert_eq!(lstm.host_reads, 0);
+        let launches = |c: Counts| c.launches.expect("launches counted on wgpu");
+        assert!(
+            launches(train) > launches(lstm) && launches(lstm) > 0,
+            "{train:?} {lstm:?}"
+        );
+        // 3 layers fused: one input conv (a few launches), one recurrence each way, the
+        // weight gradients; far from the tensor-op path's thousands.
+        assert!(launches(lstm) <= 3 * 100, "{lstm:?}");
+        let name = crate::kernels::cube_device_name(&dev);
+        assert!(name.as_deref().is_some_and(|n| !n.is_empty()), "{name:?}");
+    }
 
     #[test]
     fn stats_are_the_median_min_and_max() {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -41,14 +41,16 @@ pub struct VideoOutput {
     pub levels: Vec<LevelOutput>,
 }
 
-fn host_vec(t: burn::tensor::Tensor<3>, video: &str) -> Result<Vec<f32>, EvalError> {
-    t.into_data()
+fn host_vec(t: Tensor<1>, video: &str) -> Result<Vec<f32>, EvalError> {
+    let err = |reason: String| EvalError::Video {
+        video: video.to_string(),
+        reason: format!("reading outputs: {reason}"),
+    };
+    crate::host::read(t)
+        .map_err(err)?
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| EvalError::Video {
-            video: video.to_string(),
-            reason: format!("reading outputs: {e:?}"),
-        })
+        .map_err(|e| err(format!("{e:?}")))
 }
 
 /// Run the network on one video of any length (padded to `cfg.inference_len`).
@@ -67,17 +69,36 @@ pub fn run_video(
     let centres = patch_centre.map(|c| vec![c]);
     let out = model.infer(batch.feats, batch.mask, centres.as_deref())?;
     let strides = cfg.fpn_strides();
-    let mut levels = Vec::with_capacity(out.cls_logits.len());
-    for (l, (logits, offsets)) in out.cls_logits.into_iter().zip(out.offsets).enumerate() {
-        let stride = strides.get(l).copied().unwrap_or(1);
-        levels.push(LevelOutput {
-            stride: stride as f32,
-            logits: host_vec(logits, video)?,
-            offsets: host_vec(offsets, video)?,
-            // Nearest-neighbour mask downsampling keeps step i when i·stride < rows.
-            valid_len: feats.rows.div_ceil(stride),
-        });
-    }
+    // Every level's logits and offsets, flattened into one tensor: one read back to the
+    // host per video rather than two per level (each read is a sync on a GPU).
+    let parts: Vec<Tensor<1>> = out
+        .cls_logits
+        .into_iter()
+        .zip(out.offsets)
+        .flat_map(|(logits, offsets)| [logits.flatten::<1>(0, 2), offsets.flatten::<1>(0, 2)])
+        .collect();
+    let sizes: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
+    let all = host_vec(Tensor::cat(parts, 0), video)?;
+    let mut rest = all.as_slice();
+    let mut take = |n: usize| {
+        let (head, tail) = rest.split_at(n.min(rest.len()));
+        rest = tail;
+        head.to_vec()
+    };
+    let levels = sizes
+        .chunks(2)
+        .enumerate()
+        .map(|(l, n)| {
+            let stride = strides.get(l).copied().unwrap_or(1);
+            LevelOutput {
+                stride: stride as f32,
+                logits: take(n[0]),
+                offsets: take(n.get(1).copied().unwrap_or(0)),
+                // Nearest-neighbour mask downsampling keeps step i when i·stride < rows.
+                valid_len: feats.rows.div_ceil(stride),
+            }
+        })
+        .collect();
     Ok(VideoOutput { levels })
 }
 

@@ -7,6 +7,8 @@
 //!
 //! `cargo test --test import -- --nocapture` prints the largest differences.
 
+#![allow(clippy::disallowed_methods)] // tests read tensors directly
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

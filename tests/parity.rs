@@ -3,6 +3,10 @@
 //! projection with fixed centres, and the point generator.
 //!
 //! `cargo test --test parity -- --nocapture` prints the largest absolute difference per tensor.
+//! `XCA_TEST_DEVICE=wgpu` (a `--features wgpu` build) runs the same comparisons on wgpu, with
+//! the GPU kernels (README, Development).
+
+#![allow(clippy::disallowed_methods)] // tests read tensors directly
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,8 +24,14 @@ fn fixture(name: &str) -> PathBuf {
     parity_fixtures::file(name)
 }
 
+/// `XCA_TEST_DEVICE` (cpu, ndarray, wgpu, cuda:N), else cpu (flex).
 fn device() -> Device {
-    xca::device::DeviceChoice::Cpu.device().expect("flex device")
+    let choice: xca::device::DeviceChoice = std::env::var("XCA_TEST_DEVICE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map_or(Ok(Default::default()), |s| s.parse())
+        .expect("XCA_TEST_DEVICE names a device");
+    choice.device().expect("XCA_TEST_DEVICE's back-end is compiled in")
 }
 
 fn load(name: &str) -> HashMap<String, TensorData> {

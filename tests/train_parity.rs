@@ -1,6 +1,8 @@
 //! Training maths against the original PyTorch code: `../shared/parity/losses.*`
 //! (see the README section `losses.safetensors`).
 
+#![allow(clippy::disallowed_methods)] // tests read tensors directly
+
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use xca::train::assign::{CenterSample, Targets, assign_targets, pyramid_points};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use xca::bench::{ConvLstmBench, InferBench, Timing, TrainStepBench, peak_rss_mb, time_it};
+use xca::bench::{ConvLstmBench, Counts, InferBench, Timing, TrainStepBench, count, peak_rss_mb, time_it};
 use xca::device::DeviceChoice;
 
 use super::common;
@@ -16,6 +16,11 @@ use super::common;
 /// process of its own, whose peak resident memory is that inference's alone. Prints
 /// median/min/max wall milliseconds, process CPU milliseconds (all threads) and the peak
 /// resident memory. Needs no dataset.
+///
+/// After the timed runs each piece runs once more, counted: the kernels it launches (on
+/// the GPU back-ends, by CubeCL's launch observer) and its tensor reads back to the host
+/// (each a device → host synchronisation on a GPU). A training step should read nothing;
+/// inference reads the head outputs.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// YAML config whose model and batch shape to time.
@@ -43,10 +48,37 @@ pub struct Args {
     /// Timed runs of the long inference.
     #[arg(long, default_value_t = 1)]
     pub long_iters: usize,
+    /// How the ConvLSTM runs: `fused` (one operation per layer where the back-end has
+    /// one: flex, wgpu, cuda) or `tensor-ops` (burn tensor ops, step by step: the path
+    /// before the fused kernels, to compare).
+    #[arg(long, value_enum, default_value_t = LstmPath::Fused)]
+    pub convlstm: LstmPath,
     /// Run only the long inference and print its numbers as JSON on stdout (what the parent
     /// `xca bench` runs in its child process).
     #[arg(long, hide = true)]
     pub long_only: bool,
+}
+
+/// How `xca bench` runs the ConvLSTM (`--convlstm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LstmPath {
+    /// One fused operation per layer where the back-end has one.
+    Fused,
+    /// burn tensor operations, step by step.
+    TensorOps,
+}
+
+impl LstmPath {
+    fn fused(self) -> bool {
+        self == Self::Fused
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Fused => "fused",
+            Self::TensorOps => "tensor-ops",
+        }
+    }
 }
 
 /// What the child process reports of the long inference.
@@ -64,7 +96,9 @@ struct LongInfer {
 
 /// The long inference alone, in this process (the child side of `--long-only`).
 fn long_infer(cfg: &xca::config::Config, device: &burn::tensor::Device, args: &Args) -> Result<LongInfer> {
-    let b = InferBench::new(cfg, device, args.long_t, args.seed).context("building the inference model")?;
+    let b = InferBench::new(cfg, device, args.long_t, args.seed)
+        .context("building the inference model")?
+        .fused_convlstm(args.convlstm.fused());
     let t = time_it(0, args.long_iters.max(1), || b.run().map(|_| ()))
         .with_context(|| format!("inference T = {}", args.long_t))?;
     Ok(LongInfer {
@@ -86,6 +120,7 @@ fn long_infer_child(args: &Args) -> Result<LongInfer> {
         .args(["--seed", &args.seed.to_string()])
         .args(["--long-t", &args.long_t.to_string()])
         .args(["--long-iters", &args.long_iters.to_string()])
+        .args(["--convlstm", args.convlstm.name()])
         .arg("--long-only")
         .stderr(std::process::Stdio::inherit())
         .output()
@@ -124,34 +159,55 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     let iters = args.iters.max(1);
+    let device_name = xca::kernels::cube_device_name(&device);
     say(&format!(
-        "xca bench {} on {} ({} threads): {} warm-up + {} timed iterations each",
+        "xca bench {} on {}{} ({} threads): {} warm-up + {} timed iterations each, ConvLSTM {}",
         args.config.display(),
         args.device,
+        device_name.as_deref().map_or(String::new(), |n| format!(" [{n}]")),
         rayon_threads(),
         args.warmup,
-        iters
+        iters,
+        args.convlstm.name()
     ));
     let bar = common::bar(4 + usize::from(args.long_t > 0), "bench", false);
 
     bar.set_message("training step");
-    let mut train = TrainStepBench::new(&cfg, &device, args.seed).context("building the training step")?;
+    let mut train = TrainStepBench::new(&cfg, &device, args.seed)
+        .context("building the training step")?
+        .fused_convlstm(args.convlstm.fused());
     let train_t = time_it(args.warmup, iters, || train.run().map(|_| ())).context("training step")?;
+    let (loss, train_n) = count(&device, || train.step()).context("training step (counted)")?;
+    drop(loss);
     drop(train);
     let peak_train = peak_rss_mb();
     bar.inc(1);
 
     let mut infer = Vec::new();
+    let mut infer_n = Vec::new();
     for t in [128usize, 512] {
         bar.set_message(format!("inference T = {t}"));
-        let b = InferBench::new(&cfg, &device, t, args.seed).context("building the inference model")?;
+        let b = InferBench::new(&cfg, &device, t, args.seed)
+            .context("building the inference model")?
+            .fused_convlstm(args.convlstm.fused());
         infer.push(time_it(args.warmup, iters, || b.run().map(|_| ())).with_context(|| format!("inference T = {t}"))?);
+        infer_n.push(
+            count(&device, || b.run())
+                .with_context(|| format!("inference T = {t} (counted)"))?
+                .1,
+        );
         bar.inc(1);
     }
 
     bar.set_message("ConvLSTM");
     let lstm_t = match ConvLstmBench::new(&cfg, &device, args.seed) {
-        Ok(b) => Some(time_it(args.warmup, iters, || b.run().map(|_| ())).context("ConvLSTM")?),
+        Ok(b) => {
+            let b = b.fused(args.convlstm.fused());
+            let t = time_it(args.warmup, iters, || b.run().map(|_| ())).context("ConvLSTM")?;
+            let (out, n) = count(&device, || b.pass()).context("ConvLSTM (counted)")?;
+            drop(out);
+            Some((t, n))
+        }
         Err(xca::bench::BenchError::NoConvLstm) => None,
         Err(e) => return Err(e).context("building the ConvLSTM"),
     };
@@ -169,25 +225,29 @@ pub fn run(args: Args) -> Result<()> {
     };
     bar.finish_and_clear();
 
-    let rows: Vec<(&str, Option<&Timing>)> = vec![
-        ("training step", Some(&train_t)),
-        ("inference T=128", Some(&infer[0])),
-        ("inference T=512", Some(&infer[1])),
-        ("ConvLSTM fwd+bwd", lstm_t.as_ref()),
+    let lstm_n = lstm_t.as_ref().map(|(_, n)| *n);
+    let lstm_t = lstm_t.map(|(t, _)| t);
+    let rows: Vec<(&str, Option<(&Timing, &Counts)>)> = vec![
+        ("training step", Some((&train_t, &train_n))),
+        ("inference T=128", Some((&infer[0], &infer_n[0]))),
+        ("inference T=512", Some((&infer[1], &infer_n[1]))),
+        ("ConvLSTM fwd+bwd", lstm_t.as_ref().zip(lstm_n.as_ref())),
     ];
     say(&format!(
-        "{:<18} {:>10} {:>10} {:>10} {:>12}",
-        "piece", "median ms", "min ms", "max ms", "CPU ms (med)"
+        "{:<18} {:>10} {:>10} {:>10} {:>12} {:>9} {:>6}",
+        "piece", "median ms", "min ms", "max ms", "CPU ms (med)", "launches", "reads"
     ));
     for (name, t) in &rows {
         match t {
-            Some(t) => say(&format!(
-                "{:<18} {:>10.1} {:>10.1} {:>10.1} {:>12}",
+            Some((t, n)) => say(&format!(
+                "{:<18} {:>10.1} {:>10.1} {:>10.1} {:>12} {:>9} {:>6}",
                 name,
                 t.wall_ms.median,
                 t.wall_ms.min,
                 t.wall_ms.max,
-                t.cpu_ms.map_or("-".into(), |c| format!("{:.1}", c.median))
+                t.cpu_ms.map_or("-".into(), |c| format!("{:.1}", c.median)),
+                n.launches.map_or("-".into(), |l| l.to_string()),
+                n.host_reads
             )),
             None => say(&format!("{name:<18} (not in this config)")),
         }
@@ -219,8 +279,10 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.json {
         let value = json!({
             "device": format!("{} ({})", args.device, device_words(args.device)),
+            "device_name": device_name,
             "config": args.config.display().to_string(),
             "threads": rayon_threads(),
+            "convlstm_path": args.convlstm.name(),
             "iters": iters,
             "warmup": args.warmup,
             "train_step_ms": stats_json(&train_t),
@@ -231,6 +293,14 @@ pub fn run(args: Args) -> Result<()> {
             "infer_cpu_ms_t128": cpu_json(&infer[0]),
             "infer_cpu_ms_t512": cpu_json(&infer[1]),
             "convlstm_cpu_ms": lstm_t.as_ref().map(cpu_json),
+            // One counted run of each piece after the timed ones (launches: null on the
+            // CPU back-ends; reads: tensor reads back to the host, xca's own).
+            "counts": {
+                "train_step": train_n,
+                "infer_t128": infer_n[0],
+                "infer_t512": infer_n[1],
+                "convlstm": lstm_n,
+            },
             "peak_rss_mb": peak,
             "peak_rss_mb_train": peak_train,
             "infer_long_t": long.as_ref().map(|l| l.t),

@@ -69,6 +69,25 @@ pub fn fused_cube(device: &Device) -> bool {
     }
 }
 
+/// The name a CubeCL device gives itself (`NVIDIA H200`, `llvmpipe (LLVM 15.0.6, 256 bits)`),
+/// or `None` for a device of another back-end.
+pub fn cube_device_name(device: &Device) -> Option<String> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    {
+        if !fused_cube(device) {
+            return None;
+        }
+        let probe = Tensor::<1>::zeros([1], &device.clone().without_autodiff());
+        let p = probe.try_into_primitive::<burn::backend::Cube>().ok()?;
+        Some(p.client.properties().identity.name.clone())
+    }
+    #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+    {
+        let _ = device;
+        None
+    }
+}
+
 /// [`fused_cpu`] for a tensor that also records no autodiff graph (the plain flex device):
 /// where the kernels without a backward (the optimiser step, inference) may run. Devices
 /// compare equal with and without autodiff, so the flag is checked apart.

@@ -13,7 +13,7 @@ use super::flex_io::{tensor, values};
 
 /// A tensor's values on the host (the stack's weights: a few thousand values).
 fn host<const D: usize>(t: Tensor<D>) -> Option<Vec<f32>> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().ok()
+    crate::host::read(t).ok()?.convert::<f32>().try_into_vec::<f32>().ok()
 }
 
 /// `conv` (same-padded, stride 1) with `bn`'s running statistics folded in.

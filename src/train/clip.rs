@@ -100,7 +100,11 @@ pub fn clip_grad_global_norm<M: Module>(module: &M, grads: &mut GradientsParams,
         .recip()
         .mul_scalar(max_norm)
         .clamp_max(1.0);
-    let host = kernels::fused_cpu_plain(&scale).then(|| scale.clone().into_scalar());
+    // A flex scale is read (a memory copy on the CPU); anywhere else it stays on the device.
+    let host = kernels::fused_cpu_plain(&scale)
+        .then(|| crate::host::read_scalar(scale.clone()).ok())
+        .flatten()
+        .map(|s| s as f32);
     module.visit(&mut Scaler { grads, scale, host });
     Some(total)
 }
