@@ -29,6 +29,39 @@ pub enum DeviceError {
          (rebuild with `cargo build --release --features {1}`)"
     )]
     NotCompiled(DeviceChoice, &'static str),
+    #[error("--devices needs at least two devices (got {0}); for one, use --device")]
+    TooFewParallel(usize),
+    #[error("--devices names '{0}' twice")]
+    Repeated(DeviceChoice),
+    #[error(
+        "--devices cannot use '{0}': {reason}",
+        reason = match .0 {
+            DeviceChoice::Cpu | DeviceChoice::Ndarray =>
+                "burn has a single CPU device, which already uses every core (train with --device cpu)",
+            _ => "wgpu drives one adapter; data parallelism needs NVIDIA GPUs through the cuda feature (--devices cuda:0,cuda:1)",
+        }
+    )]
+    NotParallel(DeviceChoice),
+}
+
+/// Check a `--devices` list for data-parallel training: two or more distinct CUDA GPUs.
+/// burn's CPU back-ends have one device, and wgpu one adapter, so the list is refused there
+/// with the reason (before any back-end is started).
+///
+/// # Errors
+/// Fewer than two devices, a device named twice, or a back-end that has only one device.
+pub fn check_parallel(devices: &[DeviceChoice]) -> Result<(), DeviceError> {
+    if let Some(d) = devices.iter().find(|d| !matches!(d, DeviceChoice::Cuda(_))) {
+        return Err(DeviceError::NotParallel(*d));
+    }
+    let repeated = (0..devices.len()).find(|&i| devices[..i].contains(&devices[i]));
+    if let Some(i) = repeated {
+        return Err(DeviceError::Repeated(devices[i]));
+    }
+    if devices.len() < 2 {
+        return Err(DeviceError::TooFewParallel(devices.len()));
+    }
+    Ok(())
 }
 
 impl FromStr for DeviceChoice {
@@ -99,6 +132,34 @@ mod tests {
             let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
             assert!(err.contains(&format!("'{bad}'")) && err.contains("cuda:N"), "{err}");
         }
+    }
+
+    #[test]
+    fn parallel_devices_are_distinct_cuda_gpus() {
+        let list = |s: &str| {
+            s.split(',')
+                .map(|d| d.parse::<DeviceChoice>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert!(check_parallel(&list("cuda:0,cuda:1")).is_ok());
+        assert!(check_parallel(&list("cuda:2,cuda:0,cuda:1")).is_ok());
+        let err = |s: &str| check_parallel(&list(s)).unwrap_err().to_string();
+        assert_eq!(
+            err("cuda:0"),
+            "--devices needs at least two devices (got 1); for one, use --device"
+        );
+        assert_eq!(err("cuda:0,cuda:1,cuda:0"), "--devices names 'cuda:0' twice");
+        assert_eq!(err("cuda,cuda:0"), "--devices names 'cuda:0' twice");
+        for (s, bad) in [("cpu,cpu", "cpu"), ("cuda:0,ndarray", "ndarray")] {
+            let e = err(s);
+            assert!(
+                e.starts_with(&format!("--devices cannot use '{bad}': burn has a single CPU device")),
+                "{e}"
+            );
+        }
+        let e = err("wgpu,cuda:1");
+        assert!(e.contains("'wgpu'") && e.contains("--devices cuda:0,cuda:1"), "{e}");
+        assert!(check_parallel(&[]).unwrap_err().to_string().contains("got 0"));
     }
 
     #[cfg(not(feature = "cuda"))]

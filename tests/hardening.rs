@@ -370,6 +370,7 @@ fn a_state_saved_inside_an_epoch_resumes_exactly() {
     let opts = |resume: bool, max: Option<usize>| TrainOptions {
         run_dir: run.clone(),
         device: xca::device::DeviceChoice::Cpu.device().unwrap(),
+        parallel: Vec::new(),
         seed: cfg.init_rand_seed,
         resume,
         log_every: 1,
@@ -1444,4 +1445,55 @@ fn a_gpu_back_end_this_binary_lacks_is_refused_naming_its_feature() {
     let (code, err) = run("cuda:x");
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("unknown device 'cuda:x'"), "{err}");
+}
+
+#[test]
+fn devices_lists_that_cannot_run_data_parallel_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::setup(dir.path(), 2);
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--devices", "cpu,cpu"],
+            "xca: error: --devices cannot use 'cpu': burn has a single CPU device",
+        ),
+        (
+            &["--devices", "wgpu,cuda:1"],
+            "xca: error: --devices cannot use 'wgpu': wgpu drives one adapter",
+        ),
+        (
+            &["--devices", "cuda:0,cuda:0"],
+            "xca: error: --devices names 'cuda:0' twice",
+        ),
+        (
+            &["--devices", "cuda:1"],
+            "xca: error: --devices needs at least two devices (got 1)",
+        ),
+        #[cfg(not(feature = "cuda"))]
+        (
+            &["--devices", "cuda:0,cuda:1"],
+            "xca: error: device 'cuda:0' is not available: this xca binary was built without the cargo feature 'cuda'",
+        ),
+        #[cfg(feature = "cuda")]
+        (&["--devices", "cuda:0,cuda:1,cuda:2"], "cannot be shared by 3 devices"),
+    ];
+    for (extra, want) in cases {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["train".as_ref(), config.as_os_str()];
+        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        let (code, err) = xca_run(&args);
+        assert_eq!(code, Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{extra:?}: one line: {err}");
+    }
+    // --device and --devices together: clap names the conflict.
+    let (code, err) = xca_run(&[
+        "train".as_ref(),
+        config.as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "--devices".as_ref(),
+        "cuda:0,cuda:1".as_ref(),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--devices") && err.contains("--device"), "{err}");
+    assert!(!dir.path().join("ckpt").exists(), "nothing is written");
 }

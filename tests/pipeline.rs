@@ -18,6 +18,7 @@ fn run(cfg: &Config, run_dir: &Path, resume: bool, max_epochs: Option<usize>) ->
     let opts = TrainOptions {
         run_dir: run_dir.to_path_buf(),
         device: DeviceChoice::Cpu.device().unwrap(),
+        parallel: Vec::new(),
         seed: 11,
         resume,
         log_every: 1,
@@ -74,6 +75,7 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
     let other = TrainOptions {
         run_dir: c_dir.clone(),
         device: DeviceChoice::Cpu.device().unwrap(),
+        parallel: Vec::new(),
         seed: 12,
         resume: true,
         log_every: 1,
@@ -120,6 +122,7 @@ fn same_seed_gives_identical_losses_and_resume_gives_the_same_checkpoint() {
     let opts = TrainOptions {
         run_dir: dir.path().join("d"),
         device: DeviceChoice::Cpu.device().unwrap(),
+        parallel: Vec::new(),
         seed: 12,
         resume: false,
         log_every: 1,

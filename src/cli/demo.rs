@@ -87,6 +87,7 @@ pub fn run(args: Args) -> Result<()> {
         output: args.output.clone(),
         resume: false,
         device: args.device,
+        devices: Vec::new(),
         seed: None,
         log_every: 10,
         epochs: None,

@@ -31,6 +31,12 @@ pub struct Args {
     /// cpu (flex), ndarray, wgpu, or cuda / cuda:N (the GPU back-ends need their cargo features).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// Train on several NVIDIA GPUs of this machine at once, e.g. `cuda:0,cuda:1` (replaces
+    /// --device; needs the cuda feature). Each GPU takes a part of every batch on a copy of
+    /// the model; the gradients are summed on the first, which holds the model, the
+    /// optimiser and the EMA. Each GPU's BatchNorm uses its own part's statistics.
+    #[arg(long, value_delimiter = ',', num_args = 1.., conflicts_with = "device", value_name = "cuda:I,cuda:J,…")]
+    pub devices: Vec<DeviceChoice>,
     /// Seed of every RNG (default: the config's init_rand_seed).
     #[arg(long)]
     pub seed: Option<u64>,
@@ -47,7 +53,33 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let cfg = super::config::load_config(&args.config)?;
-    let device = common::device(args.device)?;
+    // `--devices` replaces `--device`: the first holds the model, the others share batches.
+    let (device, parallel) = if args.devices.is_empty() {
+        (common::device(args.device)?, Vec::new())
+    } else {
+        xca::device::check_parallel(&args.devices).map_err(|e| InputError(e.to_string()))?;
+        if cfg.loader.batch_size < args.devices.len() {
+            return Err(InputError(format!(
+                "{}: loader.batch_size {} cannot be shared by {} devices: each needs at least one video per batch",
+                args.config.display(),
+                cfg.loader.batch_size,
+                args.devices.len()
+            ))
+            .into());
+        }
+        let mut devices = args.devices.iter().map(|&d| common::device(d));
+        let first = devices.next().unwrap_or_else(|| common::device(args.device))?;
+        (first, devices.collect::<Result<Vec<_>>>()?)
+    };
+    let device_names = if args.devices.is_empty() {
+        args.device.to_string()
+    } else {
+        args.devices
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let ann = common::annotations(&cfg)?;
     let data = common::load_data(&cfg, &ann, &cfg.train_split, args.quiet)?;
     let run_dir = common::run_dir(&cfg, &args.config, &args.output);
@@ -93,6 +125,7 @@ pub fn run(args: Args) -> Result<()> {
     let opts = TrainOptions {
         run_dir: run_dir.clone(),
         device,
+        parallel,
         seed: args.seed.unwrap_or(cfg.init_rand_seed),
         resume: args.resume,
         log_every: args.log_every,
@@ -105,7 +138,7 @@ pub fn run(args: Args) -> Result<()> {
         data.videos.len(),
         cfg.loader.batch_size,
         cfg.total_epochs(),
-        args.device,
+        device_names,
         run_dir.display()
     );
     let iters_per_epoch = (data.videos.len() / cfg.loader.batch_size.max(1)).max(1);
@@ -134,7 +167,9 @@ pub fn run(args: Args) -> Result<()> {
             if let Some(seed) = args.seed {
                 again.push_str(&format!(" --seed {seed}"));
             }
-            if !matches!(args.device, DeviceChoice::Cpu) {
+            if !args.devices.is_empty() {
+                again.push_str(&format!(" --devices {device_names}"));
+            } else if !matches!(args.device, DeviceChoice::Cpu) {
                 again.push_str(&format!(" --device {}", args.device));
             }
             eprintln!("xca: {e}; continue with: {again}");

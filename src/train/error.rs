@@ -35,6 +35,8 @@ pub enum TrainError {
     Io { path: PathBuf, reason: String },
     #[error("the training split has {videos} videos, fewer than loader.batch_size {batch}")]
     TooFewVideos { videos: usize, batch: usize },
+    #[error("loader.batch_size {batch} cannot be shared by {devices} devices: each needs at least one video per batch")]
+    TooFewPerDevice { batch: usize, devices: usize },
     #[error(
         "non-finite loss at epoch {epoch}, {where_}(cls {cls}, reg {reg}, contrastive {c}){batch}. {kept}",
         where_ = if videos.is_empty() { format!("in the epoch's mean up to step {step} ") } else { format!("step {step} ") },

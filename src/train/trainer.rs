@@ -25,7 +25,7 @@ use super::log::{RunLog, log_path};
 use super::loss::{LossNormalizer, contrastive_active};
 use super::optim::{LrSchedule, adamw_with_decay_group, param_ids_where};
 use super::resume::{self, MidEpoch, ResumeState, Start};
-use super::step::{Learner, StepSetup};
+use super::step::{Learner, Shard, StepSetup, shard_ranges};
 use crate::config::Config;
 use crate::config::adapt;
 use crate::dataset::batch::{Window, collate};
@@ -42,8 +42,12 @@ pub use super::log::LogLine;
 pub struct TrainOptions {
     /// The run folder (`<output_folder>/<stem>_<output>`).
     pub run_dir: PathBuf,
-    /// Device to train on (without autodiff; it is added here).
+    /// Device to train on (without autodiff; it is added here). It holds the model, the
+    /// optimiser and the EMA.
     pub device: Device,
+    /// Further devices that each take a part of every batch (data parallelism,
+    /// `--devices`; see [`Learner::step_sharded`]); empty trains on `device` alone.
+    pub parallel: Vec<Device>,
     /// Seed of every RNG (defaults to the config's `init_rand_seed`).
     pub seed: u64,
     /// Continue from the run folder's resumable state.
@@ -105,7 +109,7 @@ fn seed_for(seed: u64, epoch: usize, stream: u64) -> u64 {
 
 /// Read the scalar value of a `[1]` tensor (one host sync).
 fn scalar(t: &Tensor<1>) -> f64 {
-    t.clone().into_data().iter::<f64>().next().unwrap_or(f64::NAN)
+    crate::host::read_scalar(t.clone()).unwrap_or(f64::NAN)
 }
 
 /// What stays fixed over a run: the config's numbers for `n` training videos.
@@ -162,6 +166,14 @@ pub fn train(
     prepare_run_dir(cfg, opts)?;
     let device = opts.device.clone().autodiff();
     device.seed(opts.seed);
+    let shards = 1 + opts.parallel.len();
+    if plan.batch < shards {
+        return Err(TrainError::TooFewPerDevice {
+            batch: plan.batch,
+            devices: shards,
+        });
+    }
+    let parallel: Vec<Device> = opts.parallel.iter().map(|d| d.clone().autodiff()).collect();
     let start = start_or_resume(cfg, opts, &plan, &device)?;
     let mut learner = learner(cfg, opts, start.model, start.ema, start.optim_bytes, start.normalizer)?;
     let mut log = RunLog::open(&log_path(&opts.run_dir))?;
@@ -176,6 +188,7 @@ pub fn train(
         setup: StepSetup::new(cfg, &learner.model),
         plan,
         device,
+        parallel,
         poison_step: test_poison_step(),
         step: start.step,
     };
@@ -282,6 +295,8 @@ struct Run<'a> {
     setup: StepSetup,
     /// The autodiff device.
     device: Device,
+    /// The further autodiff devices of data parallelism (`TrainOptions::parallel`).
+    parallel: Vec<Device>,
     /// `XCA_TEST_NAN_STEP` (see [`test_poison_step`]).
     poison_step: Option<usize>,
     /// Global 0-based step of the next iteration.
@@ -336,8 +351,11 @@ impl Run<'_> {
         };
         for it in first_it..iters {
             // Per step, so a state saved between steps knows the device RNG's stream.
-            self.device
-                .seed(seed_for(opts.seed, epoch, 2) ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let step_seed = seed_for(opts.seed, epoch, 2) ^ (it as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.device.seed(step_seed);
+            for (i, d) in self.parallel.iter().enumerate() {
+                d.seed(step_seed ^ (i as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+            }
             let idx = &order[it * batch..(it + 1) * batch];
             let vids: Vec<&VideoData> = idx.iter().map(|&i| &self.data.videos[i]).collect();
             let crops: Vec<Crop> = vids
@@ -353,14 +371,23 @@ impl Run<'_> {
                     len: c.len,
                 })
                 .collect();
-            let mut b = collate(&windows, plan.t_len, &self.device)?;
-            if self.poison_step == Some(self.step) {
-                b.feats = b.feats.mul_scalar(f32::NAN);
+            // One shard per device, the first on the model's device.
+            let devices = std::iter::once(&self.device).chain(&self.parallel);
+            let mut shards = Vec::with_capacity(1 + self.parallel.len());
+            for (range, device) in shard_ranges(batch, 1 + self.parallel.len()).into_iter().zip(devices) {
+                let mut b = collate(&windows[range.clone()], plan.t_len, device)?;
+                if self.poison_step == Some(self.step) {
+                    b.feats = b.feats.mul_scalar(f32::NAN);
+                }
+                shards.push(Shard {
+                    batch: b,
+                    crops: &crops[range],
+                });
             }
             let step = self.step;
             let lr = plan.schedule.lr(step);
             sums.lr = lr;
-            let (next, losses) = learner.step(&self.setup, b, &crops, use_con, lr, &mut rng)?;
+            let (next, losses) = learner.step_sharded(&self.setup, shards, use_con, lr, &mut rng)?;
             learner = next;
             let con = losses.con;
             let (c, r) = (losses.cls, losses.reg);
