@@ -39,6 +39,11 @@ pub fn scale<const D: usize>(t: Tensor<D>, s: f32) -> Tensor<D> {
 /// `ema · decay + model · (1 − decay)`, in place in `ema` when possible; any back-end.
 pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Tensor<D> {
     let (a, b) = (decay as f32, (1.0 - decay) as f32);
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let (ema, model) = match cube::blend(ema, model, a, b) {
+        Ok(out) => return out,
+        Err(pair) => pair,
+    };
     match (into_flex(ema, Order::RowMajor), into_flex(model, Order::RowMajor)) {
         (Ok(mut e), Ok(m)) => {
             optim::blend(e.storage_mut::<f32>(), m.storage::<f32>(), a, b);
@@ -64,6 +69,24 @@ pub struct FusedAdamW {
 }
 
 impl FusedAdamW {
+    /// The constants of step `time` (1-based) at rate `lr`, as burn's AdamW computes them.
+    fn consts(&self, lr: LearningRate, time: usize) -> StepConsts {
+        let t = time as i32;
+        let decay_rate = lr * self.weight_decay as f64;
+        StepConsts {
+            b1: self.beta_1,
+            b2: self.beta_2,
+            f1: 1.0 - self.beta_1,
+            f2: 1.0 - self.beta_2,
+            c1: 1.0 - self.beta_1.powi(t),
+            c2: 1.0 - self.beta_2.powi(t),
+            eps: self.epsilon,
+            keep: (1.0 - decay_rate) as f32,
+            lr: lr as f32,
+            decays: decay_rate != 0.0,
+        }
+    }
+
     fn burn(&self) -> AdamW {
         AdamWConfig::new()
             .with_beta_1(self.beta_1)
@@ -84,16 +107,24 @@ impl Optimizer for FusedAdamW {
         grad: Tensor<D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
-        // f32 on the plain flex device, or burn's step (so `into_flex` below cannot refuse).
+        // f32 on the plain flex device (so `into_flex` below cannot refuse) or on a plain
+        // CubeCL device; burn's step anywhere else.
         let f32_flex = |t: &Tensor<D>| fused_cpu_plain(t) && t.dtype() == DType::F32;
         let on_flex = f32_flex(&tensor) && f32_flex(&grad);
-        if !on_flex || state.as_ref().is_some_and(|s| s.momentum.max_moment_2.is_some()) {
+        let on_cube = cube::takes(&tensor) && cube::takes(&grad);
+        if !(on_flex || on_cube) || state.as_ref().is_some_and(|s| s.momentum.max_moment_2.is_some()) {
             return self.burn().step(lr, tensor, grad, state);
         }
         let (time, m, v) = match state {
             Some(s) => (s.momentum.time + 1, s.momentum.moment_1, s.momentum.moment_2),
             None => (1, grad.zeros_like(), grad.zeros_like()),
         };
+        let k = self.consts(lr, time);
+        if on_cube {
+            let [p, m, v] = cube::adamw([tensor, grad, m, v], k);
+            let momentum = AdaptiveMomentumState::new(time, m, v);
+            return (p, Some(AdamWState::new(momentum)));
+        }
         let row = Order::RowMajor;
         let (Ok(mut p), Ok(g), Ok(mut m), Ok(mut v)) = (
             into_flex(tensor, row),
@@ -102,20 +133,6 @@ impl Optimizer for FusedAdamW {
             into_flex(v, row),
         ) else {
             unreachable!("p and g were checked to be f32 on flex; m and v are zeros like g, or earlier output")
-        };
-        let t = time as i32;
-        let decay_rate = lr * self.weight_decay as f64;
-        let k = StepConsts {
-            b1: self.beta_1,
-            b2: self.beta_2,
-            f1: 1.0 - self.beta_1,
-            f2: 1.0 - self.beta_2,
-            c1: 1.0 - self.beta_1.powi(t),
-            c2: 1.0 - self.beta_2.powi(t),
-            eps: self.epsilon,
-            keep: (1.0 - decay_rate) as f32,
-            lr: lr as f32,
-            decays: decay_rate != 0.0,
         };
         let gl = g.layout();
         let gs = g.storage::<f32>();
@@ -131,6 +148,70 @@ impl Optimizer for FusedAdamW {
     fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
         state.momentum = state.momentum.to_device(device);
         state
+    }
+}
+
+/// The same steps on burn's CubeCL back-ends (wgpu, cuda): one launch per parameter tensor
+/// ([`super::cube::optim`]).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube {
+    use burn::backend::Cube;
+    use burn::tensor::{DType, Tensor};
+
+    use super::StepConsts;
+    use crate::kernels::{cube::optim, fused_cube};
+
+    /// Whether `t` is an `f32` tensor of a plain (non-autodiff) CubeCL device.
+    pub fn takes<const D: usize>(t: &Tensor<D>) -> bool {
+        fused_cube(&t.device()) && !t.is_autodiff() && t.dtype() == DType::F32
+    }
+
+    fn prim<const D: usize>(t: Tensor<D>) -> burn_cubecl::tensor::CubeTensor {
+        match t.try_into_primitive::<Cube>() {
+            Ok(p) => p,
+            // Unreachable after `takes`; the tensor is gone, so this is a bug, not input.
+            Err(e) => unreachable!("CubeCL device without a CubeCL tensor: {e:?}"),
+        }
+    }
+
+    /// AdamW of `[param, grad, m, v]` (each [`takes`]-checked): the new param, m, v.
+    pub fn adamw<const D: usize>([p, g, m, v]: [Tensor<D>; 4], k: StepConsts) -> [Tensor<D>; 3] {
+        optim::adamw(prim(p), prim(g), prim(m), prim(v), k).map(Tensor::from_primitive::<Cube>)
+    }
+
+    /// `ema · a + model · b` on a CubeCL device, or the pair back.
+    #[allow(clippy::result_large_err)]
+    pub fn blend<const D: usize>(
+        ema: Tensor<D>,
+        model: Tensor<D>,
+        a: f32,
+        b: f32,
+    ) -> Result<Tensor<D>, (Tensor<D>, Tensor<D>)> {
+        if !(takes(&ema) && takes(&model)) {
+            return Err((ema, model));
+        }
+        Ok(Tensor::from_primitive::<Cube>(optim::blend(
+            prim(ema),
+            prim(model),
+            a,
+            b,
+        )))
+    }
+}
+
+/// Without a CubeCL back-end nothing takes the GPU path.
+#[cfg(not(any(feature = "wgpu", feature = "cuda")))]
+mod cube {
+    use burn::tensor::Tensor;
+
+    use super::StepConsts;
+
+    pub fn takes<const D: usize>(_: &Tensor<D>) -> bool {
+        false
+    }
+
+    pub fn adamw<const D: usize>(_: [Tensor<D>; 4], _: StepConsts) -> [Tensor<D>; 3] {
+        unreachable!("no tensor `takes` the CubeCL path in this build")
     }
 }
 
@@ -155,7 +236,44 @@ mod tests {
 
     #[test]
     fn adamw_matches_burns_adamw_over_steps_with_and_without_decay() {
-        let dev = Device::flex();
+        check_adamw_matches_burns(&Device::flex());
+    }
+
+    /// The CubeCL AdamW (one launch per parameter) against burn's, on wgpu (lavapipe where
+    /// there is no GPU).
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_adamw_matches_burns_adamw_over_steps_with_and_without_decay() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        let (plain, ad) = (
+            Tensor::<1>::zeros([2], &dev),
+            Tensor::<1>::zeros([2], &dev.clone().autodiff()),
+        );
+        assert!(cube::takes(&plain) && !cube::takes(&ad) && !cube::takes(&Tensor::<1>::zeros([2], &Device::flex())));
+        check_adamw_matches_burns(&dev);
+    }
+
+    /// The EMA blend on wgpu: one kernel, the tensor ops' values.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_blend_matches_the_tensor_ops() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        dev.seed(4);
+        let e = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 1.0), &dev);
+        let m = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 1.0), &dev);
+        let want = read(e.clone().mul_scalar(0.999) + m.clone().mul_scalar(1.0 - 0.999));
+        assert_close(&read(blend(e.clone(), m.clone(), 0.999)), &want, "blend");
+        // A transposed operand is read in its logical order.
+        let (et, mt) = (e.clone().transpose(), m.transpose());
+        let want = read(et.clone().mul_scalar(0.5) + mt.clone().mul_scalar(0.5));
+        assert_close(&read(blend(et, mt, 0.5)), &want, "blend, transposed");
+        // The input keeps its values (fresh output buffer).
+        let before = read(e.clone());
+        let _ = blend(e.clone(), e.clone(), 0.1);
+        assert_eq!(read(e), before);
+    }
+
+    fn check_adamw_matches_burns(dev: &Device) {
         dev.seed(3);
         for wd in [0.0f32, 0.05] {
             let fused = FusedAdamW {
@@ -165,11 +283,11 @@ mod tests {
                 weight_decay: wd,
             };
             let reference = fused.burn();
-            let p0 = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 1.0), &dev);
+            let p0 = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 1.0), dev);
             let (mut p, mut q) = (p0.clone(), p0.clone());
             let (mut s, mut r) = (None, None);
             for step in 0..3 {
-                let g = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 0.1), &dev);
+                let g = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 0.1), dev);
                 // The second step's gradient is a transposed view (not contiguous).
                 let g = if step == 1 {
                     g.reshape([SHAPE[1], SHAPE[0]]).transpose()

@@ -3,3 +3,4 @@
 //! tensors here and records the backward is `super::*_cube_op`.
 
 pub mod convlstm;
+pub mod optim;
