@@ -14,9 +14,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("text", &[]),
     ("memory", &[]),
     ("device", &[]),
+    ("host", &[]),
     ("fsio", &[]),
     ("select", &[]),
-    ("kernels", &[]),
+    ("kernels", &["host"]),
     ("report", &["fsio"]),
     // The typed configuration; only its adapters know the components they configure.
     ("config", &["fsio"]),
@@ -25,10 +26,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("synth", &["fsio", "text"]),
     ("model", &["config", "fsio", "kernels"]),
     ("infer", &["config", "geometry"]),
-    ("train", &["config", "dataset", "fsio", "kernels", "model", "text"]),
+    (
+        "train",
+        &["config", "dataset", "fsio", "host", "kernels", "model", "text"],
+    ),
     ("metrics", &["dataset", "fsio", "geometry", "infer", "text"]),
-    ("evaluate", &["config", "dataset", "infer", "metrics", "model"]),
-    ("bench", &["config", "dataset", "evaluate", "model", "train"]),
+    ("evaluate", &["config", "dataset", "host", "infer", "metrics", "model"]),
+    (
+        "bench",
+        &["config", "dataset", "evaluate", "host", "kernels", "model", "train"],
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

@@ -31,6 +31,17 @@ fn bench_times_every_piece_and_writes_the_json_schema() {
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(v["config"], cfg.to_str().unwrap());
     assert!(v["device"].as_str().unwrap().starts_with("cpu"));
+    // The counted runs: no kernel launches on the CPU back-end; a training step reads back
+    // only the clip scale (flex reads it to scale in place), inference its outputs.
+    assert_eq!(v["device_name"], serde_json::Value::Null);
+    assert_eq!(v["convlstm_path"], "fused");
+    let counts = &v["counts"];
+    for piece in ["train_step", "infer_t128", "infer_t512", "convlstm"] {
+        assert_eq!(counts[piece]["launches"], serde_json::Value::Null, "{piece}: {counts}");
+    }
+    assert_eq!(counts["train_step"]["host_reads"], 1, "{counts}");
+    assert_eq!(counts["convlstm"]["host_reads"], 0, "{counts}");
+    assert!(counts["infer_t128"]["host_reads"].as_u64().unwrap() >= 1, "{counts}");
     for key in [
         "train_step_ms",
         "infer_ms_t128",

@@ -49,8 +49,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub long_iters: usize,
     /// How the ConvLSTM runs: `fused` (one operation per layer where the back-end has
-    /// one: flex, wgpu, cuda) or `tensor-ops` (burn tensor ops, step by step: the path
-    /// before the fused kernels, to compare).
+    /// one: flex; the CubeCL layers of wgpu/cuda are switched off, see README "GPU") or
+    /// `tensor-ops` (burn tensor ops, step by step, to compare).
     #[arg(long, value_enum, default_value_t = LstmPath::Fused)]
     pub convlstm: LstmPath,
     /// Run only the long inference and print its numbers as JSON on stdout (what the parent

@@ -303,7 +303,12 @@ pub fn batch_gradients(
     };
     let mut accumulated = GradientsAccumulator::<Network>::new();
     let (mut cls, mut reg, mut con): (Option<Tensor<1>>, Option<Tensor<1>>, Option<Tensor<1>>) = (None, None, None);
-    let sum = |acc: Option<Tensor<1>>, t: Tensor<1>| Some(acc.map_or(t.clone(), |a| a + t));
+    let sum = |acc: Option<Tensor<1>>, t: Tensor<1>| {
+        Some(match acc {
+            Some(a) => a + t,
+            None => t,
+        })
+    };
     for out in outs {
         let grads = match &main {
             Some(d) => out.grads.to_device(d, model),
