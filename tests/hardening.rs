@@ -1478,7 +1478,7 @@ fn devices_lists_that_cannot_run_data_parallel_are_refused_before_anything_is_wr
     ];
     for (extra, want) in cases {
         let mut args: Vec<&std::ffi::OsStr> = vec!["train".as_ref(), config.as_os_str()];
-        args.extend(extra.iter().map(|a| std::ffi::OsStr::new(a)));
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
         let (code, err) = xca_run(&args);
         assert_eq!(code, Some(2), "{extra:?}: {err}");
         assert!(err.contains(want), "{extra:?}: {err}");

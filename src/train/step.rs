@@ -454,7 +454,7 @@ mod tests {
                 labels: vec![0, 1],
             })
             .collect();
-        let (whole, cls_whole, con) = split_gradients(&model, &setup, &feats, &crops, &[0..n], false, &dev);
+        let (whole, cls_whole, con) = split_gradients(&model, &setup, &feats, &crops, &shard_ranges(n, 1), false, &dev);
         assert_eq!(con, None);
         assert_eq!(shard_ranges(n, 2), vec![0..2, 2..3]);
         let (split, cls_split, _) = split_gradients(&model, &setup, &feats, &crops, &shard_ranges(n, 2), false, &dev);
@@ -501,7 +501,7 @@ mod tests {
                 labels: vec![0, 1],
             })
             .collect();
-        let (whole, _, con_whole) = split_gradients(&model, &setup, &feats, &crops, &[0..n], true, &dev);
+        let (whole, _, con_whole) = split_gradients(&model, &setup, &feats, &crops, &shard_ranges(n, 1), true, &dev);
         let (split, _, con_split) = split_gradients(&model, &setup, &feats, &crops, &shard_ranges(n, 2), true, &dev);
         let (con_whole, con_split) = (con_whole.expect("contrastive on"), con_split.expect("contrastive on"));
         assert!(con_whole.is_finite() && con_split.is_finite() && (con_whole - con_split).abs() > 1e-6);
