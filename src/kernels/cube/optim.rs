@@ -46,7 +46,7 @@ fn adamw_kernel(
         let delta = (mj / moments[4]) / (f32::sqrt(vj / moments[5]) + moments[6]);
         let mut kept = p[i];
         if decays {
-            kept = kept * moments[7];
+            kept *= moments[7];
         }
         p_out[i] = kept - delta * moments[8];
     }
