@@ -477,32 +477,13 @@ mod tests {
     }
 }
 
-/// Kernel launches of the ConvLSTM on a CubeCL back-end, counted by CubeCL's own launch
-/// hook (`cubecl::logging::LaunchObserver`, which sees every launch a client issues).
+/// Kernel launches of the ConvLSTM on a CubeCL back-end, counted as `xca bench` counts them
+/// ([`crate::bench::count`]: CubeCL's launch hook, this thread's launches).
 #[cfg(all(test, feature = "wgpu"))]
 mod launch_count {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::thread::ThreadId;
-
     use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
-    use cubecl::logging::{LaunchObservation, LaunchObserver};
 
     use super::ConvLstmConfig;
-
-    /// Counts the launches issued from one thread (tests run in parallel in one process).
-    struct Launches {
-        thread: ThreadId,
-        n: AtomicUsize,
-    }
-
-    impl LaunchObserver for Launches {
-        fn launched(&self, _kernel: &'static str) {
-            if std::thread::current().id() == self.thread {
-                self.n.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
 
     /// Launches of one forward + backward of the paper's stack (hidden 8, 8, 1; T = 128,
     /// B = 2; small frames, as the count does not depend on their size), after one warm-up
@@ -520,14 +501,12 @@ mod launch_count {
             assert!(g.is_some_and(f32::is_finite));
         };
         pass();
-        let count = Arc::new(Launches {
-            thread: std::thread::current().id(),
-            n: AtomicUsize::new(0),
-        });
-        let watch = LaunchObservation::new(count.clone());
-        pass();
-        drop(watch);
-        count.n.load(Ordering::Relaxed)
+        let ((), n) = crate::bench::count::<_, ()>(&dev, || {
+            pass();
+            Ok(())
+        })
+        .unwrap();
+        n.launches.expect("launches are counted on wgpu")
     }
 
     #[test]

@@ -426,22 +426,31 @@ mod tests {
         (collect(model, &grads), scalar(losses.cls), losses.con.map(scalar))
     }
 
-    #[test]
-    fn a_batch_split_over_shards_has_the_whole_batch_gradients() {
-        // No BatchNorm (SpAtten off), no drop-path, no contrastive term: the three things
-        // that differ by design between a split batch and a whole one.
-        let yaml = "dataset: {input_dim: 256, max_seq_len: 32}\n\
-             model: {backbone_arch: [2, 1, 2], regression_range: [[0, 4], [4, 8], [8, 10000]], \
-             embd_dim: 16, fpn_dim: 16, head_dim: 16, n_head: 2, SpAtten: False, TeAtten: True, \
-             SelfAtten: True}\n\
-             train_cfg: {droppath: 0.0}\n";
-        let cfg = Config::from_yaml_str(yaml, std::path::Path::new("t.yaml"))
+    /// A tiny model (T = 32, widths 16, no drop-path) with these `model` keys, on flex with
+    /// autodiff, and its step setup.
+    fn tiny(model_keys: &str) -> (Network, StepSetup, Device) {
+        let yaml = format!(
+            "dataset: {{input_dim: 256, max_seq_len: 32}}\n\
+             model: {{backbone_arch: [2, 1, 2], regression_range: [[0, 4], [4, 8], [8, 10000]], \
+             embd_dim: 16, fpn_dim: 16, head_dim: 16, n_head: 2, TeAtten: True, SelfAtten: True, \
+             {model_keys}}}\n\
+             train_cfg: {{droppath: 0.0}}\n"
+        );
+        let cfg = Config::from_yaml_str(&yaml, std::path::Path::new("t.yaml"))
             .unwrap()
             .config;
         let dev = Device::flex().autodiff();
         dev.seed(1);
         let model: Network = config_adapt::network_config(&cfg).init(&dev).unwrap();
         let setup = StepSetup::new(&cfg, &model);
+        (model, setup, dev)
+    }
+
+    #[test]
+    fn a_batch_split_over_shards_has_the_whole_batch_gradients() {
+        // No BatchNorm (SpAtten off), no drop-path, no contrastive term: the three things
+        // that differ by design between a split batch and a whole one.
+        let (model, setup, dev) = tiny("SpAtten: False");
         let n = 3;
         let feats: Vec<Features> = (0..n)
             .map(|i| synthetic_features(32 - 4 * i, 256, 10 + i as u64))
@@ -478,19 +487,8 @@ mod tests {
     fn with_the_contrastive_term_each_shard_contrasts_its_own_anchors() {
         // The contrastive term needs spatial attention, hence BatchNorm: each shard's term is
         // its own anchors' (weighted by its share of the videos), not the whole batch's.
-        let yaml = "dataset: {input_dim: 256, max_seq_len: 32}\n\
-             model: {backbone_arch: [2, 1, 2], regression_range: [[0, 4], [4, 8], [8, 10000]], \
-             embd_dim: 16, fpn_dim: 16, head_dim: 16, n_head: 2, SpAtten: True, TeAtten: True, \
-             SelfAtten: True, pretrain: True}\n\
-             train_cfg: {droppath: 0.0}\n";
-        let cfg = Config::from_yaml_str(yaml, std::path::Path::new("t.yaml"))
-            .unwrap()
-            .config;
-        let dev = Device::flex().autodiff();
-        dev.seed(1);
-        let model: Network = config_adapt::network_config(&cfg).init(&dev).unwrap();
+        let (model, setup, dev) = tiny("SpAtten: True, pretrain: True");
         assert!(model.has_projection());
-        let setup = StepSetup::new(&cfg, &model);
         let n = 3;
         let feats: Vec<Features> = (0..n).map(|i| synthetic_features(32, 256, 20 + i as u64)).collect();
         let crops: Vec<Crop> = (0..n)
