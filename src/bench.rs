@@ -499,8 +499,6 @@ mod tests {
     #[cfg(feature = "wgpu")]
     #[test]
     fn on_wgpu_launches_are_counted_and_a_step_reads_nothing() {
-        // With the CubeCL ConvLSTM (off by default: `kernels::set_cube_convlstm`).
-        crate::kernels::set_cube_convlstm(true);
         let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
         let [train, infer, lstm] = counts_on(&dev);
         println!("tiny config on wgpu: train step {train:?}, inference T = 64 {infer:?}, ConvLSTM {lstm:?}");

@@ -69,28 +69,6 @@ pub fn fused_cube(device: &Device) -> bool {
     }
 }
 
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-thread_local! {
-    static CUBE_CONVLSTM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Turn the CubeCL ConvLSTM layers on or off for this thread (off by default).
-///
-/// They are off because they are wrong: on wgpu (lavapipe) they match the tensor-op path for
-/// a few steps and then drift (0.3 on the parity fixture's `lstm_h`, T = 128, 64 × 64
-/// frames; from step 3 with 8 hidden channels of 64 × 64, earlier with fewer units per cube),
-/// while single short sequences match to 1e-7 (issue 16). Until that is found the CubeCL
-/// back-ends run the ConvLSTM as burn's tensor operations; the tests switch the kernels on.
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-pub fn set_cube_convlstm(on: bool) {
-    CUBE_CONVLSTM.with(|c| c.set(on));
-}
-
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn cube_convlstm_on() -> bool {
-    CUBE_CONVLSTM.with(std::cell::Cell::get)
-}
-
 /// The name a CubeCL device gives itself (`NVIDIA H200`, `llvmpipe (LLVM 15.0.6, 256 bits)`),
 /// or `None` for a device of another back-end.
 pub fn cube_device_name(device: &Device) -> Option<String> {
@@ -257,7 +235,7 @@ pub fn convlstm(x: &Tensor<5>, layers: impl IntoIterator<Item = LstmWeights>) ->
         return Some(seq);
     }
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if cube_convlstm_on() && fused_cube(&x.device()) {
+    if fused_cube(&x.device()) {
         let mut seq = x.clone(); // [B, T, C, H, W]
         for w in layers {
             seq = convlstm_cube_op::layer(seq, w); // [B, T, h, H, W]
@@ -297,7 +275,7 @@ pub fn convlstm_from(
         return Some((seq, states));
     }
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if cube_convlstm_on() && fused_cube(&x.device()) && !x.is_autodiff() && x.dims()[1] > 0 {
+    if fused_cube(&x.device()) && !x.is_autodiff() && x.dims()[1] > 0 {
         let [b, t, _, hgt, wid] = x.dims();
         let mut seq = x.clone(); // [B, T, C, H, W]
         let mut states = Vec::new();
