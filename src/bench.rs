@@ -268,56 +268,81 @@ pub struct Counts {
 /// Run `f` once on this thread and count what it asks of `device` (see [`Counts`]). Run it
 /// after a warm-up: the first run of a kernel on a GPU also autotunes, which launches more.
 pub fn count<T, E>(device: &Device, f: impl FnOnce() -> Result<T, E>) -> Result<(T, Counts), E> {
+    count_by_kernel(device, f).map(|(out, counts, _)| (out, counts))
+}
+
+/// [`count`], with the launches also per kernel: `(name, launches)`, most launched first,
+/// names as CubeCL's profiler shortens them (`Kernel<generics>` without module paths).
+/// Empty on the CPU back-ends.
+#[allow(clippy::type_complexity)]
+pub fn count_by_kernel<T, E>(
+    device: &Device,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<(T, Counts, Vec<(String, usize)>), E> {
     let reads = crate::host::reads();
-    let (out, launches) = if crate::kernels::fused_cube(device) {
-        let (out, n) = launch_count::on_this_thread(f);
-        (out?, Some(n))
+    let (out, launches, kernels) = if crate::kernels::fused_cube(device) {
+        let (out, kernels) = launch_count::on_this_thread(f);
+        let n = kernels.iter().map(|(_, n)| n).sum();
+        (out?, Some(n), kernels)
     } else {
-        (f()?, None)
+        (f()?, None, Vec::new())
     };
     let counts = Counts {
         launches,
         host_reads: crate::host::reads() - reads,
     };
-    Ok((out, counts))
+    Ok((out, counts, kernels))
 }
 
 /// Kernel launches through CubeCL's process-wide launch observer, keeping those of the
 /// calling thread (other threads may launch meanwhile: tests run in parallel).
 mod launch_count {
+    /// Run `f`, returning the launches this thread made, per kernel, most launched first.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, usize) {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(String, usize)>) {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, PoisonError};
         use std::thread::ThreadId;
 
+        use cubecl::config::{TypeNameFormatLevel, type_name_format};
         use cubecl::logging::{LaunchObservation, LaunchObserver};
 
         struct OnThread {
             thread: ThreadId,
-            n: AtomicUsize,
+            kernels: Mutex<HashMap<&'static str, usize>>,
         }
         impl LaunchObserver for OnThread {
-            fn launched(&self, _kernel: &'static str) {
+            fn launched(&self, kernel: &'static str) {
                 if std::thread::current().id() == self.thread {
-                    self.n.fetch_add(1, Ordering::Relaxed);
+                    let mut map = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
+                    *map.entry(kernel).or_default() += 1;
                 }
             }
         }
         let counter = Arc::new(OnThread {
             thread: std::thread::current().id(),
-            n: AtomicUsize::new(0),
+            kernels: Mutex::new(HashMap::new()),
         });
         let watch = LaunchObservation::new(counter.clone());
         let out = f();
         drop(watch);
-        (out, counter.n.load(Ordering::Relaxed))
+        let map = std::mem::take(&mut *counter.kernels.lock().unwrap_or_else(PoisonError::into_inner));
+        // Kernels differing only in what the short name drops are one row.
+        let mut short: HashMap<String, usize> = HashMap::new();
+        for (name, n) in map {
+            *short
+                .entry(type_name_format(name, TypeNameFormatLevel::Balanced))
+                .or_default() += n;
+        }
+        let mut rows: Vec<(String, usize)> = short.into_iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        (out, rows)
     }
 
     /// Without a CubeCL back-end nothing launches kernels ([`super::count`] does not call it).
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, usize) {
-        (f(), 0)
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(String, usize)>) {
+        (f(), Vec::new())
     }
 }
 
@@ -515,6 +540,22 @@ mod tests {
         assert!(launches(lstm) <= 3 * 100, "{lstm:?}");
         let name = crate::kernels::cube_device_name(&dev);
         assert!(name.as_deref().is_some_and(|n| !n.is_empty()), "{name:?}");
+        // Per kernel: the rows add up to the total, and each layer's recurrence is one
+        // launch each way.
+        let bench = ConvLstmBench::new(&tiny_config(), &dev, 1).expect("lstm bench");
+        let (_, n, kernels) = count_by_kernel(&dev, || bench.pass()).expect("lstm");
+        assert_eq!(
+            kernels.iter().map(|(_, k)| k).sum::<usize>(),
+            launches(n),
+            "{kernels:?}"
+        );
+        let of = |name: &str| kernels.iter().find(|(k, _)| k == name).map(|(_, n)| *n);
+        let layers = tiny_config().xca.convlstm_hidden.len();
+        assert_eq!(
+            (of("LstmForward"), of("LstmBackward")),
+            (Some(layers), Some(layers)),
+            "{kernels:?}"
+        );
     }
 
     #[test]

@@ -4,10 +4,16 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use serde_json::json;
-use xca::bench::{ConvLstmBench, Counts, InferBench, Timing, TrainStepBench, count, peak_rss_mb, time_it};
+use xca::bench::{
+    ConvLstmBench, Counts, InferBench, Timing, TrainStepBench, count, count_by_kernel, peak_rss_mb, time_it,
+};
 use xca::device::DeviceChoice;
 
 use super::common;
+
+/// Kernels of the training step listed in the table and in the JSON, most launched first.
+const TOP_KERNELS_SHOWN: usize = 8;
+const TOP_KERNELS_JSON: usize = 25;
 
 /// Time, after warm-up, (a) one full training iteration (forward, losses, backward, clip,
 /// AdamW, EMA) on a synthetic batch of the config's shape, (b) inference of one video of
@@ -48,9 +54,9 @@ pub struct Args {
     /// Timed runs of the long inference.
     #[arg(long, default_value_t = 1)]
     pub long_iters: usize,
-    /// How the ConvLSTM runs: `fused` (one operation per layer where the back-end has
-    /// one: flex; the CubeCL layers of wgpu/cuda are switched off, see README "GPU") or
-    /// `tensor-ops` (burn tensor ops, step by step, to compare).
+    /// How the ConvLSTM runs: `fused` (one operation per layer: the CPU kernels on flex, the
+    /// CubeCL kernels on wgpu/cuda; ndarray has none) or `tensor-ops` (burn tensor ops, step
+    /// by step, to compare).
     #[arg(long, value_enum, default_value_t = LstmPath::Fused)]
     pub convlstm: LstmPath,
     /// Run only the long inference and print its numbers as JSON on stdout (what the parent
@@ -177,7 +183,8 @@ pub fn run(args: Args) -> Result<()> {
         .context("building the training step")?
         .fused_convlstm(args.convlstm.fused());
     let train_t = time_it(args.warmup, iters, || train.run().map(|_| ())).context("training step")?;
-    let (loss, train_n) = count(&device, || train.step()).context("training step (counted)")?;
+    let (loss, train_n, train_kernels) =
+        count_by_kernel(&device, || train.step()).context("training step (counted)")?;
     drop(loss);
     drop(train);
     let peak_train = peak_rss_mb();
@@ -262,6 +269,12 @@ pub fn run(args: Args) -> Result<()> {
             l.cpu_ms.map_or("-".into(), |c| format!("{:.1}", c[0]))
         ));
     }
+    if !train_kernels.is_empty() {
+        say("most launched kernels of the training step:");
+        for (name, n) in train_kernels.iter().take(TOP_KERNELS_SHOWN) {
+            say(&format!("{n:>9}  {name}"));
+        }
+    }
     let mb = |m: Option<f64>| m.map_or("unknown".into(), |m| format!("{m:.0} MiB"));
     say(&format!(
         "peak resident memory: {} after the training step, {} in all",
@@ -301,6 +314,13 @@ pub fn run(args: Args) -> Result<()> {
                 "infer_t512": infer_n[1],
                 "convlstm": lstm_n,
             },
+            // The counted training step's launches per kernel, most launched first (empty on
+            // the CPU back-ends).
+            "train_step_launches_by_kernel": train_kernels
+                .iter()
+                .take(TOP_KERNELS_JSON)
+                .map(|(name, n)| json!({ "kernel": name, "launches": n }))
+                .collect::<Vec<_>>(),
             "peak_rss_mb": peak,
             "peak_rss_mb_train": peak_train,
             "infer_long_t": long.as_ref().map(|l| l.t),

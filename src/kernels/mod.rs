@@ -304,6 +304,32 @@ pub fn sum_squares<const D: usize>(t: &Tensor<D>) -> Option<f64> {
     }
 }
 
+/// Whether [`sum_squares_on_device`] takes `t`: an `f32` tensor of a plain (non-autodiff)
+/// CubeCL device (wgpu, cuda). Always false in a build without one.
+pub fn sums_on_device<const D: usize>(t: &Tensor<D>) -> bool {
+    #[cfg(feature = "flex")]
+    return optim_op::sums_on_device(t);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = t;
+        false
+    }
+}
+
+/// `Σ x²` over all elements of `ts` (each [`sums_on_device`], one device, at least one) as
+/// a `[1]` tensor on that device: one CubeCL launch per tensor and a sum, nothing read back.
+/// Where they are not, `None`, and the caller sums with tensor ops.
+pub fn sum_squares_on_device(ts: Vec<Tensor<1>>) -> Option<Tensor<1>> {
+    let one_device = ts.first().map(Tensor::device);
+    if one_device.is_none() || !ts.iter().all(|t| sums_on_device(t) && Some(t.device()) == one_device) {
+        return None;
+    }
+    #[cfg(feature = "flex")]
+    return optim_op::sum_squares_on_device(ts);
+    #[cfg(not(feature = "flex"))]
+    None
+}
+
 /// `t · s`, in place on the plain fused CPU back-end, `t.mul_scalar(s)` elsewhere.
 pub fn scale<const D: usize>(t: Tensor<D>, s: f32) -> Tensor<D> {
     #[cfg(feature = "flex")]

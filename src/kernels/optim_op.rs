@@ -60,6 +60,16 @@ pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Te
 /// PyTorch's AdamW (burn's [`AdamW`] with amsgrad off and plain weight decay), one fused pass
 /// per parameter on flex, burn's own step elsewhere. The state is burn's [`AdamWState`], so
 /// optimiser records (and `--resume` states) are the same as with burn's AdamW.
+/// See [`super::sums_on_device`].
+pub fn sums_on_device<const D: usize>(t: &Tensor<D>) -> bool {
+    cube::takes(t)
+}
+
+/// See [`super::sum_squares_on_device`]; the tensors were checked by [`sums_on_device`].
+pub fn sum_squares_on_device(ts: Vec<Tensor<1>>) -> Option<Tensor<1>> {
+    cube::sum_squares(ts)
+}
+
 #[derive(Debug, Clone)]
 pub struct FusedAdamW {
     pub beta_1: f32,
@@ -179,6 +189,12 @@ mod cube {
         optim::adamw(prim(p), prim(g), prim(m), prim(v), k).map(Tensor::from_primitive::<Cube>)
     }
 
+    /// `Σ x²` of all of `ts` ([`takes`]-checked, one device) as a `[1]` tensor.
+    pub fn sum_squares(ts: Vec<Tensor<1>>) -> Option<Tensor<1>> {
+        let prims: Vec<_> = ts.into_iter().map(prim).collect();
+        (!prims.is_empty()).then(|| Tensor::from_primitive::<Cube>(optim::sum_squares(prims)))
+    }
+
     /// `ema · a + model · b` on a CubeCL device, or the pair back.
     #[allow(clippy::result_large_err)]
     pub fn blend<const D: usize>(
@@ -212,6 +228,10 @@ mod cube {
 
     pub fn adamw<const D: usize>(_: [Tensor<D>; 4], _: StepConsts) -> [Tensor<D>; 3] {
         unreachable!("no tensor `takes` the CubeCL path in this build")
+    }
+
+    pub fn sum_squares(_: Vec<Tensor<1>>) -> Option<Tensor<1>> {
+        None
     }
 }
 
@@ -271,6 +291,35 @@ mod tests {
         let before = read(e.clone());
         let _ = blend(e.clone(), e.clone(), 0.1);
         assert_eq!(read(e), before);
+    }
+
+    /// The clip's sum of squares on wgpu: one launch per tensor, several cubes for a large
+    /// one, a transposed one in any order, against `f64` sums on the host.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_sum_of_squares_matches_the_host_sum() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        dev.seed(6);
+        let big = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 1.0), &dev); // 77,100: 5 cubes
+        let ts = vec![
+            Tensor::<1>::from_floats([3.0, 4.0], &dev),
+            big.clone().reshape([SHAPE[0] * SHAPE[1]]),
+            big.clone().transpose().reshape([SHAPE[0] * SHAPE[1]]),
+            Tensor::<1>::random([16_384], Distribution::Normal(0.0, 2.0), &dev),
+        ];
+        let want: f64 = ts
+            .iter()
+            .flat_map(|t| read(t.clone()))
+            .map(|v| f64::from(v) * f64::from(v))
+            .sum();
+        assert!(ts.iter().all(crate::kernels::sums_on_device));
+        let got = f64::from(read(crate::kernels::sum_squares_on_device(ts).unwrap())[0]);
+        assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        assert!(want > 1e5, "{want}");
+        // Not on a CubeCL device, or an autodiff one: declined.
+        assert!(crate::kernels::sum_squares_on_device(vec![Tensor::<1>::ones([2], &Device::flex())]).is_none());
+        assert!(crate::kernels::sum_squares_on_device(vec![Tensor::<1>::ones([2], &dev.clone().autodiff())]).is_none());
+        assert!(crate::kernels::sum_squares_on_device(Vec::new()).is_none());
     }
 
     fn check_adamw_matches_burns(dev: &Device) {

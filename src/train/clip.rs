@@ -4,8 +4,10 @@
 //! is a different rule. Here the norms of all gradients are combined first:
 //! `total = ‖(‖g_1‖, …, ‖g_n‖)‖`, and every gradient is multiplied by
 //! `min(1, max_norm / (total + 1e-6))`. On the flex CPU device the sums of squares and the
-//! scaling are single in-place passes ([`kernels::sum_squares`], [`kernels::scale`]);
-//! elsewhere the scale stays a device tensor, so clipping costs no host round trip.
+//! scaling are single in-place passes ([`kernels::sum_squares`], [`kernels::scale`]); on a
+//! CubeCL device (wgpu, cuda) the sums of squares are one launch per gradient
+//! ([`kernels::sum_squares_on_device`]) instead of burn's square, sum, sqrt and square; the
+//! scale stays a device tensor off flex, so clipping costs no host round trip.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -19,6 +21,8 @@ struct NormCollector<'a> {
     sq_norms: Vec<Tensor<1>>,
     /// Sums of squares computed on the host (flex gradients), added in visit order.
     host: Option<(f64, Device)>,
+    /// Gradients on a CubeCL device, flattened: summed by one kernel launch each.
+    on_device: Vec<Tensor<1>>,
 }
 
 impl ModuleVisitor for NormCollector<'_> {
@@ -28,6 +32,11 @@ impl ModuleVisitor for NormCollector<'_> {
                 let device = g.device();
                 let (sum, _) = self.host.get_or_insert((0.0, device));
                 *sum += ss;
+                return;
+            }
+            if kernels::sums_on_device(&g) {
+                let n = g.shape().num_elements();
+                self.on_device.push(g.reshape([n])); // [N]
                 return;
             }
             // Per-tensor norm first, then squared, as PyTorch stacks per-tensor norms.
@@ -71,8 +80,18 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Optio
         grads,
         sq_norms: Vec::new(),
         host: None,
+        on_device: Vec::new(),
     };
     module.visit(&mut collector);
+    let on_device = std::mem::take(&mut collector.on_device);
+    if let Some(sum) = kernels::sum_squares_on_device(on_device.clone()) {
+        collector.sq_norms.push(sum);
+    } else {
+        // Not one CubeCL device after all: per-tensor norms as below.
+        collector
+            .sq_norms
+            .extend(on_device.into_iter().map(|g| g.square().sum().sqrt().square()));
+    }
     if let Some((sum, device)) = collector.host {
         // Gradients live on one device, so the tensor list is empty here.
         collector.sq_norms.push(Tensor::<1>::from_floats([sum as f32], &device));
@@ -122,7 +141,11 @@ mod tests {
     }
 
     fn setup(scale: f32) -> (Tiny, GradientsParams) {
-        let dev = Device::flex().autodiff();
+        setup_on(&Device::flex(), scale)
+    }
+
+    fn setup_on(dev: &Device, scale: f32) -> (Tiny, GradientsParams) {
+        let dev = dev.clone().autodiff();
         let tiny = Tiny {
             a: Param::from_tensor(Tensor::from_data(
                 TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]),
@@ -144,8 +167,19 @@ mod tests {
 
     #[test]
     fn clips_by_the_global_norm() {
+        check_clips_by_the_global_norm(&Device::flex());
+    }
+
+    /// On wgpu the sums of squares are CubeCL launches ([`kernels::sum_squares_on_device`]).
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn clips_by_the_global_norm_on_wgpu() {
+        check_clips_by_the_global_norm(&Device::wgpu(burn::tensor::DeviceKind::DefaultDevice));
+    }
+
+    fn check_clips_by_the_global_norm(dev: &Device) {
         // ‖(3, 4)‖ = 5, ‖12‖ = 12 → total 13.
-        let (tiny, mut grads) = setup(1.0);
+        let (tiny, mut grads) = setup_on(dev, 1.0);
         let total = clip_grad_global_norm(&tiny, &mut grads, 1.0).unwrap();
         assert!((read(total)[0] - 13.0).abs() < 1e-5);
         let s = 1.0 / (13.0 + 1e-6);

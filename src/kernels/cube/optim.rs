@@ -1,6 +1,6 @@
-//! The per-parameter arithmetic after the backward (SPEC §4.3: AdamW and the weight EMA) as
-//! one CubeCL launch per parameter tensor, as [`super::super::cpu::optim`] is one pass on
-//! the CPU.
+//! The per-parameter arithmetic after the backward (SPEC §4.3: the global-norm clip's sums of
+//! squares, AdamW and the weight EMA) as one CubeCL launch per parameter tensor, as
+//! [`super::super::cpu::optim`] is one pass on the CPU.
 //!
 //! Why: burn's AdamW is about a dozen element-wise kernels per parameter tensor (moments,
 //! bias corrections, square root, decay, update) and the EMA three; for the paper model's
@@ -12,7 +12,9 @@
 //! its values.
 
 use burn::backend::TensorMetadata;
+use burn::backend::ops::FloatTensorOps;
 use burn::tensor::Shape;
+use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -58,6 +60,52 @@ fn blend_kernel(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, a
     let i = ABSOLUTE_POS;
     if i < out.len() {
         out[i] = ema[i] * ab[0] + model[i] * ab[1];
+    }
+}
+
+/// Units of a [`sum_squares_kernel`] cube, and the elements each unit adds up: a cube
+/// covers `SS_UNITS · SS_PER_UNIT` elements.
+const SS_UNITS: usize = 256;
+const SS_PER_UNIT: usize = 64;
+
+/// The sum of squares of one stretch of `g` per cube, into `partial[first + CUBE_POS]`:
+/// each unit adds up `per_unit` elements a cube's width apart, then the cube adds its units'
+/// sums in shared memory.
+#[cube(launch)]
+fn sum_squares_kernel(
+    g: &Tensor<f32>,
+    partial: &mut Tensor<f32>,
+    first: usize,
+    #[comptime] units: usize,
+    #[comptime] per_unit: usize,
+) {
+    let mut shared = Shared::<[f32]>::new_slice(units);
+    let u = UNIT_POS as usize;
+    let start = CUBE_POS * units * per_unit;
+    let n = g.len();
+    let mut acc = 0.0f32;
+    for k in 0..per_unit {
+        let i = start + k * units + u;
+        if i < n {
+            let v = g[i];
+            acc += v * v;
+        }
+    }
+    shared[u] = acc;
+    sync_cube();
+    // From CUBE_DIM (= units), a runtime value: a comptime one cannot be reassigned.
+    let mut stride = CUBE_DIM as usize / 2;
+    while stride > 0 {
+        if u < stride {
+            let both = shared[u] + shared[u + stride];
+            shared[u] = both;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    if u == 0 {
+        let total = shared[0];
+        partial[first + CUBE_POS] = total;
     }
 }
 
@@ -131,4 +179,39 @@ pub fn blend(ema: CubeTensor, model: CubeTensor, a: f32, b: f32) -> CubeTensor {
         );
     }
     out
+}
+
+/// `Σ x²` over all elements of the `f32` tensors `ts` (one device, at least one tensor), as
+/// a `[1]` tensor on that device: one launch per tensor, whose cubes each leave a partial sum
+/// (one per 16,384 elements), then burn's sum of the partials. Nothing is read back.
+pub fn sum_squares(ts: Vec<CubeTensor>) -> CubeTensor {
+    let per_cube = SS_UNITS * SS_PER_UNIT;
+    let ts: Vec<CubeTensor> = ts.into_iter().map(into_contiguous).collect();
+    let cubes: Vec<usize> = ts
+        .iter()
+        .map(|t| t.shape().num_elements().div_ceil(per_cube).max(1))
+        .collect();
+    let like = &ts[0];
+    let partial = empty_device_contiguous_dtype(
+        like.client.clone(),
+        like.device.clone(),
+        Shape::from(vec![cubes.iter().sum::<usize>()]),
+        like.dtype,
+    );
+    let client = like.client.clone();
+    let mut first = 0;
+    for (t, &c) in ts.iter().zip(&cubes) {
+        sum_squares_kernel::launch(
+            &client,
+            CubeCount::Static(c as u32, 1, 1),
+            CubeDim::new_1d(SS_UNITS as u32),
+            t.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            first,
+            SS_UNITS,
+            SS_PER_UNIT,
+        );
+        first += c;
+    }
+    CubeBackend::float_sum(partial)
 }
