@@ -56,21 +56,21 @@ pub fn steps_per_launch(state: usize, units: u32) -> usize {
     (LOOP_BUDGET / per_step).max(1)
 }
 
-/// 1 / (1 + e^-v), saturating cleanly at both ends.
+/// `1 / (1 + e^-v)`, saturating cleanly at both ends.
 #[cube]
 fn sigmoid(v: f32) -> f32 {
     1.0f32 / (1.0f32 + f32::exp(-v))
 }
 
-/// tanh v as 1 − 2 / (e^{2v} + 1): exact limits ±1 where e^{2v} overflows or
-/// vanishes (some shader tanhs return NaN for large arguments).
+/// `tanh v` as `1 − 2 / (e^{2v} + 1)`: exact limits ±1 where `e^{2v}` overflows or
+/// vanishes (some shader `tanh`s return NaN for large arguments).
 #[cube]
 fn tanh_of(v: f32) -> f32 {
     1.0f32 - 2.0f32 / (f32::exp(2.0f32 * v) + 1.0f32)
 }
 
-/// The hidden half of gate row `row` at pixel (y, x): Σ wh[row, c, ky, kx] · src[base +
-/// c·HW + (y + ky − r)·W + (x + kx − r)], zero padding. `hd` and `k` are comptime, so the
+/// The hidden half of gate row `row` at pixel (y, x): `Σ wh[row, c, ky, kx] · src[base +
+/// c·HW + (y + ky − r)·W + (x + kx − r)]`, zero padding. `hd` and `k` are comptime, so the
 /// loops unroll (no loop iterations, see [`LOOP_BUDGET`]). `src` is only read; it is `&mut`
 /// because one caller passes the kernel's output (CubeCL will not lend that as `&`).
 #[cube]
@@ -317,7 +317,8 @@ pub struct Saved {
 }
 
 /// The forward of one layer from `(h0, c0)`: the hidden states `[B, T, h, H, W]`, the last
-/// cell state `[B, h, H, W]` and, when `save`, what the backward needs. One launch.
+/// cell state `[B, h, H, W]` and, when `save`, what the backward needs. One launch (more
+/// past the loop budget, [`steps_per_launch`]).
 ///
 /// # Shapes
 /// - gx: `[B, T, 4h, H, W]` (input half with bias), wh: `[4h, h, k, k]`
@@ -391,8 +392,8 @@ fn forward_in(
 
 /// The backward of one layer run by [`forward`] from `(h0, c0)`: the gradients of `gx`
 /// `[B, T, 4h, H, W]` and of `wh` `[4h, h, k, k]` from the gradient `dout` of the hidden
-/// states. One launch for the recurrence, one for the previous hidden states, and burn's
-/// conv weight gradient over all B·T frames at once.
+/// states. One launch for the recurrence (more past the loop budget), one for the previous
+/// hidden states, and burn's conv weight gradient over all B·T frames at once.
 pub fn backward(
     dout: CubeTensor,
     saved: &Saved,
@@ -557,7 +558,7 @@ mod tests {
                 i % state
             );
         }
-        // Not vacuous: the steps differ and the recurrence carries state.
+        // Not vacuous: the old kernel left zeros from step 3 on.
         assert!(want.iter().any(|v| v.abs() > 0.1));
     }
 

@@ -64,7 +64,8 @@ fn blend_kernel(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, a
 }
 
 /// Units of a [`sum_squares_kernel`] cube, and the elements each unit adds up: a cube
-/// covers `SS_UNITS · SS_PER_UNIT` elements.
+/// covers `SS_UNITS · SS_PER_UNIT` elements. `SS_UNITS` is a power of two: the reduction
+/// in shared memory halves it.
 const SS_UNITS: usize = 256;
 const SS_PER_UNIT: usize = 64;
 
