@@ -3,7 +3,9 @@
 //! (w ≤ 1).
 //!
 //! The local attention is computed on the band only (`[B, h, T, w + 1]` scores, O(T·w));
-//! [`dense_attention`] is the naive T×T reference it is tested against.
+//! [`dense_attention`] is the naive T×T reference it is tested against. On a GPU, sequences
+//! up to [`BANDED_DENSE_MAX_T`] take [`banded_attention`], the same band as one T×T product
+//! with far fewer kernel launches.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -13,6 +15,8 @@ use burn::tensor::activation::softmax;
 #[cfg(test)]
 use burn::tensor::s;
 use burn::tensor::{Bool, Device, Int, Tensor};
+
+use crate::kernels;
 
 use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, conv1d_dense};
 
@@ -137,7 +141,12 @@ impl Mhca {
         let q = q.mul_scalar(1.0 / (hs as f64).sqrt());
 
         let out = if self.window_size > 1 {
-            local_attention(q, k, v, kv_mask, self.window_size / 2, &self.attn_drop)
+            let half = self.window_size / 2;
+            if kernels::fused_cube(&q.device()) && t <= BANDED_DENSE_MAX_T {
+                banded_attention(q, k, v, kv_mask, half, &self.attn_drop)
+            } else {
+                local_attention(q, k, v, kv_mask, half, &self.attn_drop)
+            }
         } else {
             global_attention(q, k, v, kv_mask, &self.attn_drop)
         }; // [B, nh, T, hs]
@@ -146,6 +155,40 @@ impl Mhca {
         let out = out * qx_mask.clone().float().unsqueeze_dim::<3>(1);
         (out, qx_mask)
     }
+}
+
+/// Longest sequence whose local attention runs as [`banded_attention`] on a GPU: its T × T
+/// scores are 4 MiB per head and video at T = 1024; longer sequences (long-video inference)
+/// take the O(T·w) [`local_attention`].
+pub const BANDED_DENSE_MAX_T: usize = 1024;
+
+/// [`local_attention`] as one T × T product with the band as an additive bias: −inf for
+/// |i − j| > `half`, [`PAD_KEY_PENALTY`] on padded keys, padded query rows zeroed after the
+/// softmax, then dropout. The same numbers as the diagonal-by-diagonal form, in a handful of
+/// kernels instead of several per diagonal forward and backward (issue #16: a GPU waits on
+/// launches, and at T ≤ [`BANDED_DENSE_MAX_T`] the wasted products cost less than they do).
+///
+/// # Shapes
+/// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
+/// - output: `[B, nh, T, hs]`
+pub fn banded_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<2, Bool>,
+    half: usize,
+    drop: &Dropout,
+) -> Tensor<4> {
+    let [b, _, t, _] = q.dims();
+    let device = q.device();
+    let att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
+    let i = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]);
+    let j = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
+    let outside = (i - j).abs().greater_elem(half as i64).reshape([1, 1, t, t]);
+    let pen = mask.clone().float().neg().add_scalar(1.0).mul_scalar(PAD_KEY_PENALTY); // [B, T]
+    let att = att.mask_fill(outside, f32::NEG_INFINITY) + pen.reshape([b, 1, 1, t]);
+    let att = drop.forward(softmax(att, 3) * mask.float().reshape([b, 1, t, 1]));
+    att.matmul(v)
 }
 
 /// Local attention on the band |i − j| ≤ `half`, computed diagonal by diagonal.
@@ -307,6 +350,37 @@ mod tests {
             let row = win.slice(s![0, .., valid[0].min(t - 1)..t, ..]);
             if valid[0] < t {
                 assert_eq!(row.abs().max().into_scalar::<f32>(), 0.0);
+            }
+        }
+    }
+
+    /// The T × T form against the diagonal form: outputs, and the gradients of q, k and v
+    /// with padded keys and queries.
+    #[test]
+    fn banded_equals_local_attention_with_gradients() {
+        let dev = Device::flex().autodiff();
+        let drop = DropoutConfig::new(0.0).init();
+        for (t, half, valid) in [(16, 2, [11, 16]), (9, 4, [9, 2])] {
+            let (q, k, v) = qkv(2, t, &dev);
+            let m = mask(&valid, t, &dev);
+            let w = Tensor::<4>::random([2, 2, t, 4], Distribution::Normal(0.0, 1.0), &dev);
+            let run = |banded: bool| {
+                let (q, k, v) = (
+                    q.clone().require_grad(),
+                    k.clone().require_grad(),
+                    v.clone().require_grad(),
+                );
+                let f = if banded { banded_attention } else { local_attention };
+                let out = f(q.clone(), k.clone(), v.clone(), m.clone(), half, &drop);
+                let grads = (out.clone() * w.clone()).sum().backward();
+                let g = |x: &Tensor<4>| x.grad(&grads).unwrap();
+                [out.inner(), g(&q), g(&k), g(&v)]
+            };
+            let (banded, local) = (run(true), run(false));
+            for (name, (a, b)) in ["out", "dq", "dk", "dv"].iter().zip(banded.into_iter().zip(local)) {
+                assert!(b.clone().abs().max().into_scalar::<f32>() > 1e-3, "{name} is zero");
+                let d = max_diff(a, b);
+                assert!(d < 1e-5, "T={t} half={half} {name}: {d}");
             }
         }
     }
