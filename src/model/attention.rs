@@ -278,8 +278,9 @@ pub fn global_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<2
 }
 
 /// Naive dense attention over all T×T pairs, the reference for [`local_attention`]:
-/// with `band = Some(half)`, pairs with |i − j| > half get −inf, padded keys get
-/// [`PAD_KEY_PENALTY`] and padded query rows are zeroed after the softmax.
+/// with `band = Some(half)` it is [`banded_attention`] without dropout (pairs with
+/// |i − j| > half get −inf, padded keys [`PAD_KEY_PENALTY`], padded query rows zeroed after
+/// the softmax).
 ///
 /// # Shapes
 /// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
@@ -291,24 +292,15 @@ pub fn dense_attention(
     mask: Tensor<2, Bool>,
     band: Option<usize>,
 ) -> Tensor<4> {
-    let [b, _, t, _] = q.dims();
-    let device = q.device();
-    let mut att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
     if let Some(half) = band {
-        let i = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]);
-        let j = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
-        let dist = (i - j).abs();
-        let outside = dist.greater_elem(half as i64).reshape([1, 1, t, t]);
-        att = att.mask_fill(outside, f32::NEG_INFINITY);
-        let pen = mask.clone().float().neg().add_scalar(1.0).mul_scalar(PAD_KEY_PENALTY);
-        att = att + pen.reshape([b, 1, 1, t]);
-        let att = softmax(att, 3) * mask.float().reshape([b, 1, t, 1]);
-        att.matmul(v)
-    } else {
-        let keypad = mask.clone().bool_not().reshape([b, 1, 1, t]);
-        let att = softmax(att.mask_fill(keypad, f32::NEG_INFINITY), 3);
-        att.matmul(v * mask.float().reshape([b, 1, t, 1]))
+        // The band form is the production T×T path without dropout.
+        return banded_attention(q, k, v, mask, half, &DropoutConfig::new(0.0).init());
     }
+    let [b, _, t, _] = q.dims();
+    let att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
+    let keypad = mask.clone().bool_not().reshape([b, 1, 1, t]);
+    let att = softmax(att.mask_fill(keypad, f32::NEG_INFINITY), 3);
+    att.matmul(v * mask.float().reshape([b, 1, t, 1]))
 }
 
 #[cfg(test)]
