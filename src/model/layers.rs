@@ -167,6 +167,13 @@ pub fn conv1d_dense(conv: &Conv1d, x: Tensor<3>) -> Tensor<3> {
     let same = matches!(conv.padding, PaddingConfig1d::Explicit(l, r) if l == p && r == p)
         || matches!(conv.padding, PaddingConfig1d::Same)
         || (k == 1 && matches!(conv.padding, PaddingConfig1d::Valid));
+    // On the GPU back-ends burn's conv is one launch forward and a few backward, where the
+    // shifted multiply-adds and the im2col are a slice, product and sum per tap, each with
+    // its backward: 20 launches against 54 (depthwise) and 36 (k = 3) per conv, forward and
+    // backward (`xca bench`'s per-phase counts). A pointwise conv stays one matmul there.
+    if k > 1 && crate::kernels::fused_cube(&x.device()) {
+        return conv.forward(x);
+    }
     if conv.groups == cx && c == 1 && o == cx && conv.dilation == 1 && k % 2 == 1 && same && t % conv.stride == 0 {
         return depthwise(conv, x);
     }
