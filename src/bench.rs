@@ -271,19 +271,64 @@ pub fn count<T, E>(device: &Device, f: impl FnOnce() -> Result<T, E>) -> Result<
     count_by_kernel(device, f).map(|(out, counts, _)| (out, counts))
 }
 
-/// [`count`], with the launches also per kernel: `(name, launches)`, most launched first,
-/// names as CubeCL's profiler shortens them (`Kernel<generics>` without module paths).
-/// Empty on the CPU back-ends.
-#[allow(clippy::type_complexity)]
-pub fn count_by_kernel<T, E>(
-    device: &Device,
-    f: impl FnOnce() -> Result<T, E>,
-) -> Result<(T, Counts, Vec<(String, usize)>), E> {
+/// Where the launches of a counted run went (empty on the CPU back-ends).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Launches {
+    /// `(kernel, launches)`, most launched first, names as CubeCL's profiler shortens them
+    /// (`Kernel<generics>` without module paths).
+    pub by_kernel: Vec<(String, usize)>,
+    /// Per [`crate::phase`] of the run (forward, losses, backward, clip, optimizer, ema;
+    /// `other` outside them), most launched first, each with its kernels.
+    pub by_phase: Vec<PhaseLaunches>,
+}
+
+/// The launches of one phase of a counted run.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PhaseLaunches {
+    pub phase: String,
+    pub launches: usize,
+    /// `(kernel, launches)`, most launched first.
+    pub kernels: Vec<(String, usize)>,
+}
+
+impl Launches {
+    /// Sorted per kernel and per phase from `(phase, kernel, launches)` rows.
+    fn from_rows(rows: Vec<(&'static str, String, usize)>) -> Self {
+        use std::collections::BTreeMap;
+        fn sorted(map: BTreeMap<String, usize>) -> Vec<(String, usize)> {
+            let mut v: Vec<(String, usize)> = map.into_iter().collect();
+            v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            v
+        }
+        let mut kernels: BTreeMap<String, usize> = BTreeMap::new();
+        let mut phases: BTreeMap<&str, BTreeMap<String, usize>> = BTreeMap::new();
+        for (phase, kernel, n) in rows {
+            *kernels.entry(kernel.clone()).or_default() += n;
+            *phases.entry(phase).or_default().entry(kernel).or_default() += n;
+        }
+        let mut by_phase: Vec<PhaseLaunches> = phases
+            .into_iter()
+            .map(|(phase, k)| PhaseLaunches {
+                phase: phase.to_string(),
+                launches: k.values().sum(),
+                kernels: sorted(k),
+            })
+            .collect();
+        by_phase.sort_by(|a, b| b.launches.cmp(&a.launches).then_with(|| a.phase.cmp(&b.phase)));
+        Self {
+            by_kernel: sorted(kernels),
+            by_phase,
+        }
+    }
+}
+
+/// [`count`], with the launches also per kernel and per phase (see [`Launches`]).
+pub fn count_by_kernel<T, E>(device: &Device, f: impl FnOnce() -> Result<T, E>) -> Result<(T, Counts, Launches), E> {
     let reads = crate::host::reads();
-    let (out, launches, kernels) = if crate::kernels::fused_cube(device) {
-        let (out, kernels) = launch_count::on_this_thread(f);
-        let n = kernels.iter().map(|(_, n)| n).sum();
-        (out?, Some(n), kernels)
+    let (out, launches, rows) = if crate::kernels::fused_cube(device) {
+        let (out, rows) = launch_count::on_this_thread(f);
+        let n = rows.iter().map(|(_, _, n)| n).sum();
+        (out?, Some(n), rows)
     } else {
         (f()?, None, Vec::new())
     };
@@ -291,15 +336,16 @@ pub fn count_by_kernel<T, E>(
         launches,
         host_reads: crate::host::reads() - reads,
     };
-    Ok((out, counts, kernels))
+    Ok((out, counts, Launches::from_rows(rows)))
 }
 
 /// Kernel launches through CubeCL's process-wide launch observer, keeping those of the
 /// calling thread (other threads may launch meanwhile: tests run in parallel).
 mod launch_count {
-    /// Run `f`, returning the launches this thread made, per kernel, most launched first.
+    /// Run `f`, returning the launches this thread made as `(phase, kernel, launches)`
+    /// rows, kernels by their short names.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(String, usize)>) {
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(&'static str, String, usize)>) {
         use std::collections::HashMap;
         use std::sync::{Arc, Mutex, PoisonError};
         use std::thread::ThreadId;
@@ -307,15 +353,17 @@ mod launch_count {
         use cubecl::config::{TypeNameFormatLevel, type_name_format};
         use cubecl::logging::{LaunchObservation, LaunchObserver};
 
+        type Tally = HashMap<(&'static str, &'static str), usize>;
         struct OnThread {
             thread: ThreadId,
-            kernels: Mutex<HashMap<&'static str, usize>>,
+            kernels: Mutex<Tally>,
         }
         impl LaunchObserver for OnThread {
             fn launched(&self, kernel: &'static str) {
                 if std::thread::current().id() == self.thread {
+                    let phase = crate::phase::current();
                     let mut map = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
-                    *map.entry(kernel).or_default() += 1;
+                    *map.entry((phase, kernel)).or_default() += 1;
                 }
             }
         }
@@ -327,21 +375,16 @@ mod launch_count {
         let out = f();
         drop(watch);
         let map = std::mem::take(&mut *counter.kernels.lock().unwrap_or_else(PoisonError::into_inner));
-        // Kernels differing only in what the short name drops are one row.
-        let mut short: HashMap<String, usize> = HashMap::new();
-        for (name, n) in map {
-            *short
-                .entry(type_name_format(name, TypeNameFormatLevel::Balanced))
-                .or_default() += n;
-        }
-        let mut rows: Vec<(String, usize)> = short.into_iter().collect();
-        rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let rows = map
+            .into_iter()
+            .map(|((phase, name), n)| (phase, type_name_format(name, TypeNameFormatLevel::Balanced), n))
+            .collect();
         (out, rows)
     }
 
     /// Without a CubeCL back-end nothing launches kernels ([`super::count`] does not call it).
     #[cfg(not(any(feature = "wgpu", feature = "cuda")))]
-    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(String, usize)>) {
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(&'static str, String, usize)>) {
         (f(), Vec::new())
     }
 }
@@ -543,7 +586,8 @@ mod tests {
         // Per kernel: the rows add up to the total, and each layer's recurrence is one
         // launch each way.
         let bench = ConvLstmBench::new(&tiny_config(), &dev, 1).expect("lstm bench");
-        let (_, n, kernels) = count_by_kernel(&dev, || bench.pass()).expect("lstm");
+        let (_, n, launched) = count_by_kernel(&dev, || bench.pass()).expect("lstm");
+        let kernels = launched.by_kernel;
         assert_eq!(
             kernels.iter().map(|(_, k)| k).sum::<usize>(),
             launches(n),
@@ -556,6 +600,75 @@ mod tests {
             (Some(layers), Some(layers)),
             "{kernels:?}"
         );
+    }
+
+    /// A training step's launches per phase on wgpu: every phase of the step is there, the
+    /// phases add up to the total, and the optimiser and the EMA launch one kernel per
+    /// tensor they update (their fused kernels), nothing else.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn on_wgpu_a_training_steps_launches_are_split_by_phase() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        let cfg = tiny_config();
+        let mut train = TrainStepBench::new(&cfg, &dev, 1).expect("train bench");
+        train.run().expect("warm-up");
+        let (_, n, launched) = count_by_kernel(&dev, || train.step()).expect("step");
+        let phase = |name: &str| launched.by_phase.iter().find(|p| p.phase == name);
+        for name in ["forward", "losses", "backward", "clip", "optimizer", "ema"] {
+            assert!(phase(name).is_some_and(|p| p.launches > 0), "{name}: {launched:?}");
+        }
+        let total: usize = launched.by_phase.iter().map(|p| p.launches).sum();
+        assert_eq!(Some(total), n.launches);
+        // Every float tensor of the model: parameters and BatchNorm running statistics.
+        let model = &train.learner.as_ref().expect("learner").model;
+        let floats = crate::train::optim::param_ids_where(model, |_| true).len();
+        let ema = phase("ema").expect("ema");
+        assert_eq!(ema.kernels[0], ("BlendKernel".to_string(), floats), "{ema:?}");
+        // Besides: the BatchNorm running statistics' pending values, divided as burn
+        // synchronises them.
+        assert!(
+            ema.kernels[1..]
+                .iter()
+                .all(|(k, n)| k == "KernelScalarBinop | DivOp" && *n <= 4),
+            "{ema:?}"
+        );
+        // AdamW: one launch per parameter (the running statistics have no gradient).
+        let optimizer = phase("optimizer").expect("optimizer");
+        assert_eq!(optimizer.kernels.len(), 1, "{optimizer:?}");
+        assert_eq!(optimizer.kernels[0].0, "AdamwKernel");
+        assert!(
+            optimizer.launches < floats && optimizer.launches + 8 >= floats,
+            "{optimizer:?} of {floats}"
+        );
+    }
+
+    #[test]
+    fn launches_are_tallied_per_kernel_and_per_phase() {
+        let rows = vec![
+            ("forward", "Mul".to_string(), 3),
+            ("backward", "Mul".to_string(), 5),
+            ("backward", "Add".to_string(), 1),
+            ("forward", "Conv".to_string(), 3),
+        ];
+        let l = Launches::from_rows(rows);
+        let own = |v: &[(&str, usize)]| v.iter().map(|(k, n)| (k.to_string(), *n)).collect::<Vec<_>>();
+        assert_eq!(l.by_kernel, own(&[("Mul", 8), ("Conv", 3), ("Add", 1)]));
+        assert_eq!(
+            l.by_phase,
+            vec![
+                PhaseLaunches {
+                    phase: "backward".into(),
+                    launches: 6,
+                    kernels: own(&[("Mul", 5), ("Add", 1)]),
+                },
+                PhaseLaunches {
+                    phase: "forward".into(),
+                    launches: 6,
+                    kernels: own(&[("Conv", 3), ("Mul", 3)]),
+                },
+            ]
+        );
+        assert_eq!(Launches::from_rows(Vec::new()), Launches::default());
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod kernels;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod phase;
 pub mod report;
 pub mod select;
 pub mod synth;

@@ -43,6 +43,7 @@ fn bench_times_every_piece_and_writes_the_json_schema() {
     assert_eq!(counts["convlstm"]["host_reads"], 0, "{counts}");
     assert!(counts["infer_t128"]["host_reads"].as_u64().unwrap() >= 1, "{counts}");
     assert_eq!(v["train_step_launches_by_kernel"], serde_json::json!([]));
+    assert_eq!(v["train_step_launches_by_phase"], serde_json::json!([]));
     for key in [
         "train_step_ms",
         "infer_ms_t128",

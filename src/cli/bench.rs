@@ -14,6 +14,8 @@ use super::common;
 /// Kernels of the training step listed in the table and in the JSON, most launched first.
 const TOP_KERNELS_SHOWN: usize = 8;
 const TOP_KERNELS_JSON: usize = 25;
+/// Kernels named per phase in the table.
+const TOP_KERNELS_PER_PHASE: usize = 4;
 
 /// Time, after warm-up, (a) one full training iteration (forward, losses, backward, clip,
 /// AdamW, EMA) on a synthetic batch of the config's shape, (b) inference of one video of
@@ -183,7 +185,7 @@ pub fn run(args: Args) -> Result<()> {
         .context("building the training step")?
         .fused_convlstm(args.convlstm.fused());
     let train_t = time_it(args.warmup, iters, || train.run().map(|_| ())).context("training step")?;
-    let (loss, train_n, train_kernels) =
+    let (loss, train_n, train_launches) =
         count_by_kernel(&device, || train.step()).context("training step (counted)")?;
     drop(loss);
     drop(train);
@@ -269,10 +271,20 @@ pub fn run(args: Args) -> Result<()> {
             l.cpu_ms.map_or("-".into(), |c| format!("{:.1}", c[0]))
         ));
     }
-    if !train_kernels.is_empty() {
+    if !train_launches.by_kernel.is_empty() {
         say("most launched kernels of the training step:");
-        for (name, n) in train_kernels.iter().take(TOP_KERNELS_SHOWN) {
+        for (name, n) in train_launches.by_kernel.iter().take(TOP_KERNELS_SHOWN) {
             say(&format!("{n:>9}  {name}"));
+        }
+        say("launches of the training step by phase (and its top kernels):");
+        for p in &train_launches.by_phase {
+            let top: Vec<String> = p
+                .kernels
+                .iter()
+                .take(TOP_KERNELS_PER_PHASE)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            say(&format!("{:>9}  {:<10} {}", p.launches, p.phase, top.join(", ")));
         }
     }
     let mb = |m: Option<f64>| m.map_or("unknown".into(), |m| format!("{m:.0} MiB"));
@@ -316,10 +328,26 @@ pub fn run(args: Args) -> Result<()> {
             },
             // The counted training step's launches per kernel, most launched first (empty on
             // the CPU back-ends).
-            "train_step_launches_by_kernel": train_kernels
+            "train_step_launches_by_kernel": train_launches
+                .by_kernel
                 .iter()
                 .take(TOP_KERNELS_JSON)
                 .map(|(name, n)| json!({ "kernel": name, "launches": n }))
+                .collect::<Vec<_>>(),
+            // The same launches per phase of the step (forward, losses, backward, clip,
+            // optimizer, ema), each with its most launched kernels.
+            "train_step_launches_by_phase": train_launches
+                .by_phase
+                .iter()
+                .map(|p| json!({
+                    "phase": p.phase,
+                    "launches": p.launches,
+                    "kernels": p.kernels
+                        .iter()
+                        .take(TOP_KERNELS_JSON)
+                        .map(|(name, n)| json!({ "kernel": name, "launches": n }))
+                        .collect::<Vec<_>>(),
+                }))
                 .collect::<Vec<_>>(),
             "peak_rss_mb": peak,
             "peak_rss_mb_train": peak_train,

@@ -304,30 +304,54 @@ pub fn sum_squares<const D: usize>(t: &Tensor<D>) -> Option<f64> {
     }
 }
 
-/// Whether [`sum_squares_on_device`] takes `t`: an `f32` tensor of a plain (non-autodiff)
-/// CubeCL device (wgpu, cuda). Always false in a build without one.
-pub fn sums_on_device<const D: usize>(t: &Tensor<D>) -> bool {
-    #[cfg(feature = "flex")]
-    return optim_op::sums_on_device(t);
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = t;
-        false
+/// Sums of squares of gradients on one CubeCL device (wgpu, cuda), gathered a tensor at a
+/// time and added up by one launch per tensor and a final sum
+/// ([`cube::optim::sum_squares`]), nothing read back. A permuted gradient (a transposed
+/// weight gradient) is summed in its own buffer order, without a copy. Takes nothing in a
+/// build without a CubeCL back-end (or without flex, whose glue it shares).
+#[cfg(feature = "flex")]
+pub type SquareSums = optim_op::SquareSums;
+
+/// Sums of squares on the device: none in this build (nothing is taken).
+#[cfg(not(feature = "flex"))]
+#[derive(Default)]
+pub struct SquareSums;
+
+#[cfg(not(feature = "flex"))]
+impl SquareSums {
+    /// Hands every tensor back: this build has no CubeCL sums.
+    #[allow(clippy::result_large_err)]
+    pub fn push<const D: usize>(&mut self, t: Tensor<D>) -> Result<(), Tensor<D>> {
+        Err(t)
+    }
+
+    /// `None`: nothing was taken.
+    pub fn total(self) -> Option<Tensor<1>> {
+        None
     }
 }
 
-/// `Σ x²` over all elements of `ts` (each [`sums_on_device`], one device, at least one) as
-/// a `[1]` tensor on that device: one CubeCL launch per tensor and a sum, nothing read back.
-/// Where they are not, `None`, and the caller sums with tensor ops.
-pub fn sum_squares_on_device(ts: Vec<Tensor<1>>) -> Option<Tensor<1>> {
-    let one_device = ts.first().map(Tensor::device);
-    if one_device.is_none() || !ts.iter().all(|t| sums_on_device(t) && Some(t.device()) == one_device) {
-        return None;
-    }
+/// Whether the [`AdamW`] steps of parameters on `device` multiply their gradients by the
+/// factor of [`with_grad_scale`] inside their own kernel: a plain or autodiff CubeCL device
+/// in a build with the fused optimiser. There the global-norm clip hands its factor to the
+/// optimiser instead of launching a multiplication per gradient.
+pub fn optimizer_scales_gradients(device: &Device) -> bool {
+    cfg!(feature = "flex") && fused_cube(device)
+}
+
+/// Run `f` (an optimiser step) with every [`AdamW`] step on this thread first multiplying
+/// its gradient by `scale` (a `[1]` tensor): inside the CubeCL kernel where it runs, by a
+/// tensor multiplication anywhere else, so the result is the same either way. In a build
+/// without the fused optimiser (burn's AdamW) `f` runs without the factor: ask
+/// [`optimizer_scales_gradients`] first.
+pub fn with_grad_scale<T>(scale: Tensor<1>, f: impl FnOnce() -> T) -> T {
     #[cfg(feature = "flex")]
-    return optim_op::sum_squares_on_device(ts);
+    return optim_op::with_grad_scale(scale, f);
     #[cfg(not(feature = "flex"))]
-    None
+    {
+        let _ = scale;
+        f()
+    }
 }
 
 /// `t · s`, in place on the plain fused CPU back-end, `t.mul_scalar(s)` elsewhere.

@@ -4,10 +4,12 @@
 //! is a different rule. Here the norms of all gradients are combined first:
 //! `total = ‖(‖g_1‖, …, ‖g_n‖)‖`, and every gradient is multiplied by
 //! `min(1, max_norm / (total + 1e-6))`. On the flex CPU device the sums of squares and the
-//! scaling are single in-place passes ([`kernels::sum_squares`], [`kernels::scale`]); on a
+//! scaling are single in-place passes ([`kernels::sum_squares`], [`kernels::scale`]). On a
 //! CubeCL device (wgpu, cuda) the sums of squares are one launch per gradient
-//! ([`kernels::sum_squares_on_device`]) instead of burn's square, sum, sqrt and square; the
-//! scale stays a device tensor off flex, so clipping costs no host round trip.
+//! ([`kernels::SquareSums`]) instead of burn's square, sum, sqrt and square, and the factor
+//! stays a device tensor, so clipping costs no host round trip; there
+//! [`clip_for_optimizer`] leaves the multiplication to the AdamW kernel
+//! ([`kernels::with_grad_scale`]) instead of a launch per gradient.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -21,8 +23,8 @@ struct NormCollector<'a> {
     sq_norms: Vec<Tensor<1>>,
     /// Sums of squares computed on the host (flex gradients), added in visit order.
     host: Option<(f64, Device)>,
-    /// Gradients on a CubeCL device, flattened: summed by one kernel launch each.
-    on_device: Vec<Tensor<1>>,
+    /// Gradients on a CubeCL device: summed by one kernel launch each.
+    on_device: kernels::SquareSums,
 }
 
 impl ModuleVisitor for NormCollector<'_> {
@@ -34,11 +36,9 @@ impl ModuleVisitor for NormCollector<'_> {
                 *sum += ss;
                 return;
             }
-            if kernels::sums_on_device(&g) {
-                let n = g.shape().num_elements();
-                self.on_device.push(g.reshape([n])); // [N]
+            let Err(g) = self.on_device.push(g) else {
                 return;
-            }
+            };
             // Per-tensor norm first, then squared, as PyTorch stacks per-tensor norms.
             let norm = g.square().sum().sqrt();
             self.sq_norms.push(norm.square());
@@ -80,17 +80,11 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Optio
         grads,
         sq_norms: Vec::new(),
         host: None,
-        on_device: Vec::new(),
+        on_device: kernels::SquareSums::default(),
     };
     module.visit(&mut collector);
-    let on_device = std::mem::take(&mut collector.on_device);
-    if let Some(sum) = kernels::sum_squares_on_device(on_device.clone()) {
+    if let Some(sum) = std::mem::take(&mut collector.on_device).total() {
         collector.sq_norms.push(sum);
-    } else {
-        // Not one CubeCL device after all: per-tensor norms as below.
-        collector
-            .sq_norms
-            .extend(on_device.into_iter().map(|g| g.square().sum().sqrt().square()));
     }
     if let Some((sum, device)) = collector.host {
         // Gradients live on one device, so the tensor list is empty here.
@@ -104,28 +98,49 @@ pub fn global_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Optio
     Some(Tensor::cat(sq, 0).sum().sqrt())
 }
 
+/// `min(1, max_norm / (total + 1e-6))` of the global norm `total`, on its device.
+fn clip_factor(total: Tensor<1>, max_norm: f32) -> Tensor<1> {
+    total.add_scalar(1e-6).recip().mul_scalar(max_norm).clamp_max(1.0)
+}
+
 /// Clip `grads` in place to a global L2 norm of at most `max_norm` (PyTorch's
 /// `clip_grad_norm_`, including its `1e-6` guard). Returns the norm before clipping as a
 /// `[1]` tensor (for logging), or `None` when no parameter has a gradient.
 /// A `max_norm <= 0` disables clipping, as `clip_grad_l2norm = -1` does in the original.
 pub fn clip_grad_global_norm<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) -> Option<Tensor<1>> {
     let total = global_grad_norm(module, grads)?;
-    if max_norm <= 0.0 {
-        return Some(total);
+    if max_norm > 0.0 {
+        scale_grads(module, grads, total.clone(), max_norm);
     }
-    let scale = total
-        .clone()
-        .add_scalar(1e-6)
-        .recip()
-        .mul_scalar(max_norm)
-        .clamp_max(1.0);
+    Some(total)
+}
+
+/// Multiply `grads` by the clip factor of the global norm `total`.
+fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, total: Tensor<1>, max_norm: f32) {
+    let scale = clip_factor(total, max_norm);
     // A flex scale is read (a memory copy on the CPU); anywhere else it stays on the device.
     let host = kernels::fused_cpu_plain(&scale)
         .then(|| crate::host::read_scalar(scale.clone()).ok())
         .flatten()
         .map(|s| s as f32);
     module.visit(&mut Scaler { grads, scale, host });
-    Some(total)
+}
+
+/// [`clip_grad_global_norm`] for a step of [`kernels::AdamW`] that follows: where the
+/// optimiser can apply the factor itself ([`kernels::optimizer_scales_gradients`]: the
+/// CubeCL devices), `grads` are left as they are and the factor is returned, for the step
+/// to run inside [`kernels::with_grad_scale`]; elsewhere the gradients are scaled here and
+/// `None` is returned. The step's result is the same either way.
+pub fn clip_for_optimizer<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) -> Option<Tensor<1>> {
+    if max_norm <= 0.0 {
+        return None;
+    }
+    let total = global_grad_norm(module, grads)?;
+    if !kernels::optimizer_scales_gradients(&total.device()) {
+        scale_grads(module, grads, total, max_norm);
+        return None;
+    }
+    Some(clip_factor(total, max_norm))
 }
 
 #[cfg(test)]
@@ -193,6 +208,28 @@ mod tests {
         // After clipping the global norm is max_norm (per-tensor clipping would give 1 each).
         let after = read(global_grad_norm(&tiny, &grads).unwrap())[0];
         assert!((after - 1.0).abs() < 1e-5, "{after}");
+    }
+
+    /// On flex the clip for the optimiser scales the gradients itself; on wgpu it leaves
+    /// them and hands the factor over, which is the one the plain clip applies.
+    #[test]
+    fn the_clip_for_the_optimiser_scales_here_or_hands_the_factor_over() {
+        let (tiny, mut grads) = setup(1.0);
+        assert!(clip_for_optimizer(&tiny, &mut grads, 1.0).is_none());
+        let after = read(global_grad_norm(&tiny, &grads).unwrap())[0];
+        assert!((after - 1.0).abs() < 1e-5, "{after}");
+        let (tiny, mut grads) = setup(1.0);
+        assert!(clip_for_optimizer(&tiny, &mut grads, 0.0).is_none(), "disabled");
+        assert!((read(global_grad_norm(&tiny, &grads).unwrap())[0] - 13.0).abs() < 1e-5);
+        #[cfg(feature = "wgpu")]
+        {
+            let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+            let (tiny, mut grads) = setup_on(&dev, 1.0);
+            let factor = clip_for_optimizer(&tiny, &mut grads, 1.0).expect("handed over on wgpu");
+            assert!((read(factor)[0] - 1.0 / (13.0 + 1e-6)).abs() < 1e-9);
+            let left = read(global_grad_norm(&tiny, &grads).unwrap())[0];
+            assert!((left - 13.0).abs() < 1e-5, "gradients left as they were: {left}");
+        }
     }
 
     #[test]

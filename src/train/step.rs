@@ -12,7 +12,7 @@ use rand::Rng;
 
 use super::adapt;
 use super::assign::{CenterSample, Targets, assign_targets};
-use super::clip::clip_grad_global_norm;
+use super::clip::clip_for_optimizer;
 use super::ema::ema_update;
 use super::error::TrainError;
 use super::loss::{
@@ -22,8 +22,10 @@ use super::loss::{
 use crate::config::Config;
 use crate::dataset::batch::{Batch, BatchError};
 use crate::dataset::crop::Crop;
+use crate::kernels;
 use crate::model::long_term::Project;
 use crate::model::{Network, draw_patch_centres};
+use crate::phase;
 
 /// What does not change between the steps of a run.
 #[derive(Debug, Clone)]
@@ -171,11 +173,13 @@ impl Learner {
             mut normalizer,
         } = self;
         let (mut grads, step_losses) = batch_gradients(&model, &mut normalizer, setup, shards, use_con, rng)?;
-        if setup.clip > 0.0 {
-            clip_grad_global_norm(&model, &mut grads, setup.clip);
-        }
-        let model = optim.step(lr, model, grads);
-        let ema = ema_update(ema, &model, setup.ema_decay)?;
+        // On a CubeCL device the clip's factor is applied inside the AdamW kernel.
+        let deferred = phase::within("clip", || clip_for_optimizer(&model, &mut grads, setup.clip));
+        let model = phase::within("optimizer", || match deferred {
+            Some(scale) => kernels::with_grad_scale(scale, || optim.step(lr, model, grads)),
+            None => optim.step(lr, model, grads),
+        });
+        let ema = phase::within("ema", || ema_update(ema, &model, setup.ema_decay))?;
         Ok((
             Learner {
                 model,
@@ -340,18 +344,23 @@ fn shard_pass(model: &Network, setup: &StepSetup, input: ShardInputs, norm: f64)
         Some((fg, bg)) => Project::Rows { fg, bg },
         None => Project::Skip,
     };
-    let out = model.forward_projecting(batch.feats, batch.mask, centres.as_deref(), project)?;
-    let cls_logits = Tensor::cat(out.cls_logits, 1);
-    let offsets = Tensor::cat(out.offsets, 1);
-    let masks: Tensor<2, Bool> = Tensor::cat(out.masks, 1);
-    let losses = detection_losses(cls_logits, offsets, masks, &targets, norm, &setup.loss)?;
-    let con = match (out.fg_rows, out.bg_rows) {
-        // A lone shard's term is the batch's, unscaled (bit for bit the one-device step).
-        (Some(u), Some(d)) => contrastive_loss(u, d).map(|c| if share < 1.0 { c.mul_scalar(share) } else { c }),
-        _ => None,
-    };
-    let total = losses.total_with(con.clone());
-    let grads = GradientsParams::from_grads(total.backward(), model);
+    let out = phase::within("forward", || {
+        model.forward_projecting(batch.feats, batch.mask, centres.as_deref(), project)
+    })?;
+    let (losses, con, total) = phase::within("losses", || {
+        let cls_logits = Tensor::cat(out.cls_logits, 1);
+        let offsets = Tensor::cat(out.offsets, 1);
+        let masks: Tensor<2, Bool> = Tensor::cat(out.masks, 1);
+        let losses = detection_losses(cls_logits, offsets, masks, &targets, norm, &setup.loss)?;
+        let con = match (out.fg_rows, out.bg_rows) {
+            // A lone shard's term is the batch's, unscaled (bit for bit the one-device step).
+            (Some(u), Some(d)) => contrastive_loss(u, d).map(|c| if share < 1.0 { c.mul_scalar(share) } else { c }),
+            _ => None,
+        };
+        let total = losses.total_with(con.clone());
+        Ok::<_, TrainError>((losses, con, total))
+    })?;
+    let grads = phase::within("backward", || GradientsParams::from_grads(total.backward(), model));
     Ok(ShardOut {
         cls: losses.cls.detach(),
         reg: losses.reg.detach(),

@@ -24,6 +24,9 @@ use cubecl::prelude::*;
 use crate::kernels::cpu::optim::StepConsts;
 
 /// One AdamW update per element: the moments, then the decayed parameter minus the step.
+/// `g` is read through its strides when `strided` (a transposed weight gradient, read in
+/// place instead of copied), and multiplied by `scale[0]` when `scaled` (the global-norm
+/// clip's factor, applied here instead of by a launch of its own per gradient).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn adamw_kernel(
@@ -35,12 +38,30 @@ fn adamw_kernel(
     m_out: &mut Tensor<f32>,
     v_out: &mut Tensor<f32>,
     moments: &Tensor<f32>,
+    scale: &Tensor<f32>,
     #[comptime] decays: bool,
+    #[comptime] strided: bool,
+    #[comptime] scaled: bool,
 ) {
     let i = ABSOLUTE_POS;
     if i < p_out.len() {
         // [b1, b2, f1, f2, c1, c2, eps, keep, lr]
-        let gj = g[i];
+        let mut at = i;
+        if strided {
+            // The row-major index i of p as an offset into g's buffer, last axis first.
+            let rank = g.rank();
+            let mut rest = i;
+            at = 0;
+            for k in 0..rank {
+                let d = rank - 1 - k;
+                at += (rest % g.shape(d)) * g.stride(d);
+                rest /= g.shape(d);
+            }
+        }
+        let mut gj = g[at];
+        if scaled {
+            gj *= scale[0];
+        }
         let mj = m[i] * moments[0] + gj * moments[2];
         let vj = v[i] * moments[1] + gj * gj * moments[3];
         m_out[i] = mj;
@@ -126,20 +147,51 @@ fn constants(like: &CubeTensor, values: &[f32]) -> CubeTensor {
     )
 }
 
+/// Whether `t`'s elements fill its buffer exactly, in some order of its axes: a contiguous
+/// tensor or a permuted one (a transposed weight gradient), with no gaps, overlap or
+/// broadcast. Reading such a buffer from 0 to n visits every element once.
+fn dense(t: &CubeTensor) -> bool {
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    let mut axes: Vec<(usize, usize)> = strides
+        .iter()
+        .zip(shape.iter())
+        .filter(|(_, n)| **n != 1)
+        .map(|(s, n)| (*s, *n))
+        .collect();
+    axes.sort_unstable();
+    let mut expected = 1;
+    for (stride, n) in axes {
+        if stride != expected {
+            return false;
+        }
+        expected *= n;
+    }
+    true
+}
+
 /// One AdamW step of the `f32` parameter `p` with its gradient `g` and moments `m`, `v`
-/// (all of one shape): the new parameter and moments. One launch (plus a copy of any operand
-/// that is not contiguous, such as a transposed weight gradient).
-pub fn adamw(p: CubeTensor, g: CubeTensor, m: CubeTensor, v: CubeTensor, k: StepConsts) -> [CubeTensor; 3] {
-    let (p, g, m, v) = (
-        into_contiguous(p),
-        into_contiguous(g),
-        into_contiguous(m),
-        into_contiguous(v),
-    );
+/// (all of one shape), the gradient first multiplied by `scale` (a `[1]` tensor on the
+/// device) when there is one: the new parameter and moments. One launch: a gradient that
+/// is not contiguous (a transposed weight gradient) is read through its strides; the
+/// parameter and moments are contiguous unless a caller made them otherwise (then they
+/// are copied first).
+pub fn adamw(
+    p: CubeTensor,
+    g: CubeTensor,
+    m: CubeTensor,
+    v: CubeTensor,
+    scale: Option<CubeTensor>,
+    k: StepConsts,
+) -> [CubeTensor; 3] {
+    let (p, m, v) = (into_contiguous(p), into_contiguous(m), into_contiguous(v));
+    let strided = !g.is_contiguous();
     let (p_out, m_out, v_out) = (empty_like(&p), empty_like(&p), empty_like(&p));
     let n = p.shape().num_elements();
     if n > 0 {
         let consts = constants(&p, &[k.b1, k.b2, k.f1, k.f2, k.c1, k.c2, k.eps, k.keep, k.lr]);
+        let scaled = scale.is_some();
+        // Unread when not `scaled`; a binding is needed all the same.
+        let scale = scale.map_or_else(|| consts.clone(), into_contiguous);
         let client = p.client.clone();
         let dim = CubeDim::new_1d(256);
         adamw_kernel::launch(
@@ -154,7 +206,10 @@ pub fn adamw(p: CubeTensor, g: CubeTensor, m: CubeTensor, v: CubeTensor, k: Step
             m_out.clone().into_tensor_arg(),
             v_out.clone().into_tensor_arg(),
             consts.into_tensor_arg(),
+            scale.into_tensor_arg(),
             k.decays,
+            strided,
+            scaled,
         );
     }
     [p_out, m_out, v_out]
@@ -187,7 +242,12 @@ pub fn blend(ema: CubeTensor, model: CubeTensor, a: f32, b: f32) -> CubeTensor {
 /// (one per 16,384 elements), then burn's sum of the partials. Nothing is read back.
 pub fn sum_squares(ts: Vec<CubeTensor>) -> CubeTensor {
     let per_cube = SS_UNITS * SS_PER_UNIT;
-    let ts: Vec<CubeTensor> = ts.into_iter().map(into_contiguous).collect();
+    // The order of the elements does not matter to a sum: a permuted gradient is summed
+    // from its buffer as it is.
+    let ts: Vec<CubeTensor> = ts
+        .into_iter()
+        .map(|t| if dense(&t) { t } else { into_contiguous(t) })
+        .collect();
     let cubes: Vec<usize> = ts
         .iter()
         .map(|t| t.shape().num_elements().div_ceil(per_cube).max(1))
