@@ -19,6 +19,8 @@ pub mod cube;
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod convlstm_cube_op;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod layernorm_cube_op;
 
 #[cfg(feature = "flex")]
 mod batchnorm_op;
@@ -204,6 +206,28 @@ pub fn linear(linear: &burn::nn::Linear, x: Tensor<3>) -> Tensor<3> {
         Some(b) => out + b.val().unsqueeze::<3>(),
         None => out,
     }
+}
+
+/// ActionFormer's channel LayerNorm of `x` (`(x − μ)/√(σ² + ε) · w + b` per (b, t) over the
+/// channels) as one operation with a hand-written backward on the CubeCL back-ends (one
+/// launch forward, two backward, where the tensor ops take ~40); `None` elsewhere (then the
+/// caller runs its tensor ops).
+///
+/// # Shapes
+/// - x: `[B, C, T]`; weight, bias: `[C]`
+/// - output: `[B, C, T]`
+pub fn channel_layer_norm(x: &Tensor<3>, weight: &Tensor<1>, bias: &Tensor<1>, eps: f64) -> Option<Tensor<3>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if fused_cube(&x.device()) && x.dtype() == burn::tensor::DType::F32 {
+        return Some(layernorm_cube_op::channel_layer_norm(
+            x.clone(),
+            weight.clone(),
+            bias.clone(),
+            eps as f32,
+        ));
+    }
+    let _ = (x, weight, bias, eps);
+    None
 }
 
 /// One ConvLSTM layer's weights as the fused layer takes them.

@@ -49,6 +49,15 @@ impl ChannelLayerNorm {
     /// - x: `[B, C, T]`
     /// - output: `[B, C, T]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        // One fused operation on the GPU back-ends, the tensor ops below elsewhere.
+        if let Some(y) = crate::kernels::channel_layer_norm(&x, &self.weight.val(), &self.bias.val(), self.eps) {
+            return y;
+        }
+        self.forward_ops(x)
+    }
+
+    /// [`Self::forward`] as tensor ops (the reference of the fused norm).
+    fn forward_ops(&self, x: Tensor<3>) -> Tensor<3> {
         let c = self.weight.dims()[0];
         let mu = x.clone().mean_dim(1); // [B, 1, T]
         let res = x - mu;
@@ -281,5 +290,70 @@ mod tests {
             assert!(close(&a.2, &b.2), "k {k}: dw");
             assert!(close(&a.3, &b.3), "k {k}: dbias");
         }
+    }
+
+    /// The fused LayerNorm of the GPU back-ends against the tensor ops, output and the
+    /// gradients of the input, weight and bias, on wgpu (lavapipe where there is no GPU):
+    /// one launch forward, two backward.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn fused_layer_norm_matches_the_tensor_ops_with_gradients_on_wgpu() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff();
+        dev.seed(5);
+        let (c, b, t) = (37, 3, 50);
+        let mut ln = ChannelLayerNormConfig::new(c).init(&dev);
+        ln.weight = Param::from_tensor(Tensor::random([c], Distribution::Normal(1.0, 0.5), &dev));
+        ln.bias = Param::from_tensor(Tensor::random([c], Distribution::Normal(0.0, 0.5), &dev));
+        let x = Tensor::<3>::random([b, c, t], Distribution::Normal(0.3, 2.0), &dev);
+        let r = Tensor::<3>::random([b, c, t], Distribution::Uniform(-1.0, 1.0), &dev);
+        let v = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+        let v1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        let run = |fused: bool| {
+            let x = x.clone().detach().require_grad();
+            let y = if fused {
+                ln.forward(x.clone())
+            } else {
+                ln.forward_ops(x.clone())
+            };
+            let g = crate::phase::within("backward", || (y.clone() * r.clone()).sum().backward());
+            (
+                v(y.inner()),
+                v(x.grad(&g).unwrap()),
+                v1(ln.weight.grad(&g).unwrap()),
+                v1(ln.bias.grad(&g).unwrap()),
+            )
+        };
+        let (got, want) = (run(true), run(false));
+        let close = |p: &[f32], q: &[f32], what: &str| {
+            assert_eq!(p.len(), q.len(), "{what}");
+            for (i, (u, w)) in p.iter().zip(q).enumerate() {
+                assert!((u - w).abs() <= 1e-4 * (1.0 + w.abs()), "{what}[{i}]: {u} vs {w}");
+            }
+        };
+        close(&got.0, &want.0, "y");
+        close(&got.1, &want.1, "dx");
+        close(&got.2, &want.2, "dw");
+        close(&got.3, &want.3, "db");
+        assert!(want.2.iter().any(|g| g.abs() > 0.1), "{:?}", want.2);
+        // The plain device (inference) runs the same forward.
+        let plain = ln.valid();
+        let x0 = x.clone().inner();
+        close(
+            &v(plain.forward(x0.clone())),
+            &v(plain.forward_ops(x0)),
+            "y, plain device",
+        );
+        // Launches: the norm's kernels, once each.
+        let (_, _, launched) = crate::bench::count_by_kernel(&dev, || Ok::<_, ()>(run(true))).unwrap();
+        let of = |name: &str| launched.by_kernel.iter().find(|(k, _)| k == name).map(|(_, n)| *n);
+        assert_eq!(
+            [
+                of("LnForwardKernel"),
+                of("LnBackwardInputKernel"),
+                of("LnBackwardParamsKernel")
+            ],
+            [Some(1); 3],
+            "{launched:?}"
+        );
     }
 }

@@ -516,6 +516,55 @@ mod tests {
         assert!(split.values().flatten().all(|v| v.is_finite()));
     }
 
+    /// A batch's gradients on wgpu (the CubeCL kernels: ConvLSTM, LayerNorm, banded
+    /// attention, burn's convs) are flex's, for every parameter, with every component on.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn on_wgpu_a_batchs_gradients_are_flexs() {
+        let (model, setup, dev) = tiny("SpAtten: True, pretrain: True, random_patch: True");
+        let gpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff();
+        let on_gpu = model.clone().fork(&gpu);
+        let n = 2;
+        let feats: Vec<Features> = (0..n)
+            .map(|i| synthetic_features(32 - 5 * i, 256, 30 + i as u64))
+            .collect();
+        let crops: Vec<Crop> = (0..n)
+            .map(|i| Crop {
+                start: 0,
+                len: 32 - 5 * i,
+                segments: vec![[2.0 + i as f64, 12.0], [10.0, 22.0]],
+                labels: vec![0, 1],
+            })
+            .collect();
+        let one = shard_ranges(n, 1);
+        let (want, cls_want, con_want) = split_gradients(&model, &setup, &feats, &crops, &one, true, &dev);
+        let (got, cls_got, con_got) = split_gradients(&on_gpu, &setup, &feats, &crops, &one, true, &gpu);
+        assert!(
+            (cls_got - cls_want).abs() <= 1e-4 * cls_want.abs(),
+            "{cls_got} vs {cls_want}"
+        );
+        let (con_got, con_want) = (con_got.expect("contrastive on"), con_want.expect("contrastive on"));
+        assert!(
+            (con_got - con_want).abs() <= 1e-4 * con_want.abs(),
+            "{con_got} vs {con_want}"
+        );
+        assert_eq!(got.len(), want.len());
+        assert!(want.len() > 60, "{} parameters with gradients", want.len());
+        // Measured: 4e-4 at worst (a LayerNorm weight). The floor is for the conv biases in
+        // front of a BatchNorm, whose gradient is 0 up to float noise (~1e-8) on both.
+        let mut worst = (0f32, 0);
+        for (id, w) in &want {
+            let g = &got[id];
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-4);
+            let d = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            if d / scale > worst.0 {
+                worst = (d / scale, w.len());
+            }
+        }
+        println!("largest relative gradient difference wgpu vs flex: {worst:?}");
+        assert!(worst.0 < 1e-3, "largest relative gradient difference {worst:?}");
+    }
+
     #[test]
     fn shard_ranges_cover_the_batch_evenly() {
         assert_eq!(shard_ranges(5, 2), vec![0..3, 3..5]);

@@ -3,4 +3,5 @@
 //! tensors here and records the backward is `super::*_cube_op`.
 
 pub mod convlstm;
+pub mod layernorm;
 pub mod optim;
