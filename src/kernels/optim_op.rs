@@ -181,6 +181,7 @@ impl Optimizer for FusedAdamW {
         };
         let k = self.consts(lr, time);
         if on_cube {
+            let scale = scale.map(|s| s.to_device(&grad.device()));
             let [p, m, v] = cube::adamw([tensor, grad, m, v], scale, k);
             let momentum = AdaptiveMomentumState::new(time, m, v);
             return (p, Some(AdamWState::new(momentum)));
