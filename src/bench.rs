@@ -341,41 +341,88 @@ pub fn count_by_kernel<T, E>(device: &Device, f: impl FnOnce() -> Result<T, E>) 
 
 /// Kernel launches through CubeCL's process-wide launch observer, keeping those of the
 /// calling thread (other threads may launch meanwhile: tests run in parallel).
+///
+/// CubeCL has one observer slot for the process, and a second `LaunchObservation` replaces
+/// the first until it drops (then puts back what it found). So xca installs one observer,
+/// [`Hub`], while any thread counts, and the hub keeps a tally per counting thread: counts on
+/// several threads at once do not see each other's launches or cut each other short.
 mod launch_count {
-    /// Run `f`, returning the launches this thread made as `(phase, kernel, launches)`
-    /// rows, kernels by their short names.
+    /// `(phase, kernel)` → launches.
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(&'static str, String, usize)>) {
-        use std::collections::HashMap;
-        use std::sync::{Arc, Mutex, PoisonError};
-        use std::thread::ThreadId;
+    type Tally = std::collections::HashMap<(&'static str, &'static str), usize>;
 
-        use cubecl::config::{TypeNameFormatLevel, type_name_format};
-        use cubecl::logging::{LaunchObservation, LaunchObserver};
+    /// The one installed observer: a tally per counting thread.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    #[derive(Default)]
+    struct Hub {
+        tallies: std::sync::Mutex<std::collections::HashMap<std::thread::ThreadId, Tally>>,
+    }
 
-        type Tally = HashMap<(&'static str, &'static str), usize>;
-        struct OnThread {
-            thread: ThreadId,
-            kernels: Mutex<Tally>,
-        }
-        impl LaunchObserver for OnThread {
-            fn launched(&self, kernel: &'static str) {
-                if std::thread::current().id() == self.thread {
-                    let phase = crate::phase::current();
-                    let mut map = self.kernels.lock().unwrap_or_else(PoisonError::into_inner);
-                    *map.entry((phase, kernel)).or_default() += 1;
-                }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    impl cubecl::logging::LaunchObserver for Hub {
+        fn launched(&self, kernel: &'static str) {
+            let mut tallies = self.tallies.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(tally) = tallies.get_mut(&std::thread::current().id()) {
+                *tally.entry((crate::phase::current(), kernel)).or_default() += 1;
             }
         }
-        let counter = Arc::new(OnThread {
-            thread: std::thread::current().id(),
-            kernels: Mutex::new(HashMap::new()),
-        });
-        let watch = LaunchObservation::new(counter.clone());
+    }
+
+    /// Run `f`, returning the launches this thread made as `(phase, kernel, launches)`
+    /// rows, kernels by their short names. Not nested on one thread.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    pub fn on_this_thread<T>(f: impl FnOnce() -> T) -> (T, Vec<(&'static str, String, usize)>) {
+        use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+        use cubecl::config::{TypeNameFormatLevel, type_name_format};
+        use cubecl::logging::LaunchObservation;
+
+        static HUB: LazyLock<Arc<Hub>> = LazyLock::new(Arc::default);
+        /// Threads counting now, and the hub's installation while there are any.
+        static INSTALLED: Mutex<(usize, Option<LaunchObservation>)> = Mutex::new((0, None));
+
+        /// This thread's part: its tally in the hub, and the hub installed while it counts
+        /// (also when `f` unwinds).
+        struct Counting(std::thread::ThreadId);
+        impl Counting {
+            fn start() -> Self {
+                let me = std::thread::current().id();
+                HUB.tallies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(me, Tally::new());
+                let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+                installed.0 += 1;
+                if installed.1.is_none() {
+                    installed.1 = Some(LaunchObservation::new(HUB.clone()));
+                }
+                Self(me)
+            }
+            fn tally(&self) -> Tally {
+                let mut tallies = HUB.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+                tallies.get_mut(&self.0).map(std::mem::take).unwrap_or_default()
+            }
+        }
+        impl Drop for Counting {
+            fn drop(&mut self) {
+                let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+                installed.0 -= 1;
+                if installed.0 == 0 {
+                    installed.1 = None;
+                }
+                drop(installed);
+                HUB.tallies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&self.0);
+            }
+        }
+
+        let counting = Counting::start();
         let out = f();
-        drop(watch);
-        let map = std::mem::take(&mut *counter.kernels.lock().unwrap_or_else(PoisonError::into_inner));
-        let rows = map
+        let tally = counting.tally();
+        drop(counting);
+        let rows = tally
             .into_iter()
             .map(|((phase, name), n)| (phase, type_name_format(name, TypeNameFormatLevel::Balanced), n))
             .collect();

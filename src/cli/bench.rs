@@ -14,6 +14,16 @@ use super::common;
 /// Kernels of the training step listed in the table and in the JSON, most launched first.
 const TOP_KERNELS_SHOWN: usize = 8;
 const TOP_KERNELS_JSON: usize = 25;
+/// A kernel's name for the table: CubeCL's short names of burn's matmul run to hundreds of
+/// characters (every generic parameter), so the table keeps the first few (the JSON all).
+fn short(name: &str) -> String {
+    const KEEP: usize = 40;
+    match name.char_indices().nth(KEEP) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_string(),
+    }
+}
+
 /// Kernels named per phase in the table.
 const TOP_KERNELS_PER_PHASE: usize = 4;
 
@@ -274,7 +284,7 @@ pub fn run(args: Args) -> Result<()> {
     if !train_launches.by_kernel.is_empty() {
         say("most launched kernels of the training step:");
         for (name, n) in train_launches.by_kernel.iter().take(TOP_KERNELS_SHOWN) {
-            say(&format!("{n:>9}  {name}"));
+            say(&format!("{n:>9}  {}", short(name)));
         }
         say("launches of the training step by phase (and its top kernels):");
         for p in &train_launches.by_phase {
@@ -282,7 +292,7 @@ pub fn run(args: Args) -> Result<()> {
                 .kernels
                 .iter()
                 .take(TOP_KERNELS_PER_PHASE)
-                .map(|(k, n)| format!("{k} {n}"))
+                .map(|(k, n)| format!("{} {n}", short(k)))
                 .collect();
             say(&format!("{:>9}  {:<10} {}", p.launches, p.phase, top.join(", ")));
         }
