@@ -20,6 +20,8 @@ pub mod cube;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod convlstm_cube_op;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod gelu_cube_op;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod layernorm_cube_op;
 
 #[cfg(feature = "flex")]
@@ -161,7 +163,8 @@ pub fn spatial_attention_eval(
 
 /// GELU (`x/2 · (1 + erf(x/√2))`): on the fused CPU back-end one vectorised pass
 /// ([`cpu::simd::gelu_in_place`]; in place for inference, with a hand-written one-pass
-/// backward in training), burn's `gelu` elsewhere. burn's runs several tensor passes around
+/// backward in training), on the CubeCL back-ends one launch each way
+/// (`cube::gelu`), burn's `gelu` elsewhere. burn's runs several tensor passes around
 /// a scalar `erf` (~2–3 ms of an inference at T = 128, ~5 % of a training step with its
 /// backward). The same values to a few ulp of `erf`.
 ///
@@ -177,6 +180,10 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
         Err(x) if fused_cpu(&x.device()) && x.dtype() == burn::tensor::DType::F32 => return gelu_op::gelu(x),
         Err(x) => x,
     };
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if fused_cube(&x.device()) && x.dtype() == burn::tensor::DType::F32 {
+        return gelu_cube_op::gelu(x);
+    }
     burn::tensor::activation::gelu(x)
 }
 

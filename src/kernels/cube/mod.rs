@@ -3,5 +3,6 @@
 //! tensors here and records the backward is `super::*_cube_op`.
 
 pub mod convlstm;
+pub mod gelu;
 pub mod layernorm;
 pub mod optim;
