@@ -232,6 +232,56 @@ mod tests {
         }
     }
 
+    /// Through burn's `ModuleOptimizer` on wgpu: the factor handed to the AdamW kernels
+    /// gives the step of gradients clipped beforehand (the optimiser's per-parameter steps
+    /// run on the calling thread, where the factor is set). The clip is on the second step
+    /// only: Adam does not see a factor that is the same at every step.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn on_wgpu_a_step_with_the_factor_handed_over_is_the_clipped_step() {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Clip {
+            HandedOver,
+            Applied,
+            Off,
+        }
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        let settings = crate::train::optim::AdamWSettings::default();
+        let grads_of = |tiny: &Tiny| {
+            let ad = dev.clone().autodiff();
+            let k = Tensor::<2>::from_data(TensorData::new(vec![3.0f32, 0.0, 0.0, 4.0], [2, 2]), &ad);
+            let m = Tensor::<1>::from_data(TensorData::new(vec![0.0f32, 12.0], [2]), &ad);
+            let loss = (tiny.a.val() * k).sum() + (tiny.b.val() * m).sum();
+            GradientsParams::from_grads(loss.backward(), tiny)
+        };
+        let run = |clip: Clip| {
+            let (tiny, first) = setup_on(&dev, 1.0);
+            let mut optim = crate::train::optim::adamw_with_decay_group(vec![tiny.a.id], &settings);
+            let tiny = optim.step(0.1, tiny, first);
+            let mut grads = grads_of(&tiny);
+            let tiny = match clip {
+                Clip::HandedOver => {
+                    let factor = clip_for_optimizer(&tiny, &mut grads, 1.0).expect("handed over on wgpu");
+                    kernels::with_grad_scale(factor, || optim.step(0.1, tiny, grads))
+                }
+                Clip::Applied => {
+                    clip_grad_global_norm(&tiny, &mut grads, 1.0);
+                    optim.step(0.1, tiny, grads)
+                }
+                Clip::Off => optim.step(0.1, tiny, grads),
+            };
+            let mut v = read(tiny.a.val().inner());
+            v.extend(read(tiny.b.val().inner()));
+            v
+        };
+        let (handed, applied, off) = (run(Clip::HandedOver), run(Clip::Applied), run(Clip::Off));
+        for (h, c) in handed.iter().zip(&applied) {
+            assert!((h - c).abs() <= 1e-7, "{handed:?} vs {applied:?}");
+        }
+        let moved = applied.iter().zip(&off).fold(0f32, |m, (a, o)| m.max((a - o).abs()));
+        assert!(moved > 1e-3, "the clip changes the second step: {applied:?} vs {off:?}");
+    }
+
     #[test]
     fn small_gradients_are_left_alone() {
         let (tiny, mut grads) = setup(0.01); // total 0.13
