@@ -15,6 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("memory", &[]),
     ("device", &[]),
     ("host", &[]),
+    ("phase", &[]),
     ("fsio", &[]),
     ("select", &[]),
     ("kernels", &["host"]),
@@ -28,13 +29,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("infer", &["config", "geometry"]),
     (
         "train",
-        &["config", "dataset", "fsio", "host", "kernels", "model", "text"],
+        &["config", "dataset", "fsio", "host", "kernels", "model", "phase", "text"],
     ),
     ("metrics", &["dataset", "fsio", "geometry", "infer", "text"]),
     ("evaluate", &["config", "dataset", "host", "infer", "metrics", "model"]),
     (
         "bench",
-        &["config", "dataset", "evaluate", "host", "kernels", "model", "train"],
+        &[
+            "config", "dataset", "evaluate", "host", "kernels", "model", "phase", "train",
+        ],
     ),
 ];
 

@@ -61,16 +61,17 @@ pub(super) fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as CubeGeluOps>::cube_gelu(x.into_dispatch()))
 }
 
-#[cfg(all(test, feature = "wgpu"))]
+#[cfg(test)]
 mod tests {
-    use burn::tensor::{Device, Distribution, Tensor, TensorData};
-
     /// The fused GELU on wgpu against flex's fused GELU (exact `erf` forward and derivative,
     /// tested against `f64` series there), value and gradient, on values far into both tails;
     /// one launch each way. (burn's own backward is the derivative of the tanh approximation,
     /// off by ~2e-4 relative: PyTorch's exact GELU is what the paper trains.)
+    #[cfg(feature = "wgpu")]
     #[test]
     fn cube_gelu_matches_the_exact_gelu_with_its_gradient() {
+        use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
         let gpu = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff();
         let cpu = Device::flex().autodiff();
         cpu.seed(8);
