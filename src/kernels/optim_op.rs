@@ -57,9 +57,6 @@ pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Te
     }
 }
 
-/// PyTorch's AdamW (burn's [`AdamW`] with amsgrad off and plain weight decay), one fused pass
-/// per parameter on flex, burn's own step elsewhere. The state is burn's [`AdamWState`], so
-/// optimiser records (and `--resume` states) are the same as with burn's AdamW.
 /// Sums of squares of gradients on one CubeCL device: see [`super::SquareSums`].
 #[derive(Default)]
 pub struct SquareSums {
@@ -110,6 +107,11 @@ fn grad_scale() -> Option<Tensor<1>> {
     GRAD_SCALE.with(|s| s.borrow().clone())
 }
 
+/// PyTorch's AdamW (burn's [`AdamW`] with amsgrad off and plain weight decay), one fused pass
+/// per parameter on flex or one CubeCL launch on wgpu/cuda, burn's own step elsewhere. The
+/// state is burn's [`AdamWState`], so optimiser records (and `--resume` states) are the same
+/// as with burn's AdamW. Inside [`with_grad_scale`] each gradient is first multiplied by its
+/// factor (in the CubeCL kernel where that runs).
 #[derive(Debug, Clone)]
 pub struct FusedAdamW {
     pub beta_1: f32,
@@ -166,7 +168,7 @@ impl Optimizer for FusedAdamW {
         let fused = (on_flex || on_cube) && state.as_ref().is_none_or(|s| s.momentum.max_moment_2.is_none());
         // The clip's factor: inside the CubeCL kernel, else one multiplication here.
         let (grad, scale) = match scale {
-            Some(s) if !(fused && on_cube) => {
+            Some(s) if !(fused && on_cube && cube::takes(&s)) => {
                 let s = s.to_device(&grad.device()).reshape([1; D]);
                 (grad * s, None)
             }

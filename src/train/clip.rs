@@ -226,7 +226,7 @@ mod tests {
             let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
             let (tiny, mut grads) = setup_on(&dev, 1.0);
             let factor = clip_for_optimizer(&tiny, &mut grads, 1.0).expect("handed over on wgpu");
-            assert!((read(factor)[0] - 1.0 / (13.0 + 1e-6)).abs() < 1e-9);
+            assert!((read(factor)[0] - 1.0 / (13.0 + 1e-6)).abs() < 1e-7, "an f32 ulp or so");
             let left = read(global_grad_norm(&tiny, &grads).unwrap())[0];
             assert!((left - 13.0).abs() < 1e-5, "gradients left as they were: {left}");
         }
