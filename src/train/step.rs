@@ -399,6 +399,23 @@ mod tests {
         }
     }
 
+    /// The largest difference between two sets of gradients, each parameter's relative to
+    /// its largest magnitude in `want` (at least `floor`).
+    fn largest_relative_difference(
+        want: &HashMap<ParamId, Vec<f32>>,
+        got: &HashMap<ParamId, Vec<f32>>,
+        floor: f32,
+    ) -> f32 {
+        let mut worst = 0f32;
+        for (id, w) in want {
+            let g = &got[id];
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
+            let d = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            worst = worst.max(d / scale);
+        }
+        worst
+    }
+
     fn collect(model: &Network, grads: &GradientsParams) -> HashMap<ParamId, Vec<f32>> {
         let mut c = Collect {
             grads,
@@ -482,13 +499,7 @@ mod tests {
             (cls_whole - cls_split).abs() <= 1e-5 * cls_whole.abs(),
             "{cls_whole} vs {cls_split}"
         );
-        let mut worst = 0f32;
-        for (id, g) in &whole {
-            let s = &split[id];
-            let scale = g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let d = g.iter().zip(s).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            worst = worst.max(d / scale);
-        }
+        let worst = largest_relative_difference(&whole, &split, 1e-6);
         assert!(worst < 1e-4, "largest relative gradient difference {worst}");
     }
 
@@ -550,19 +561,12 @@ mod tests {
         );
         assert_eq!(got.len(), want.len());
         assert!(want.len() > 60, "{} parameters with gradients", want.len());
-        // Measured: 4e-4 at worst (a LayerNorm weight). The floor is for the conv biases in
-        // front of a BatchNorm, whose gradient is 0 up to float noise (~1e-8) on both.
-        let mut worst = (0f32, 0);
-        for (id, w) in &want {
-            let g = &got[id];
-            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-4);
-            let d = w.iter().zip(g).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            if d / scale > worst.0 {
-                worst = (d / scale, w.len());
-            }
-        }
-        println!("largest relative gradient difference wgpu vs flex: {worst:?}");
-        assert!(worst.0 < 1e-3, "largest relative gradient difference {worst:?}");
+        // Measured: 6.8e-5 at worst run alone, 1.4e-4 beside other tests (burn's autotune
+        // picks its kernels by timing, so the summation order varies). The floor is for the
+        // conv biases in front of a BatchNorm, whose gradient is 0 up to float noise (~1e-8).
+        let worst = largest_relative_difference(&want, &got, 1e-4);
+        println!("largest relative gradient difference wgpu vs flex: {worst}");
+        assert!(worst < 1e-3, "largest relative gradient difference {worst}");
     }
 
     #[test]
