@@ -404,6 +404,15 @@ pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Te
     }
 }
 
+/// [`blend`] for every pair (each of one shape): on a CubeCL device one launch per eight
+/// pairs, where [`blend`] would launch once per pair; a pair at a time elsewhere.
+pub fn blend_all(pairs: Vec<(Tensor<1>, Tensor<1>)>, decay: f64) -> Vec<Tensor<1>> {
+    #[cfg(feature = "flex")]
+    return optim_op::blend_all(pairs, decay);
+    #[cfg(not(feature = "flex"))]
+    pairs.into_iter().map(|(e, m)| blend(e, m, decay)).collect()
+}
+
 /// The per-parameter AdamW (PyTorch's: amsgrad off, decoupled decay): in flex builds one
 /// fused pass per parameter on the plain fused CPU back-end and burn's own step elsewhere;
 /// burn's AdamW in other builds. The state is burn's `AdamWState` either way.

@@ -57,6 +57,16 @@ pub fn blend<const D: usize>(ema: Tensor<D>, model: Tensor<D>, decay: f64) -> Te
     }
 }
 
+/// See [`super::blend_all`].
+pub fn blend_all(pairs: Vec<(Tensor<1>, Tensor<1>)>, decay: f64) -> Vec<Tensor<1>> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    let pairs = match cube::blend_all(pairs, decay as f32, (1.0 - decay) as f32) {
+        Ok(out) => return out,
+        Err(pairs) => pairs,
+    };
+    pairs.into_iter().map(|(e, m)| blend(e, m, decay)).collect()
+}
+
 /// Sums of squares of gradients on one CubeCL device: see [`super::SquareSums`].
 #[derive(Default)]
 pub struct SquareSums {
@@ -280,6 +290,31 @@ mod cube {
             b,
         )))
     }
+
+    /// `ema · a + model · b` for each pair, all on one CubeCL device, in groups of
+    /// [`optim::GROUP`] per launch where the device can bind a group (a launch per pair where
+    /// it cannot); the pairs back when they are not all [`takes`]-checked and on one device.
+    #[allow(clippy::type_complexity)]
+    pub fn blend_all(
+        pairs: Vec<(Tensor<1>, Tensor<1>)>,
+        a: f32,
+        b: f32,
+    ) -> Result<Vec<Tensor<1>>, Vec<(Tensor<1>, Tensor<1>)>> {
+        let device = pairs.first().map(|(e, _)| e.device());
+        let one_device = pairs
+            .iter()
+            .all(|(e, m)| takes(e) && takes(m) && Some(e.device()) == device && Some(m.device()) == device);
+        if !one_device {
+            return Err(pairs);
+        }
+        let prims: Vec<(Prim, Prim)> = pairs.into_iter().map(|(e, m)| (prim(e), prim(m))).collect();
+        let out = match prims.first() {
+            None => Vec::new(),
+            Some((e, _)) if optim::groups_fit(e) => optim::blend_all(prims, a, b),
+            Some(_) => prims.into_iter().map(|(e, m)| optim::blend(e, m, a, b)).collect(),
+        };
+        Ok(out.into_iter().map(Tensor::from_primitive::<Cube>).collect())
+    }
 }
 
 /// Without a CubeCL back-end nothing takes the GPU path.
@@ -368,9 +403,37 @@ mod tests {
         assert_eq!(read(e), before);
     }
 
-    /// The clip's sum of squares on wgpu: one launch per tensor, several cubes for a large
-    /// one, a transposed one in its buffer order without a copy (a broadcast view is copied
-    /// first), against `f64` sums on the host.
+    /// The EMA's grouped blend on wgpu: eleven pairs of different shapes (one transposed,
+    /// one empty) in two launches, each the tensor ops' values, in the order given.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_blend_all_groups_eight_pairs_per_launch() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        dev.seed(5);
+        let normal = |n: usize| Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &dev);
+        // 1,300,000 elements: more than the 4,096 cubes of 256 a row has, so units loop.
+        let mut sizes = vec![5usize, 1_300_000, 0, 77_100, 1, 300];
+        sizes.extend(2..=6);
+        let mut pairs: Vec<(Tensor<1>, Tensor<1>)> = sizes.iter().map(|&n| (normal(n), normal(n))).collect();
+        let t = Tensor::<2>::random(SHAPE, Distribution::Normal(0.0, 1.0), &dev);
+        pairs[3].1 = t.transpose().reshape([SHAPE[0] * SHAPE[1]]);
+        let want: Vec<Vec<f32>> = pairs
+            .iter()
+            .map(|(e, m)| read(e.clone().mul_scalar(0.9) + m.clone().mul_scalar(1.0 - 0.9)))
+            .collect();
+        let (got, _, launched) =
+            crate::bench::count_by_kernel(&dev, || Ok::<_, ()>(crate::kernels::blend_all(pairs, 0.9))).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (k, (g, w)) in got.into_iter().zip(&want).enumerate() {
+            assert_close(&read(g), w, &format!("pair {k}"));
+        }
+        let of = |name: &str| launched.by_kernel.iter().find(|(k, _)| k == name).map(|(_, n)| *n);
+        assert_eq!(of("BlendGroupKernel"), Some(2), "{launched:?}");
+    }
+
+    /// The clip's sum of squares on wgpu: one launch per eight tensors (two groups here, the
+    /// second short), several cubes for a large one, a transposed one in its buffer order
+    /// without a copy (a broadcast view is copied first), against `f64` sums on the host.
     #[cfg(feature = "wgpu")]
     #[test]
     fn cube_sum_of_squares_matches_the_host_sum() {
@@ -382,13 +445,19 @@ mod tests {
         let row = Tensor::<2>::random([1, 300], Distribution::Normal(0.0, 1.0), &dev);
         let spread = row.clone().expand([4, 300]); // stride 0: not dense
         let host = |t: Vec<f32>| t.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        // Six more of 1 to 6 elements: 11 tensors, 2 launches.
+        let few: Vec<Tensor<1>> = (1..=6)
+            .map(|n| Tensor::<1>::random([n], Distribution::Normal(0.0, 3.0), &dev))
+            .collect();
         let want = host(read(small.clone()))
             + 2.0 * host(read(big.clone()))
             + host(read(wide.clone()))
-            + 4.0 * host(read(row));
+            + 4.0 * host(read(row))
+            + few.iter().map(|t| host(read(t.clone()))).sum::<f64>();
         let mut sums = crate::kernels::SquareSums::default();
         assert!(sums.push(small).is_ok() && sums.push(big.clone()).is_ok());
         assert!(sums.push(big.transpose()).is_ok() && sums.push(wide).is_ok() && sums.push(spread).is_ok());
+        assert!(few.into_iter().all(|t| sums.push(t).is_ok()));
         // Another device, or an autodiff one: handed back.
         assert!(sums.push(Tensor::<1>::ones([2], &Device::flex())).is_err());
         assert!(sums.push(Tensor::<1>::ones([2], &dev.clone().autodiff())).is_err());
@@ -397,7 +466,7 @@ mod tests {
         assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
         assert!(want > 1e5, "{want}");
         let of = |name: &str| launched.by_kernel.iter().find(|(k, _)| k == name).map(|(_, n)| *n);
-        assert_eq!(of("SumSquaresKernel"), Some(5), "{launched:?}");
+        assert_eq!(of("SumSquaresGroupKernel"), Some(2), "{launched:?}");
         assert_eq!(
             of("CopyKernel"),
             Some(1),

@@ -12,7 +12,7 @@
 //!   reads the model through `valid()` too, which synchronises them first.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 /// Decay of the original's `ModelEma`.
 pub const EMA_DECAY: f64 = 0.999;
@@ -45,13 +45,34 @@ impl ModuleVisitor for Collect {
     }
 }
 
-/// Shapes of every float tensor of a module in visit order.
+/// Shapes of every float tensor of a module in visit order, and the device of the first.
 #[derive(Default)]
-struct Shapes(Vec<Vec<usize>>);
+struct Shapes(Vec<Vec<usize>>, Option<Device>);
 
 impl ModuleVisitor for Shapes {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.0.push(param.lazy_shape().to_vec());
+        if self.1.is_none() {
+            self.1 = Some(param.lazy_device());
+        }
+    }
+}
+
+/// Puts the blended tensors, flattened and in visit order, in place of the EMA's.
+struct Replace {
+    blended: std::vec::IntoIter<Tensor<1>>,
+}
+
+impl ModuleMapper for Replace {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        // Counts and shapes were checked before blending.
+        let Some(b) = self.blended.next() else {
+            return param;
+        };
+        param.map(|e| {
+            let dims: [usize; D] = e.dims();
+            b.reshape(dims)
+        })
     }
 }
 
@@ -106,6 +127,26 @@ pub fn ema_update<M: Module>(ema: M, model: &M, decay: f64) -> Result<M, EmaErro
             });
         }
     }
+    if shapes.1.as_ref().is_some_and(crate::kernels::fused_cube) {
+        // On a GPU: eight tensors per launch instead of one.
+        let mut own = Collect::default();
+        ema.visit(&mut own);
+        let pairs = own
+            .tensors
+            .into_iter()
+            .zip(collect.tensors)
+            .map(|((_, e), (_, m))| {
+                let m = m.to_device(&e.device());
+                (e, m)
+            })
+            .collect();
+        let blended = crate::kernels::blend_all(pairs, decay);
+        return Ok(ema.map(&mut Replace {
+            blended: blended.into_iter(),
+        }));
+    }
+    // Elsewhere a tensor at a time, so that the EMA's own tensors are not shared and can be
+    // blended in place.
     Ok(ema.map(&mut Blend {
         model: collect.tensors.into_iter(),
         decay,
@@ -137,8 +178,27 @@ mod tests {
 
     #[test]
     fn ema_blends_weights_and_running_stats() {
-        let dev = Device::flex().autodiff();
-        dev.seed(3);
+        check_blends(&Device::flex().autodiff());
+    }
+
+    /// On wgpu the EMA's six tensors are blended by one grouped launch, to the same values.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn on_wgpu_the_ema_blends_alike_in_one_launch() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff();
+        check_blends(&dev);
+        let model = net(&dev);
+        let ema = ema_init(&model);
+        let (_, _, launched) = crate::bench::count_by_kernel(&dev, || ema_update(ema, &model, 0.9)).unwrap();
+        assert_eq!(
+            launched.by_kernel,
+            vec![("BlendGroupKernel".to_string(), 1)],
+            "{launched:?}"
+        );
+    }
+
+    fn check_blends(dev: &Device) {
+        let dev = dev.clone();
         let model = net(&dev);
         let ema = ema_init(&model);
         let w0 = read(model.lin.weight.val());

@@ -84,26 +84,88 @@ fn blend_kernel(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, a
     }
 }
 
+/// `out[i] = ema[i] · ab[0] + model[i] · ab[1]` when `i` is inside `out`.
+#[cube]
+fn blend_at(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, ab: &Tensor<f32>, i: usize) {
+    if i < out.len() {
+        out[i] = ema[i] * ab[0] + model[i] * ab[1];
+    }
+}
+
+/// [`blend_kernel`] for up to [`GROUP`] tensors: cube row `y` blends slot `y` (rows past the
+/// group's size are not launched; their slots are placeholders), each unit an element
+/// every `CUBE_COUNT_X` cubes' width.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn blend_group_kernel(
+    e0: &Tensor<f32>,
+    m0: &Tensor<f32>,
+    o0: &mut Tensor<f32>,
+    e1: &Tensor<f32>,
+    m1: &Tensor<f32>,
+    o1: &mut Tensor<f32>,
+    e2: &Tensor<f32>,
+    m2: &Tensor<f32>,
+    o2: &mut Tensor<f32>,
+    e3: &Tensor<f32>,
+    m3: &Tensor<f32>,
+    o3: &mut Tensor<f32>,
+    e4: &Tensor<f32>,
+    m4: &Tensor<f32>,
+    o4: &mut Tensor<f32>,
+    e5: &Tensor<f32>,
+    m5: &Tensor<f32>,
+    o5: &mut Tensor<f32>,
+    e6: &Tensor<f32>,
+    m6: &Tensor<f32>,
+    o6: &mut Tensor<f32>,
+    e7: &Tensor<f32>,
+    m7: &Tensor<f32>,
+    o7: &mut Tensor<f32>,
+    ab: &Tensor<f32>,
+    n: usize,
+) {
+    let y = CUBE_POS_Y as usize;
+    let step = CUBE_COUNT_X as usize * CUBE_DIM_X as usize;
+    let mut i = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    // `n` is the group's largest size: a bound the loop needs to be a plain one.
+    while i < n {
+        if y == 0 {
+            blend_at(e0, m0, o0, ab, i);
+        } else if y == 1 {
+            blend_at(e1, m1, o1, ab, i);
+        } else if y == 2 {
+            blend_at(e2, m2, o2, ab, i);
+        } else if y == 3 {
+            blend_at(e3, m3, o3, ab, i);
+        } else if y == 4 {
+            blend_at(e4, m4, o4, ab, i);
+        } else if y == 5 {
+            blend_at(e5, m5, o5, ab, i);
+        } else if y == 6 {
+            blend_at(e6, m6, o6, ab, i);
+        } else {
+            blend_at(e7, m7, o7, ab, i);
+        }
+        i += step;
+    }
+}
+
 /// Units of a [`sum_squares_kernel`] cube, and the elements each unit adds up: a cube
 /// covers `SS_UNITS · SS_PER_UNIT` elements. `SS_UNITS` is a power of two: the reduction
 /// in shared memory halves it.
 const SS_UNITS: usize = 256;
 const SS_PER_UNIT: usize = 64;
 
-/// The sum of squares of one stretch of `g` per cube, into `partial[first + CUBE_POS]`:
-/// each unit adds up `per_unit` elements a cube's width apart, then the cube adds its units'
-/// sums in shared memory.
-#[cube(launch)]
-fn sum_squares_kernel(
-    g: &Tensor<f32>,
-    partial: &mut Tensor<f32>,
-    first: usize,
-    #[comptime] units: usize,
-    #[comptime] per_unit: usize,
-) {
-    let mut shared = Shared::<[f32]>::new_slice(units);
+/// Tensors one grouped launch ([`sum_squares_group_kernel`], [`blend_group_kernel`]) takes:
+/// its slots are separate bindings, so a kernel body is selected per cube row, unrolled.
+pub const GROUP: usize = 8;
+
+/// This unit's share of `Σ g²` over the cube starting at `start`: `per_unit` elements a
+/// cube's width apart.
+#[cube]
+fn unit_squares(g: &Tensor<f32>, start: usize, #[comptime] units: usize, #[comptime] per_unit: usize) -> f32 {
     let u = UNIT_POS as usize;
-    let start = CUBE_POS * units * per_unit;
     let n = g.len();
     let mut acc = 0.0f32;
     for k in 0..per_unit {
@@ -113,6 +175,52 @@ fn sum_squares_kernel(
             acc += v * v;
         }
     }
+    acc
+}
+
+/// The sum of squares of one stretch of a tensor per cube: cube row `y` reads slot `g{y}`
+/// (rows past the group's size are not launched; their slots are placeholders), cube
+/// column `x` its `x`-th stretch, and writes `partial[first + y · cubes + x]`, 0 past the
+/// tensor's end. Each unit adds up its elements, then the cube adds its units' sums in
+/// shared memory.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn sum_squares_group_kernel(
+    g0: &Tensor<f32>,
+    g1: &Tensor<f32>,
+    g2: &Tensor<f32>,
+    g3: &Tensor<f32>,
+    g4: &Tensor<f32>,
+    g5: &Tensor<f32>,
+    g6: &Tensor<f32>,
+    g7: &Tensor<f32>,
+    partial: &mut Tensor<f32>,
+    first: usize,
+    cubes: usize,
+    #[comptime] units: usize,
+    #[comptime] per_unit: usize,
+) {
+    let mut shared = Shared::<[f32]>::new_slice(units);
+    let u = UNIT_POS as usize;
+    let (x, y) = (CUBE_POS_X as usize, CUBE_POS_Y as usize);
+    let start = x * units * per_unit;
+    let acc = if y == 0 {
+        unit_squares(g0, start, units, per_unit)
+    } else if y == 1 {
+        unit_squares(g1, start, units, per_unit)
+    } else if y == 2 {
+        unit_squares(g2, start, units, per_unit)
+    } else if y == 3 {
+        unit_squares(g3, start, units, per_unit)
+    } else if y == 4 {
+        unit_squares(g4, start, units, per_unit)
+    } else if y == 5 {
+        unit_squares(g5, start, units, per_unit)
+    } else if y == 6 {
+        unit_squares(g6, start, units, per_unit)
+    } else {
+        unit_squares(g7, start, units, per_unit)
+    };
     shared[u] = acc;
     sync_cube();
     // From CUBE_DIM (= units), a runtime value: a comptime one cannot be reassigned.
@@ -127,7 +235,7 @@ fn sum_squares_kernel(
     }
     if u == 0 {
         let total = shared[0];
-        partial[first + CUBE_POS] = total;
+        partial[first + y * cubes + x] = total;
     }
 }
 
@@ -237,42 +345,138 @@ pub fn blend(ema: CubeTensor, model: CubeTensor, a: f32, b: f32) -> CubeTensor {
     out
 }
 
+/// Cubes along a [`blend_group_kernel`] row at most: a tensor larger than this many cubes'
+/// width is covered by each unit more than once (few times: 4,096 · 256 elements a pass).
+const BLEND_MAX_CUBES: usize = 4096;
+
+/// `ema · a + model · b` for each pair, each of one shape (pairs may differ): one launch per
+/// [`GROUP`] pairs, into fresh buffers, in the order given.
+pub fn blend_all(pairs: Vec<(CubeTensor, CubeTensor)>, a: f32, b: f32) -> Vec<CubeTensor> {
+    let pairs: Vec<(CubeTensor, CubeTensor, CubeTensor)> = pairs
+        .into_iter()
+        .map(|(e, m)| {
+            let (e, m) = (into_contiguous(e), into_contiguous(m));
+            let out = empty_like(&e);
+            (e, m, out)
+        })
+        .collect();
+    let Some((like, _, _)) = pairs.first() else {
+        return Vec::new();
+    };
+    let (client, device, dtype) = (like.client.clone(), like.device.clone(), like.dtype);
+    let ab = constants(like, &[a, b]);
+    let spare = empty_device_contiguous_dtype(client.clone(), device, Shape::from(vec![1]), dtype);
+    // Largest first, so that a group's tensors are of similar sizes and few units idle.
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(pairs[k].0.shape().num_elements()));
+    let dim = CubeDim::new_1d(256);
+    for group in order.chunks(GROUP) {
+        let n = pairs[group[0]].0.shape().num_elements();
+        if n == 0 {
+            continue;
+        }
+        let cubes = n.div_ceil(256).min(BLEND_MAX_CUBES);
+        let mut args = group.iter().flat_map(|&k| {
+            let (e, m, o) = &pairs[k];
+            [e.clone(), m.clone(), o.clone()]
+        });
+        let mut next = || args.next().unwrap_or_else(|| spare.clone()).into_tensor_arg();
+        blend_group_kernel::launch(
+            &client,
+            CubeCount::Static(cubes as u32, group.len() as u32, 1),
+            dim,
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            ab.clone().into_tensor_arg(),
+            n,
+        );
+    }
+    pairs.into_iter().map(|(_, _, out)| out).collect()
+}
+
+/// Bindings a [`blend_group_kernel`] launch needs: 3 per slot and the constants.
+pub const BLEND_GROUP_BINDINGS: u32 = 3 * GROUP as u32 + 1;
+
+/// Whether `client`'s device can bind a [`blend_group_kernel`]'s tensors (and a couple
+/// of buffers of CubeCL's own) in one launch: not on a WebGPU with its default 8.
+pub fn groups_fit(t: &CubeTensor) -> bool {
+    t.client.properties().hardware.max_bindings >= BLEND_GROUP_BINDINGS + 2
+}
+
 /// `Σ x²` over all elements of the `f32` tensors `ts` (one device, at least one tensor), as
-/// a `[1]` tensor on that device: one launch per tensor, whose cubes each leave a partial sum
-/// (one per 16,384 elements), then burn's sum of the partials. Nothing is read back.
+/// a `[1]` tensor on that device: one launch per [`GROUP`] tensors, whose cubes each leave a
+/// partial sum (one per 16,384 elements), then burn's sum of the partials. Nothing is read
+/// back.
 pub fn sum_squares(ts: Vec<CubeTensor>) -> CubeTensor {
     let per_cube = SS_UNITS * SS_PER_UNIT;
     // The order of the elements does not matter to a sum: a permuted gradient is summed
-    // from its buffer as it is.
-    let ts: Vec<CubeTensor> = ts
+    // from its buffer as it is. Nor does the order of the tensors: largest first, so that
+    // a group's tensors span similar numbers of cubes and few cubes idle.
+    let mut ts: Vec<(usize, CubeTensor)> = ts
         .into_iter()
         .map(|t| if dense(&t) { t } else { into_contiguous(t) })
+        .map(|t| (t.shape().num_elements().div_ceil(per_cube).max(1), t))
         .collect();
-    let cubes: Vec<usize> = ts
-        .iter()
-        .map(|t| t.shape().num_elements().div_ceil(per_cube).max(1))
-        .collect();
-    let like = &ts[0];
+    ts.sort_by_key(|(cubes, _)| std::cmp::Reverse(*cubes));
+    let like = ts[0].1.clone();
+    let client = like.client.clone();
+    // A group's row of cubes is as wide as its largest tensor needs.
+    let groups: Vec<&[(usize, CubeTensor)]> = ts.chunks(GROUP).collect();
+    let slots: usize = groups.iter().map(|g| g.len() * g[0].0).sum();
     let partial = empty_device_contiguous_dtype(
-        like.client.clone(),
+        client.clone(),
         like.device.clone(),
-        Shape::from(vec![cubes.iter().sum::<usize>()]),
+        Shape::from(vec![slots]),
         like.dtype,
     );
-    let client = like.client.clone();
+    // Placeholders for the slots of a short last group; never read.
+    let spare = empty_device_contiguous_dtype(client.clone(), like.device.clone(), Shape::from(vec![1]), like.dtype);
     let mut first = 0;
-    for (t, &c) in ts.iter().zip(&cubes) {
-        sum_squares_kernel::launch(
+    for group in groups {
+        let cubes = group[0].0;
+        let mut g = group.iter().map(|(_, t)| t.clone());
+        let mut next = || g.next().unwrap_or_else(|| spare.clone()).into_tensor_arg();
+        sum_squares_group_kernel::launch(
             &client,
-            CubeCount::Static(c as u32, 1, 1),
+            CubeCount::Static(cubes as u32, group.len() as u32, 1),
             CubeDim::new_1d(SS_UNITS as u32),
-            t.clone().into_tensor_arg(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
             partial.clone().into_tensor_arg(),
             first,
+            cubes,
             SS_UNITS,
             SS_PER_UNIT,
         );
-        first += c;
+        first += group.len() * cubes;
     }
     CubeBackend::float_sum(partial)
 }
