@@ -363,7 +363,7 @@ impl SquareSums {
 }
 
 /// Whether the [`AdamW`] steps of parameters on `device` multiply their gradients by the
-/// factor of [`with_grad_scale`] inside their own kernel: a plain or autodiff CubeCL device
+/// factor of [`optimizer_scope`] inside their own kernel: a plain or autodiff CubeCL device
 /// in a build with the fused optimiser. There the global-norm clip hands its factor to the
 /// optimiser instead of launching a multiplication per gradient.
 pub fn optimizer_scales_gradients(device: &Device) -> bool {
@@ -371,13 +371,16 @@ pub fn optimizer_scales_gradients(device: &Device) -> bool {
 }
 
 /// Run `f` (an optimiser step) with every [`AdamW`] step on this thread first multiplying
-/// its gradient by `scale` (a `[1]` tensor): inside the CubeCL kernel where it runs, by a
-/// tensor multiplication anywhere else, so the result is the same either way. In a build
-/// without the fused optimiser (burn's AdamW) `f` runs without the factor: ask
-/// [`optimizer_scales_gradients`] first.
-pub fn with_grad_scale<T>(scale: Tensor<1>, f: impl FnOnce() -> T) -> T {
+/// its gradient by `scale` (a `[1]` tensor) if given: inside the CubeCL kernel where it runs,
+/// by a tensor multiplication anywhere else, so the result is the same either way. On a
+/// CubeCL device the steps are launched eight parameters at a time, the last ones when `f`
+/// returns: a step's outputs are written then, so `f` must not read them (an optimiser
+/// step only puts them into the module and its state). In a build without the fused
+/// optimiser (burn's AdamW) `f` runs as it is: ask [`optimizer_scales_gradients`] before
+/// handing over a factor.
+pub fn optimizer_scope<T>(scale: Option<Tensor<1>>, f: impl FnOnce() -> T) -> T {
     #[cfg(feature = "flex")]
-    return optim_op::with_grad_scale(scale, f);
+    return optim_op::optimizer_scope(scale, f);
     #[cfg(not(feature = "flex"))]
     {
         let _ = scale;

@@ -94,34 +94,50 @@ impl SquareSums {
     }
 }
 
-thread_local! {
-    /// The factor [`with_grad_scale`] asks every AdamW step of this thread to apply.
-    static GRAD_SCALE: std::cell::RefCell<Option<Tensor<1>>> = const { std::cell::RefCell::new(None) };
+/// What [`optimizer_scope`] sets for the AdamW steps of its thread.
+struct Scope {
+    /// The clip's factor for every gradient.
+    scale: Option<Tensor<1>>,
+    /// The steps on CubeCL devices, launched eight at a time (flushed when dropped).
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    queue: super::cube::optim::AdamwQueue,
 }
 
-/// See [`super::with_grad_scale`].
-pub fn with_grad_scale<T>(scale: Tensor<1>, f: impl FnOnce() -> T) -> T {
-    struct Clear;
-    impl Drop for Clear {
+thread_local! {
+    /// The enclosing [`optimizer_scope`] of this thread, if any.
+    static SCOPE: std::cell::RefCell<Option<Scope>> = const { std::cell::RefCell::new(None) };
+}
+
+/// See [`super::optimizer_scope`].
+pub fn optimizer_scope<T>(scale: Option<Tensor<1>>, f: impl FnOnce() -> T) -> T {
+    /// Puts the outer scope back, dropping (so flushing) this one, even on a panic.
+    struct Restore(Option<Scope>);
+    impl Drop for Restore {
         fn drop(&mut self) {
-            GRAD_SCALE.with(|s| s.borrow_mut().take());
+            let ours = SCOPE.with(|s| std::mem::replace(&mut *s.borrow_mut(), self.0.take()));
+            drop(ours);
         }
     }
-    GRAD_SCALE.with(|s| *s.borrow_mut() = Some(scale));
-    let _clear = Clear;
+    let scope = Scope {
+        scale,
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        queue: Default::default(),
+    };
+    let _restore = Restore(SCOPE.with(|s| s.borrow_mut().replace(scope)));
     f()
 }
 
-/// The factor of the enclosing [`with_grad_scale`], if any.
+/// The factor of the enclosing [`optimizer_scope`], if any.
 fn grad_scale() -> Option<Tensor<1>> {
-    GRAD_SCALE.with(|s| s.borrow().clone())
+    SCOPE.with(|s| s.borrow().as_ref().and_then(|scope| scope.scale.clone()))
 }
 
 /// PyTorch's AdamW (burn's [`AdamW`] with amsgrad off and plain weight decay), one fused pass
 /// per parameter on flex or one CubeCL launch on wgpu/cuda, burn's own step elsewhere. The
 /// state is burn's [`AdamWState`], so optimiser records (and `--resume` states) are the same
-/// as with burn's AdamW. Inside [`with_grad_scale`] each gradient is first multiplied by its
-/// factor (in the CubeCL kernel where that runs).
+/// as with burn's AdamW. Inside [`optimizer_scope`] each gradient is first multiplied by its
+/// factor (in the CubeCL kernel where that runs), and the CubeCL launches take eight
+/// parameters each.
 #[derive(Debug, Clone)]
 pub struct FusedAdamW {
     pub beta_1: f32,
@@ -263,8 +279,13 @@ mod cube {
         scale: Option<Tensor<1>>,
         k: StepConsts,
     ) -> [Tensor<D>; 3] {
-        let scale = scale.map(prim);
-        optim::adamw(prim(p), prim(g), prim(m), prim(v), scale, k).map(Tensor::from_primitive::<Cube>)
+        let (p, g, m, v, scale) = (prim(p), prim(g), prim(m), prim(v), scale.map(prim));
+        // Queued in the enclosing scope, else launched alone.
+        let out = super::SCOPE.with(|s| match s.borrow_mut().as_mut() {
+            Some(scope) => scope.queue.push(p, g, m, v, scale, k),
+            None => optim::adamw(p, g, m, v, scale, k),
+        });
+        out.map(Tensor::from_primitive::<Cube>)
     }
 
     /// `Σ x²` of all of `ts` (one device) as a `[1]` tensor; `None` for none.
@@ -381,6 +402,78 @@ mod tests {
         );
         assert!(cube::takes(&plain) && !cube::takes(&ad) && !cube::takes(&Tensor::<1>::zeros([2], &Device::flex())));
         check_adamw_matches_burns(&dev);
+    }
+
+    /// On wgpu the steps inside an optimiser scope take up to four parameters per launch,
+    /// one launch per kind (learning rate, transposed gradient or not), and give what the
+    /// steps launched alone give. 20 parameters of different sizes (one larger than a row
+    /// of cubes covers at once), two steps.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn cube_steps_in_a_scope_are_grouped_and_equal_the_steps_alone() {
+        let dev = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        dev.seed(7);
+        let fused = FusedAdamW {
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.05,
+        };
+        let normal = |shape: [usize; 2], sd: f64| Tensor::<2>::random(shape, Distribution::Normal(0.0, sd), &dev);
+        let shape = |k: usize| if k == 3 { [1100, 1000] } else { [k + 1, 2 * k + 3] };
+        // Gradients 1, 6, 11, 16 are transposed views; parameters 0 to 13 have one rate,
+        // 14 to 19 another. Kinds: 11 contiguous at the first rate (3 launches), 3
+        // transposed at it (1), 5 contiguous (2) and 1 transposed at the second (1).
+        let lr = |k: usize| if k < 14 { 1e-3 } else { 2e-3 };
+        let grad = |k: usize| {
+            let [r, c] = shape(k);
+            if k % 5 == 1 {
+                normal([c, r], 0.1).transpose()
+            } else {
+                normal([r, c], 0.1)
+            }
+        };
+        let params: Vec<Tensor<2>> = (0..20).map(|k| normal(shape(k), 1.0)).collect();
+        let steps: [Vec<Tensor<2>>; 2] = [(0..20).map(grad).collect(), (0..20).map(grad).collect()];
+        let scale = Tensor::<1>::from_floats([0.75], &dev);
+        type Stepped = Vec<(Tensor<2>, Option<AdamWState<2>>)>;
+        let (mut alone, mut grouped): (Stepped, Stepped) = (
+            params.iter().map(|p| (p.clone(), None)).collect(),
+            params.iter().map(|p| (p.clone(), None)).collect(),
+        );
+        let mut launches = 0;
+        for grads in &steps {
+            alone = alone
+                .into_iter()
+                .enumerate()
+                .map(|(k, (p, s))| {
+                    let g = grads[k].clone() * scale.clone().reshape([1, 1]);
+                    fused.step(lr(k), p, g, s)
+                })
+                .collect();
+            let (next, _, launched) = crate::bench::count_by_kernel(&dev, || {
+                Ok::<_, ()>(optimizer_scope(Some(scale.clone()), || {
+                    grouped
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (p, s))| fused.step(lr(k), p, grads[k].clone(), s))
+                        .collect::<Vec<_>>()
+                }))
+            })
+            .unwrap();
+            grouped = next;
+            let of = |name: &str| launched.by_kernel.iter().find(|(k, _)| k == name).map(|(_, n)| *n);
+            assert_eq!(of("AdamwKernel"), None, "{launched:?}");
+            launches += of("AdamwGroupKernel").unwrap_or(0);
+        }
+        assert_eq!(launches, 2 * 7);
+        for (k, ((p, s), (q, r))) in alone.into_iter().zip(grouped).enumerate() {
+            assert_close(&read(q), &read(p), &format!("parameter {k}"));
+            let (s, r) = (s.unwrap().momentum, r.unwrap().momentum);
+            assert_eq!(r.time, 2);
+            assert_close(&read(r.moment_1), &read(s.moment_1), &format!("first moment {k}"));
+            assert_close(&read(r.moment_2), &read(s.moment_2), &format!("second moment {k}"));
+        }
     }
 
     /// The EMA blend on wgpu: one kernel, the tensor ops' values.
@@ -503,7 +596,7 @@ mod tests {
                     // The clip's factor handed to the step (inside the kernel on a CubeCL
                     // device) is the same as scaling the gradient first.
                     let f = Tensor::<1>::from_floats([0.37], dev);
-                    (p, s) = with_grad_scale(f.clone(), || fused.step(lr, p, g.clone(), s));
+                    (p, s) = optimizer_scope(Some(f.clone()), || fused.step(lr, p, g.clone(), s));
                     (q, r) = reference.step(lr, q, g * f.reshape([1, 1]), r);
                 } else {
                     (p, s) = fused.step(lr, p, g.clone(), s);

@@ -9,7 +9,7 @@
 //! ([`kernels::SquareSums`]) instead of burn's square, sum, sqrt and square, and the factor
 //! stays a device tensor, so clipping costs no host round trip; there
 //! [`clip_for_optimizer`] leaves the multiplication to the AdamW kernel
-//! ([`kernels::with_grad_scale`]) instead of a launch per gradient.
+//! ([`kernels::optimizer_scope`]) instead of a launch per gradient.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -129,7 +129,7 @@ fn scale_grads<M: Module>(module: &M, grads: &mut GradientsParams, total: Tensor
 /// [`clip_grad_global_norm`] for a step of [`kernels::AdamW`] that follows: where the
 /// optimiser can apply the factor itself ([`kernels::optimizer_scales_gradients`]: the
 /// CubeCL devices), `grads` are left as they are and the factor is returned, for the step
-/// to run inside [`kernels::with_grad_scale`]; elsewhere the gradients are scaled here and
+/// to run inside [`kernels::optimizer_scope`]; elsewhere the gradients are scaled here and
 /// `None` is returned. The step's result is the same either way.
 pub fn clip_for_optimizer<M: Module>(module: &M, grads: &mut GradientsParams, max_norm: f32) -> Option<Tensor<1>> {
     if max_norm <= 0.0 {
@@ -262,7 +262,7 @@ mod tests {
             let tiny = match clip {
                 Clip::HandedOver => {
                     let factor = clip_for_optimizer(&tiny, &mut grads, 1.0).expect("handed over on wgpu");
-                    kernels::with_grad_scale(factor, || optim.step(0.1, tiny, grads))
+                    kernels::optimizer_scope(Some(factor), || optim.step(0.1, tiny, grads))
                 }
                 Clip::Applied => {
                     clip_grad_global_norm(&tiny, &mut grads, 1.0);

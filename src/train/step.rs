@@ -175,9 +175,8 @@ impl Learner {
         let (mut grads, step_losses) = batch_gradients(&model, &mut normalizer, setup, shards, use_con, rng)?;
         // On a CubeCL device the clip's factor is applied inside the AdamW kernel.
         let deferred = phase::within("clip", || clip_for_optimizer(&model, &mut grads, setup.clip));
-        let model = phase::within("optimizer", || match deferred {
-            Some(scale) => kernels::with_grad_scale(scale, || optim.step(lr, model, grads)),
-            None => optim.step(lr, model, grads),
+        let model = phase::within("optimizer", || {
+            kernels::optimizer_scope(deferred, || optim.step(lr, model, grads))
         });
         let ema = phase::within("ema", || ema_update(ema, &model, setup.ema_decay))?;
         Ok((

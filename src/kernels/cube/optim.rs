@@ -15,6 +15,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::ops::FloatTensorOps;
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
+use burn_cubecl::CubeDevice;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -23,13 +24,14 @@ use cubecl::prelude::*;
 
 use crate::kernels::cpu::optim::StepConsts;
 
-/// One AdamW update per element: the moments, then the decayed parameter minus the step.
-/// `g` is read through its strides when `strided` (a transposed weight gradient, read in
-/// place instead of copied), and multiplied by `scale[0]` when `scaled` (the global-norm
-/// clip's factor, applied here instead of by a launch of its own per gradient).
-#[cube(launch)]
+/// One AdamW update of element `i` (when inside `p_out`): the moments, then the decayed
+/// parameter minus the step. `g` is read through its strides when `strided` (a transposed
+/// weight gradient, read in place instead of copied), and multiplied by `scale[0]` when
+/// `scaled` (the global-norm clip's factor, applied here instead of by a launch of its own
+/// per gradient).
+#[cube]
 #[allow(clippy::too_many_arguments)]
-fn adamw_kernel(
+fn adamw_at(
     p: &Tensor<f32>,
     g: &Tensor<f32>,
     m: &Tensor<f32>,
@@ -39,11 +41,11 @@ fn adamw_kernel(
     v_out: &mut Tensor<f32>,
     moments: &Tensor<f32>,
     scale: &Tensor<f32>,
+    i: usize,
     #[comptime] decays: bool,
     #[comptime] strided: bool,
     #[comptime] scaled: bool,
 ) {
-    let i = ABSOLUTE_POS;
     if i < p_out.len() {
         // [b1, b2, f1, f2, c1, c2, eps, keep, lr]
         let mut at = i;
@@ -72,6 +74,107 @@ fn adamw_kernel(
             kept *= moments[7];
         }
         p_out[i] = kept - delta * moments[8];
+    }
+}
+
+/// [`adamw_at`] for every element of one parameter.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_kernel(
+    p: &Tensor<f32>,
+    g: &Tensor<f32>,
+    m: &Tensor<f32>,
+    v: &Tensor<f32>,
+    p_out: &mut Tensor<f32>,
+    m_out: &mut Tensor<f32>,
+    v_out: &mut Tensor<f32>,
+    moments: &Tensor<f32>,
+    scale: &Tensor<f32>,
+    #[comptime] decays: bool,
+    #[comptime] strided: bool,
+    #[comptime] scaled: bool,
+) {
+    adamw_at(
+        p,
+        g,
+        m,
+        v,
+        p_out,
+        m_out,
+        v_out,
+        moments,
+        scale,
+        ABSOLUTE_POS,
+        decays,
+        strided,
+        scaled,
+    );
+}
+
+/// [`adamw_kernel`] for up to [`ADAMW_GROUP`] parameters of one kind (one set of constants, one
+/// `strided`, one `scaled`): cube row `y` steps slot `y` (rows past the group's size are not
+/// launched; their slots are placeholders), each unit an element every `CUBE_COUNT_X`
+/// cubes' width up to `n`, the group's largest size.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn adamw_group_kernel(
+    p0: &Tensor<f32>,
+    g0: &Tensor<f32>,
+    m0: &Tensor<f32>,
+    v0: &Tensor<f32>,
+    po0: &mut Tensor<f32>,
+    mo0: &mut Tensor<f32>,
+    vo0: &mut Tensor<f32>,
+    p1: &Tensor<f32>,
+    g1: &Tensor<f32>,
+    m1: &Tensor<f32>,
+    v1: &Tensor<f32>,
+    po1: &mut Tensor<f32>,
+    mo1: &mut Tensor<f32>,
+    vo1: &mut Tensor<f32>,
+    p2: &Tensor<f32>,
+    g2: &Tensor<f32>,
+    m2: &Tensor<f32>,
+    v2: &Tensor<f32>,
+    po2: &mut Tensor<f32>,
+    mo2: &mut Tensor<f32>,
+    vo2: &mut Tensor<f32>,
+    p3: &Tensor<f32>,
+    g3: &Tensor<f32>,
+    m3: &Tensor<f32>,
+    v3: &Tensor<f32>,
+    po3: &mut Tensor<f32>,
+    mo3: &mut Tensor<f32>,
+    vo3: &mut Tensor<f32>,
+    moments: &Tensor<f32>,
+    scale: &Tensor<f32>,
+    n: usize,
+    #[comptime] decays: bool,
+    #[comptime] strided: bool,
+    #[comptime] scaled: bool,
+) {
+    let y = CUBE_POS_Y as usize;
+    let step = CUBE_COUNT_X as usize * CUBE_DIM_X as usize;
+    let mut i = CUBE_POS_X as usize * CUBE_DIM_X as usize + UNIT_POS_X as usize;
+    while i < n {
+        if y == 0 {
+            adamw_at(
+                p0, g0, m0, v0, po0, mo0, vo0, moments, scale, i, decays, strided, scaled,
+            );
+        } else if y == 1 {
+            adamw_at(
+                p1, g1, m1, v1, po1, mo1, vo1, moments, scale, i, decays, strided, scaled,
+            );
+        } else if y == 2 {
+            adamw_at(
+                p2, g2, m2, v2, po2, mo2, vo2, moments, scale, i, decays, strided, scaled,
+            );
+        } else {
+            adamw_at(
+                p3, g3, m3, v3, po3, mo3, vo3, moments, scale, i, decays, strided, scaled,
+            );
+        }
+        i += step;
     }
 }
 
@@ -345,9 +448,166 @@ pub fn blend(ema: CubeTensor, model: CubeTensor, a: f32, b: f32) -> CubeTensor {
     out
 }
 
-/// Cubes along a [`blend_group_kernel`] row at most: a tensor larger than this many cubes'
-/// width is covered by each unit more than once (few times: 4,096 · 256 elements a pass).
-const BLEND_MAX_CUBES: usize = 4096;
+/// An AdamW step waiting in an [`AdamwQueue`]: inputs, the outputs already handed out, and
+/// what makes steps launchable together.
+struct AdamwJob {
+    tensors: [CubeTensor; 7],
+    scale: Option<CubeTensor>,
+    k: StepConsts,
+    strided: bool,
+}
+
+impl AdamwJob {
+    /// Steps with equal keys share a launch: one device, one set of constants (a parameter
+    /// group's learning rate and decay at one step count), one gradient layout, one factor.
+    fn key(&self) -> (CubeDevice, [u32; 9], [bool; 3]) {
+        let k = &self.k;
+        let consts = [k.b1, k.b2, k.f1, k.f2, k.c1, k.c2, k.eps, k.keep, k.lr].map(f32::to_bits);
+        let flags = [k.decays, self.strided, self.scale.is_some()];
+        (self.tensors[0].device.clone(), consts, flags)
+    }
+}
+
+/// AdamW steps of many parameters launched [`ADAMW_GROUP`] at a time
+/// ([`adamw_group_kernel`]): [`AdamwQueue::push`] hands out a step's outputs at once and
+/// launches the step with three others of its kind; [`AdamwQueue::flush`] launches what
+/// still waits.
+///
+/// The outputs are written when their launch runs: nothing may read them before the queue
+/// is flushed (the optimiser only puts them into the module and its state). Dropping the
+/// queue flushes it.
+#[derive(Default)]
+pub struct AdamwQueue {
+    waiting: Vec<AdamwJob>,
+}
+
+/// Parameters one [`adamw_group_kernel`] launch steps: 4 × 7 tensors and 2 more are 30
+/// bindings, within the 31 storage buffers wgpu grants on Mesa's lavapipe (Metal: 30).
+pub const ADAMW_GROUP: usize = 4;
+
+/// Bindings an [`adamw_group_kernel`] launch needs: 7 per slot, the constants and the factor.
+const ADAMW_GROUP_BINDINGS: u32 = 7 * ADAMW_GROUP as u32 + 2;
+
+impl AdamwQueue {
+    /// [`adamw`]'s step, queued: its new parameter and moments, written by a later launch
+    /// (at once where the device cannot bind a group).
+    pub fn push(
+        &mut self,
+        p: CubeTensor,
+        g: CubeTensor,
+        m: CubeTensor,
+        v: CubeTensor,
+        scale: Option<CubeTensor>,
+        k: StepConsts,
+    ) -> [CubeTensor; 3] {
+        // CubeCL's own metadata takes a binding too.
+        if p.client.properties().hardware.max_bindings < ADAMW_GROUP_BINDINGS + 1 {
+            return adamw(p, g, m, v, scale, k);
+        }
+        let (p, m, v) = (into_contiguous(p), into_contiguous(m), into_contiguous(v));
+        let strided = !g.is_contiguous();
+        let out = [empty_like(&p), empty_like(&p), empty_like(&p)];
+        if p.shape().num_elements() == 0 {
+            return out;
+        }
+        let [po, mo, vo] = out.clone();
+        let job = AdamwJob {
+            tensors: [p, g, m, v, po, mo, vo],
+            scale: scale.map(into_contiguous),
+            k,
+            strided,
+        };
+        let key = job.key();
+        self.waiting.push(job);
+        if self.waiting.iter().filter(|j| j.key() == key).count() == ADAMW_GROUP {
+            self.launch(&key);
+        }
+        out
+    }
+
+    /// Launch every waiting step, a group per kind.
+    pub fn flush(&mut self) {
+        while let Some(key) = self.waiting.first().map(AdamwJob::key) {
+            self.launch(&key);
+        }
+    }
+
+    /// One launch of the (at most [`ADAMW_GROUP`]) waiting steps of kind `key`.
+    fn launch(&mut self, key: &(CubeDevice, [u32; 9], [bool; 3])) {
+        let (group, rest): (Vec<AdamwJob>, Vec<AdamwJob>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|j| j.key() == *key);
+        self.waiting = rest;
+        let Some(first) = group.first() else {
+            return;
+        };
+        let (p, k) = (&first.tensors[0], &first.k);
+        let client = p.client.clone();
+        let consts = constants(p, &[k.b1, k.b2, k.f1, k.f2, k.c1, k.c2, k.eps, k.keep, k.lr]);
+        // Unread when not scaled; a binding is needed all the same.
+        let scale = first.scale.clone().unwrap_or_else(|| consts.clone());
+        let spare = empty_device_contiguous_dtype(client.clone(), p.device.clone(), Shape::from(vec![1]), p.dtype);
+        let (decays, strided, scaled) = (k.decays, first.strided, first.scale.is_some());
+        let n = group
+            .iter()
+            .map(|j| j.tensors[0].shape().num_elements())
+            .max()
+            .unwrap_or(0);
+        let rows = group.len() as u32;
+        let mut args = group.into_iter().flat_map(|j| j.tensors);
+        let mut next = || args.next().unwrap_or_else(|| spare.clone()).into_tensor_arg();
+        adamw_group_kernel::launch(
+            &client,
+            CubeCount::Static(n.div_ceil(256).min(ROW_MAX_CUBES) as u32, rows, 1),
+            CubeDim::new_1d(256),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            next(),
+            consts.into_tensor_arg(),
+            scale.into_tensor_arg(),
+            n,
+            decays,
+            strided,
+            scaled,
+        );
+    }
+}
+
+impl Drop for AdamwQueue {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Cubes along a row of a grouped launch ([`blend_group_kernel`], [`adamw_group_kernel`])
+/// at most: a tensor larger than this many cubes' width is covered by each unit more than
+/// once (few times: 4,096 · 256 elements a pass).
+const ROW_MAX_CUBES: usize = 4096;
 
 /// `ema · a + model · b` for each pair, each of one shape (pairs may differ): one launch per
 /// [`GROUP`] pairs, into fresh buffers, in the order given.
@@ -375,7 +635,7 @@ pub fn blend_all(pairs: Vec<(CubeTensor, CubeTensor)>, a: f32, b: f32) -> Vec<Cu
         if n == 0 {
             continue;
         }
-        let cubes = n.div_ceil(256).min(BLEND_MAX_CUBES);
+        let cubes = n.div_ceil(256).min(ROW_MAX_CUBES);
         let mut args = group.iter().flat_map(|&k| {
             let (e, m, o) = &pairs[k];
             [e.clone(), m.clone(), o.clone()]
