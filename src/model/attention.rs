@@ -18,7 +18,9 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 
 use crate::kernels;
 
-use super::layers::{ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, conv1d_dense};
+use super::layers::{
+    ChannelLayerNorm, ChannelLayerNormConfig, MaskedConv1d, MaskedConv1dConfig, conv1d_dense, downsample_mask,
+};
 
 /// Score added to keys on padded steps in local attention (the original's value).
 pub const PAD_KEY_PENALTY: f64 = -1e4;
@@ -123,12 +125,20 @@ impl Mhca {
     /// - output: `[B, C, T / stride]` and its mask `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
         let [b, c, _] = x.dims();
-        let (q, qx_mask) = self.query_conv.forward(x.clone(), mask.clone());
-        let q = self.query_norm.forward(q);
-        let (k, kv_mask) = self.key_conv.forward(x.clone(), mask.clone());
-        let k = self.key_norm.forward(k);
-        let (v, _) = self.value_conv.forward(x, mask);
-        let v = self.value_norm.forward(v);
+        // The query, key and value convs share their stride, so their output mask: it is
+        // cast to floats once, for them, the attention and the output.
+        let out_mask = downsample_mask(mask, self.query_conv.stride); // [B, T']
+        let keep = out_mask.clone().float(); // [B, T']
+        let keep3 = keep.clone().unsqueeze_dim::<3>(1); // [B, 1, T']
+        let q = self
+            .query_norm
+            .forward(self.query_conv.forward_zeroed(x.clone(), keep3.clone()));
+        let k = self
+            .key_norm
+            .forward(self.key_conv.forward_zeroed(x.clone(), keep3.clone()));
+        let v = self
+            .value_norm
+            .forward(self.value_conv.forward_zeroed(x, keep3.clone()));
 
         let q = conv1d_dense(&self.query, q);
         let k = conv1d_dense(&self.key, k);
@@ -143,17 +153,16 @@ impl Mhca {
         let out = if self.window_size > 1 {
             let half = self.window_size / 2;
             if kernels::fused_cube(&q.device()) && t <= BANDED_DENSE_MAX_T {
-                banded_attention(q, k, v, kv_mask, half, &self.attn_drop)
+                banded_attention(q, k, v, keep, half, &self.attn_drop)
             } else {
-                local_attention(q, k, v, kv_mask, half, &self.attn_drop)
+                local_attention(q, k, v, out_mask.clone(), half, &self.attn_drop)
             }
         } else {
-            global_attention(q, k, v, kv_mask, &self.attn_drop)
+            global_attention(q, k, v, out_mask.clone(), &self.attn_drop)
         }; // [B, nh, T, hs]
         let out = out.swap_dims(2, 3).reshape([b, c, t]); // [B, C, T]
         let out = self.proj_drop.forward(conv1d_dense(&self.proj, out));
-        let out = out * qx_mask.clone().float().unsqueeze_dim::<3>(1);
-        (out, qx_mask)
+        (out * keep3, out_mask)
     }
 }
 
@@ -169,13 +178,14 @@ pub const BANDED_DENSE_MAX_T: usize = 1024;
 /// launches, and at T ≤ [`BANDED_DENSE_MAX_T`] the wasted products cost less than they do).
 ///
 /// # Shapes
-/// - q (already scaled), k, v: `[B, nh, T, hs]`; mask: `[B, T]`
+/// - q (already scaled), k, v: `[B, nh, T, hs]`; keep: `[B, T]`, the mask as floats (1 on
+///   valid steps, 0 on padded ones)
 /// - output: `[B, nh, T, hs]`
 pub fn banded_attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
-    mask: Tensor<2, Bool>,
+    keep: Tensor<2>,
     half: usize,
     drop: &Dropout,
 ) -> Tensor<4> {
@@ -185,9 +195,9 @@ pub fn banded_attention(
     let i = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([t, 1]);
     let j = Tensor::<1, Int>::arange(0..t as i64, &device).reshape([1, t]);
     let outside = (i - j).abs().greater_elem(half as i64).reshape([1, 1, t, t]);
-    let pen = mask.clone().float().neg().add_scalar(1.0).mul_scalar(PAD_KEY_PENALTY); // [B, T]
+    let pen = keep.clone().neg().add_scalar(1.0).mul_scalar(PAD_KEY_PENALTY); // [B, T]
     let att = att.mask_fill(outside, f32::NEG_INFINITY) + pen.reshape([b, 1, 1, t]);
-    let att = drop.forward(softmax(att, 3) * mask.float().reshape([b, 1, t, 1]));
+    let att = drop.forward(softmax(att, 3) * keep.reshape([b, 1, t, 1]));
     att.matmul(v)
 }
 
@@ -294,7 +304,7 @@ pub fn dense_attention(
 ) -> Tensor<4> {
     if let Some(half) = band {
         // The band form is the production T×T path without dropout.
-        return banded_attention(q, k, v, mask, half, &DropoutConfig::new(0.0).init());
+        return banded_attention(q, k, v, mask.float(), half, &DropoutConfig::new(0.0).init());
     }
     let [b, _, t, _] = q.dims();
     let att = q.matmul(k.swap_dims(2, 3)); // [B, nh, T, T]
@@ -362,8 +372,12 @@ mod tests {
                     k.clone().require_grad(),
                     v.clone().require_grad(),
                 );
-                let f = if banded { banded_attention } else { local_attention };
-                let out = f(q.clone(), k.clone(), v.clone(), m.clone(), half, &drop);
+                let (q_, k_, v_) = (q.clone(), k.clone(), v.clone());
+                let out = if banded {
+                    banded_attention(q_, k_, v_, m.clone().float(), half, &drop)
+                } else {
+                    local_attention(q_, k_, v_, m.clone(), half, &drop)
+                };
                 let grads = (out.clone() * w.clone()).sum().backward();
                 let g = |x: &Tensor<4>| x.grad(&grads).unwrap();
                 [out.inner(), g(&q), g(&k), g(&v)]

@@ -134,10 +134,19 @@ impl MaskedConv1d {
     /// - x: `[B, C_in, T]`, mask: `[B, T]` (true on valid steps); T divisible by the stride
     /// - output: `[B, C_out, T / stride]` and its mask `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
-        let out = conv1d_dense(&self.conv, x);
         let out_mask = downsample_mask(mask, self.stride);
-        let out = out * out_mask.clone().float().unsqueeze_dim::<3>(1); // [B, 1, T']
-        (out, out_mask)
+        let keep = out_mask.clone().float().unsqueeze_dim::<3>(1); // [B, 1, T']
+        (self.forward_zeroed(x, keep), out_mask)
+    }
+
+    /// Convolve, then multiply by `keep`, the output mask as floats: for convs that share an
+    /// output mask, cast once (a launch per cast on a GPU).
+    ///
+    /// # Shapes
+    /// - x: `[B, C_in, T]`, keep: `[B, 1, T / stride]` (1 on valid steps, 0 on padded ones)
+    /// - output: `[B, C_out, T / stride]`
+    pub fn forward_zeroed(&self, x: Tensor<3>, keep: Tensor<3>) -> Tensor<3> {
+        conv1d_dense(&self.conv, x) * keep
     }
 }
 

@@ -178,21 +178,18 @@ fn adamw_group_kernel(
     }
 }
 
-/// `ema · a + model · b` per element.
-#[cube(launch)]
-fn blend_kernel(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, ab: &Tensor<f32>) {
-    let i = ABSOLUTE_POS;
-    if i < out.len() {
-        out[i] = ema[i] * ab[0] + model[i] * ab[1];
-    }
-}
-
 /// `out[i] = ema[i] · ab[0] + model[i] · ab[1]` when `i` is inside `out`.
 #[cube]
 fn blend_at(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, ab: &Tensor<f32>, i: usize) {
     if i < out.len() {
         out[i] = ema[i] * ab[0] + model[i] * ab[1];
     }
+}
+
+/// [`blend_at`] for every element of one tensor.
+#[cube(launch)]
+fn blend_kernel(ema: &Tensor<f32>, model: &Tensor<f32>, out: &mut Tensor<f32>, ab: &Tensor<f32>) {
+    blend_at(ema, model, out, ab, ABSOLUTE_POS);
 }
 
 /// [`blend_kernel`] for up to [`GROUP`] tensors: cube row `y` blends slot `y` (rows past the
