@@ -373,9 +373,9 @@ pub fn optimizer_scales_gradients(device: &Device) -> bool {
 /// Run `f` (an optimiser step) with every [`AdamW`] step on this thread first multiplying
 /// its gradient by `scale` (a `[1]` tensor) if given: inside the CubeCL kernel where it runs,
 /// by a tensor multiplication anywhere else, so the result is the same either way. On a
-/// CubeCL device the steps are launched eight parameters at a time, the last ones when `f`
-/// returns: a step's outputs are written then, so `f` must not read them (an optimiser
-/// step only puts them into the module and its state). In a build without the fused
+/// CubeCL device the steps are launched four parameters of one kind (rate, decay, gradient
+/// layout) at a time, the last ones when `f` returns: a step's outputs are written then, so
+/// `f` must not read them (an optimiser step only puts them into the module and its state). In a build without the fused
 /// optimiser (burn's AdamW) `f` runs as it is: ask [`optimizer_scales_gradients`] before
 /// handing over a factor.
 pub fn optimizer_scope<T>(scale: Option<Tensor<1>>, f: impl FnOnce() -> T) -> T {

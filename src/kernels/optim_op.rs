@@ -98,7 +98,7 @@ impl SquareSums {
 struct Scope {
     /// The clip's factor for every gradient.
     scale: Option<Tensor<1>>,
-    /// The steps on CubeCL devices, launched eight at a time (flushed when dropped).
+    /// The steps on CubeCL devices, launched four at a time (flushed when dropped).
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     queue: super::cube::optim::AdamwQueue,
 }
@@ -133,10 +133,10 @@ fn grad_scale() -> Option<Tensor<1>> {
 }
 
 /// PyTorch's AdamW (burn's [`AdamW`] with amsgrad off and plain weight decay), one fused pass
-/// per parameter on flex or one CubeCL launch on wgpu/cuda, burn's own step elsewhere. The
+/// per parameter on flex or a CubeCL launch on wgpu/cuda, burn's own step elsewhere. The
 /// state is burn's [`AdamWState`], so optimiser records (and `--resume` states) are the same
 /// as with burn's AdamW. Inside [`optimizer_scope`] each gradient is first multiplied by its
-/// factor (in the CubeCL kernel where that runs), and the CubeCL launches take eight
+/// factor (in the CubeCL kernel where that runs), and the CubeCL launches take four
 /// parameters each.
 #[derive(Debug, Clone)]
 pub struct FusedAdamW {
