@@ -59,71 +59,104 @@ fn run_trunk(
     x
 }
 
-/// Every level's trunk and final conv at once: the levels laid end to end along time, with
-/// `kernel_size / 2` zero steps between them so that no conv window reaches from one level
-/// into the next, and those gap steps zeroed again after every trunk layer (where ln and
-/// ReLU made them non-zero), so each level sees exactly the zero padding it sees alone. One
-/// GEMM per layer for all levels instead of one per level: the shared weights are read once,
-/// and the short levels (down to 4 steps) no longer run as products too small to use the
-/// cores (issue #19).
+/// The pyramid's levels laid end to end along time, with `gap` zero steps between them, as
+/// [`run_levels`] takes them. The classification and regression heads take the same levels:
+/// laid out once, for both, the concatenations and the mask's cast run once (each a launch
+/// per piece on a GPU).
+pub struct Levels {
+    /// `[B, C, ΣT + gaps]`.
+    x: Tensor<3>,
+    /// `[B, 1, ΣT + gaps]`: the levels' masks as floats, 0 on the gaps.
+    mask: Tensor<3>,
+    /// `[1, 1, ΣT + gaps]`: 1 on the levels' steps, 0 on the gaps.
+    gaps: Tensor<3>,
+    /// Length of each level.
+    lens: Vec<usize>,
+    /// Zero steps between levels.
+    gap: usize,
+}
+
+impl Levels {
+    /// Lay out `xs` (levels `[B, C, T_l]`) with their `masks` (`[B, T_l]`); `None` for no
+    /// levels.
+    pub fn lay_out(xs: &[Tensor<3>], masks: &[Tensor<2, Bool>], gap: usize) -> Option<Levels> {
+        let x0 = xs.first()?;
+        let [b, c, _] = x0.dims();
+        let (dev, lens): (_, Vec<usize>) = (x0.device(), xs.iter().map(|x| x.dims()[2]).collect());
+        let mut x_parts = Vec::with_capacity(2 * xs.len());
+        let mut m_parts = Vec::with_capacity(2 * xs.len());
+        let mut gaps = Vec::new();
+        for (l, (x, m)) in xs.iter().zip(masks).enumerate() {
+            if l > 0 && gap > 0 {
+                x_parts.push(Tensor::<3>::zeros([b, c, gap], &dev));
+                // The gap's mask only decides what the discarded gap outputs hold.
+                m_parts.push(Tensor::<2, Bool>::from_data(
+                    TensorData::new(vec![false; b * gap], [b, gap]),
+                    &dev,
+                ));
+                gaps.extend(std::iter::repeat_n(0.0f32, gap));
+            }
+            x_parts.push(x.clone());
+            m_parts.push(m.clone());
+            gaps.extend(std::iter::repeat_n(1.0f32, lens[l]));
+        }
+        let total = gaps.len();
+        Some(Levels {
+            x: Tensor::cat(x_parts, 2),                                  // [B, C, ΣT + gaps]
+            mask: Tensor::cat(m_parts, 1).float().unsqueeze_dim::<3>(1), // [B, 1, ΣT + gaps]
+            gaps: Tensor::<3>::from_data(TensorData::new(gaps, [1, 1, total]), &dev),
+            lens,
+            gap,
+        })
+    }
+
+    /// `y` (`[B, O, ΣT + gaps]`) cut back into the levels `[B, O, T_l]`.
+    fn split(&self, y: Tensor<3>) -> Vec<Tensor<3>> {
+        let mut out = Vec::with_capacity(self.lens.len());
+        let mut at = 0;
+        for (l, len) in self.lens.iter().enumerate() {
+            if l > 0 {
+                at += self.gap;
+            }
+            out.push(y.clone().narrow(2, at, *len)); // [B, O, T_l]
+            at += len;
+        }
+        out
+    }
+}
+
+/// The zero steps [`Levels`] needs between levels for these convs: half the widest kernel,
+/// so that no conv window reaches from one level into the next.
+fn gap_for(head: &[MaskedConv1d], last: &MaskedConv1d) -> usize {
+    head.iter()
+        .chain(std::iter::once(last))
+        .map(|conv| conv.conv.weight.dims()[2] / 2)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Every level's trunk and final conv at once, on the [`Levels`] laid end to end (with
+/// [`gap_for`] these convs' zero steps between them), the gap steps zeroed again after every
+/// trunk layer (where ln and ReLU made them non-zero), so each level sees exactly the zero
+/// padding it sees alone. One GEMM per layer for all levels instead of one per level: the
+/// shared weights are read once, and the short levels (down to 4 steps) no longer run as
+/// products too small to use the cores (issue #19).
 ///
 /// # Shapes
-/// - xs: levels `[B, C, T_l]`, masks `[B, T_l]`
+/// - levels: see [`Levels`]
 /// - output: levels `[B, O, T_l]` of the final conv (masked)
 fn run_levels(
     head: &[MaskedConv1d],
     norm: &[Option<ChannelLayerNorm>],
     last: &MaskedConv1d,
-    xs: &[Tensor<3>],
-    masks: &[Tensor<2, Bool>],
+    levels: &Levels,
 ) -> Vec<Tensor<3>> {
-    let Some(x0) = xs.first() else {
-        return Vec::new();
-    };
-    let [b, c, _] = x0.dims();
-    let gap = head
-        .iter()
-        .chain(std::iter::once(last))
-        .map(|conv| conv.conv.weight.dims()[2] / 2)
-        .max()
-        .unwrap_or(0);
-    let (dev, lens): (_, Vec<usize>) = (x0.device(), xs.iter().map(|x| x.dims()[2]).collect());
-    let mut x_parts = Vec::with_capacity(2 * xs.len());
-    let mut m_parts = Vec::with_capacity(2 * xs.len());
-    let mut keep = Vec::new();
-    for (l, (x, m)) in xs.iter().zip(masks).enumerate() {
-        if l > 0 && gap > 0 {
-            x_parts.push(Tensor::<3>::zeros([b, c, gap], &dev));
-            // The gap's mask only decides what the discarded gap outputs hold.
-            m_parts.push(Tensor::<2, Bool>::from_data(
-                TensorData::new(vec![false; b * gap], [b, gap]),
-                &dev,
-            ));
-            keep.extend(std::iter::repeat_n(0.0f32, gap));
-        }
-        x_parts.push(x.clone());
-        m_parts.push(m.clone());
-        keep.extend(std::iter::repeat_n(1.0f32, lens[l]));
-    }
-    let total = keep.len();
-    let keep = Tensor::<3>::from_data(TensorData::new(keep, [1, 1, total]), &dev); // [1, 1, ΣT + gaps]
-    let mut x = Tensor::cat(x_parts, 2); // [B, C, ΣT + gaps]
-    let mask = Tensor::cat(m_parts, 1); // [B, ΣT + gaps]
+    let mut x = levels.x.clone();
     for (conv, n) in head.iter().zip(norm) {
-        let (y, _) = conv.forward(x, mask.clone());
-        x = relu(maybe_norm(n, y)) * keep.clone();
+        let y = conv.forward_zeroed(x, levels.mask.clone());
+        x = relu(maybe_norm(n, y)) * levels.gaps.clone();
     }
-    let (y, _) = last.forward(x, mask);
-    let mut out = Vec::with_capacity(lens.len());
-    let mut at = 0;
-    for (l, len) in lens.iter().enumerate() {
-        if l > 0 {
-            at += gap;
-        }
-        out.push(y.clone().narrow(2, at, *len)); // [B, O, T_l]
-        at += len;
-    }
-    out
+    levels.split(last.forward_zeroed(x, levels.mask.clone()))
 }
 
 /// Configuration of [`ClsHead`].
@@ -192,10 +225,20 @@ impl ClsHead {
     /// - xs: levels `[B, C, T_l]`, masks `[B, T_l]`
     /// - output: levels `[B, T_l, num_classes]`
     pub fn forward_levels(&self, xs: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> Vec<Tensor<3>> {
-        run_levels(&self.head, &self.norm, &self.cls_head, xs, masks)
+        Levels::lay_out(xs, masks, self.gap()).map_or_else(Vec::new, |l| self.forward_laid_out(&l))
+    }
+
+    /// [`Self::forward_levels`] of levels laid out with [`Self::gap`] zero steps between them.
+    pub fn forward_laid_out(&self, levels: &Levels) -> Vec<Tensor<3>> {
+        run_levels(&self.head, &self.norm, &self.cls_head, levels)
             .into_iter()
             .map(|y| y.swap_dims(1, 2)) // [B, T_l, classes]
             .collect()
+    }
+
+    /// Zero steps its [`Levels`] need between levels.
+    pub fn gap(&self) -> usize {
+        gap_for(&self.head, &self.cls_head)
     }
 }
 
@@ -268,7 +311,17 @@ impl RegHead {
     /// - xs: levels `[B, C, T_l]`, masks `[B, T_l]`
     /// - output: levels `[B, T_l, 2]`
     pub fn forward_levels(&self, xs: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> Vec<Tensor<3>> {
-        run_levels(&self.head, &self.norm, &self.offset_head, xs, masks)
+        Levels::lay_out(xs, masks, self.gap()).map_or_else(Vec::new, |l| self.forward_laid_out(&l))
+    }
+
+    /// Zero steps its [`Levels`] need between levels.
+    pub fn gap(&self) -> usize {
+        gap_for(&self.head, &self.offset_head)
+    }
+
+    /// [`Self::forward_levels`] of levels laid out with [`Self::gap`] zero steps between them.
+    pub fn forward_laid_out(&self, levels: &Levels) -> Vec<Tensor<3>> {
+        run_levels(&self.head, &self.norm, &self.offset_head, levels)
             .into_iter()
             .enumerate()
             .map(|(level, y)| {
@@ -294,10 +347,10 @@ mod tests {
 
     #[test]
     fn all_levels_at_once_equal_each_level_alone_forward_and_backward() {
-        // Levels of 8, 4, 2 and 1 steps with padded tails (and one whole level padded), a
-        // kernel of 3 and of 5 (gap 2); trained weights stand-ins: every ln weight and bias
-        // random, so that ln(0) = bias ≠ 0 on the gaps would leak into the next level's window
-        // if the gaps were not zeroed again.
+        // Levels of 8, 4, 2 and 1 steps, laid out once for both heads, with padded tails (and
+        // one whole level padded), a kernel of 3 and of 5 (gap 2); trained weights stand-ins:
+        // every ln weight and bias random, so that ln(0) = bias ≠ 0 on the gaps would leak
+        // into the next level's window if the gaps were not zeroed again.
         let dev = Device::flex().autodiff();
         dev.seed(21);
         for k in [3, 5] {
@@ -328,7 +381,15 @@ mod tests {
                     Tensor::from_data(TensorData::new(m, [2, t]), &dev)
                 })
                 .collect();
-            let together = (cls.forward_levels(&xs, &masks), reg.forward_levels(&xs, &masks));
+            // Both heads on one layout of the levels, as the network runs them.
+            assert_eq!((cls.gap(), reg.gap()), (k / 2, k / 2));
+            let levels = Levels::lay_out(&xs, &masks, k / 2).expect("levels");
+            let together = (cls.forward_laid_out(&levels), reg.forward_laid_out(&levels));
+            // Each head laying the levels out itself gives the same outputs.
+            let apart = (cls.forward_levels(&xs, &masks), reg.forward_levels(&xs, &masks));
+            for (a, b) in together.0.iter().chain(&together.1).zip(apart.0.iter().chain(&apart.1)) {
+                assert_eq!(vals(a.clone().inner()), vals(b.clone().inner()), "k {k}");
+            }
             let alone: (Vec<_>, Vec<_>) = (
                 xs.iter().zip(&masks).map(|(x, m)| cls.forward(x.clone(), m)).collect(),
                 xs.iter()

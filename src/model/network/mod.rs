@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::{Bool, Tensor};
 
 use super::backbone::Backbone;
-use super::head::{ClsHead, RegHead};
+use super::head::{ClsHead, Levels, RegHead};
 use super::long_term::Project;
 use super::neck::Neck;
 use super::points::Points;
@@ -246,8 +246,22 @@ impl Network {
     /// - output: see [`HeadOutputs`]
     fn heads(&self, feats: &[Tensor<3>], masks: &[Tensor<2, Bool>]) -> HeadOutputs {
         let (fpn_feats, masks) = self.neck.forward(feats, masks);
-        let cls_logits = self.cls_head.forward_levels(&fpn_feats, &masks);
-        let offsets = self.reg_head.forward_levels(&fpn_feats, &masks);
+        let gap = self.cls_head.gap();
+        let (cls_logits, offsets) = if gap == self.reg_head.gap() {
+            // Both heads run on the same layout of the levels: laid out once.
+            match Levels::lay_out(&fpn_feats, &masks, gap) {
+                Some(levels) => (
+                    self.cls_head.forward_laid_out(&levels),
+                    self.reg_head.forward_laid_out(&levels),
+                ),
+                None => (Vec::new(), Vec::new()),
+            }
+        } else {
+            (
+                self.cls_head.forward_levels(&fpn_feats, &masks),
+                self.reg_head.forward_levels(&fpn_feats, &masks),
+            )
+        };
         HeadOutputs {
             cls_logits,
             offsets,
