@@ -124,6 +124,18 @@ impl Mhca {
     /// - x: `[B, C, T]`, mask: `[B, T]`
     /// - output: `[B, C, T / stride]` and its mask `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
+        let (out, out_mask, _) = self.forward_keep(x, mask);
+        (out, out_mask)
+    }
+
+    /// [`Self::forward`], also giving the output mask as floats, which the caller can use
+    /// instead of casting it again (a launch on a GPU).
+    ///
+    /// # Shapes
+    /// - x: `[B, C, T]`, mask: `[B, T]`
+    /// - output: `[B, C, T']`, its mask `[B, T']` and that mask as floats `[B, 1, T']`
+    ///   (T' = T / stride)
+    pub fn forward_keep(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>, Tensor<3>) {
         let [b, c, _] = x.dims();
         // The query, key and value convs share their stride, so their output mask: it is
         // cast to floats once, for them, the attention and the output.
@@ -162,7 +174,7 @@ impl Mhca {
         }; // [B, nh, T, hs]
         let out = out.swap_dims(2, 3).reshape([b, c, t]); // [B, C, T]
         let out = self.proj_drop.forward(conv1d_dense(&self.proj, out));
-        (out * keep3, out_mask)
+        (out * keep3.clone(), out_mask, keep3)
     }
 }
 

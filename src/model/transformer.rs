@@ -150,8 +150,7 @@ impl TransformerBlock {
     /// - x: `[B, C, T]`, mask: `[B, T]`
     /// - output: `[B, C, T / stride]` and its mask `[B, T / stride]`
     pub fn forward(&self, x: Tensor<3>, mask: Tensor<2, Bool>) -> (Tensor<3>, Tensor<2, Bool>) {
-        let (out, out_mask) = self.attn.forward(self.ln1.forward(x.clone()), mask);
-        let m = out_mask.clone().float().unsqueeze_dim::<3>(1); // [B, 1, T']
+        let (out, out_mask, m) = self.attn.forward_keep(self.ln1.forward(x.clone()), mask); // m: [B, 1, T']
         let skip = if self.stride > 1 {
             let k = self.stride + 1;
             let opts = MaxPoolOptions::new([k])
