@@ -151,6 +151,11 @@ fn run_levels(
     last: &MaskedConv1d,
     levels: &Levels,
 ) -> Vec<Tensor<3>> {
+    // Narrower gaps would let these convs' windows reach across levels.
+    debug_assert!(
+        levels.gap >= gap_for(head, last),
+        "levels laid out with too narrow gaps"
+    );
     let mut x = levels.x.clone();
     for (conv, n) in head.iter().zip(norm) {
         let y = conv.forward_zeroed(x, levels.mask.clone());
