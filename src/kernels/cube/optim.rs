@@ -497,8 +497,7 @@ impl AdamwQueue {
         scale: Option<CubeTensor>,
         k: StepConsts,
     ) -> [CubeTensor; 3] {
-        // CubeCL's own metadata takes a binding too.
-        if p.client.properties().hardware.max_bindings < ADAMW_GROUP_BINDINGS + 1 {
+        if !binds(&p, ADAMW_GROUP_BINDINGS) {
             return adamw(p, g, m, v, scale, k);
         }
         let (p, m, v) = (into_contiguous(p), into_contiguous(m), into_contiguous(v));
@@ -674,12 +673,17 @@ pub fn blend_all(pairs: Vec<(CubeTensor, CubeTensor)>, a: f32, b: f32) -> Vec<Cu
 }
 
 /// Bindings a [`blend_group_kernel`] launch needs: 3 per slot and the constants.
-pub const BLEND_GROUP_BINDINGS: u32 = 3 * GROUP as u32 + 1;
+const BLEND_GROUP_BINDINGS: u32 = 3 * GROUP as u32 + 1;
 
-/// Whether `client`'s device can bind a [`blend_group_kernel`]'s tensors (and a couple
-/// of buffers of CubeCL's own) in one launch: not on a WebGPU with its default 8.
+/// Whether `t`'s device can bind `tensors` tensors in one launch, beside the buffer of
+/// CubeCL's own metadata: a grouped launch's test (not on a WebGPU with its default 8).
+fn binds(t: &CubeTensor, tensors: u32) -> bool {
+    t.client.properties().hardware.max_bindings > tensors
+}
+
+/// Whether `t`'s device can bind a [`blend_group_kernel`]'s tensors in one launch.
 pub fn groups_fit(t: &CubeTensor) -> bool {
-    t.client.properties().hardware.max_bindings >= BLEND_GROUP_BINDINGS + 2
+    binds(t, BLEND_GROUP_BINDINGS)
 }
 
 /// `Σ x²` over all elements of the `f32` tensors `ts` (one device, at least one tensor), as
