@@ -77,14 +77,17 @@ macro_rules! gelu_kernel {
     };
 }
 
-/// Call `$f` compiled for AVX2 + FMA when the CPU has them (8 lanes instead of SSE2's 4 for
-/// the gate arithmetic, which is most of the recurrence's non-GEMM time), else the portable
-/// build of the same body.
+/// Call `$f` compiled for AVX-512 (16 lanes) or AVX2 + FMA (8) when the CPU has them,
+/// instead of SSE2's 4, for the gate arithmetic (most of the recurrence's non-GEMM time),
+/// else the portable build of the same body.
 macro_rules! simd_dispatch {
     ($f:ident($($arg:expr),*)) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the features the `avx512` build was compiled for.
+                unsafe { avx512::$f($($arg),*) }
+            } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU has the features the `avx2` build was compiled for.
                 unsafe { avx2::$f($($arg),*) }
             } else {
@@ -98,8 +101,8 @@ macro_rules! simd_dispatch {
     }};
 }
 
-/// The forward gate arithmetic of one step, the portable build (the AVX2 one is
-/// [`avx2_forward::gates_forward`]).
+/// The forward gate arithmetic of one step, the portable build (the SIMD ones are in
+/// [`lanes`]).
 macro_rules! gate_forward_kernel {
     ($($attr:meta)?; $($unsafety:ident)?) => {
         /// Forward: from the gates' pre-activations `pre` (i, f, o, g) less their `bias`,
@@ -186,76 +189,203 @@ mod avx2 {
     use super::{erf_fast, exp_fast, tanh};
     gate_kernels!(target_feature(enable = "avx2,fma"); unsafe);
     gelu_kernel!(target_feature(enable = "avx2,fma"); unsafe);
-    pub use super::avx2_forward::gates_forward;
+    pub use super::lanes::gates_forward_avx2 as gates_forward;
 }
 
-/// The forward gates with AVX2 intrinsics: [`exp_fast`] on 8 lanes, and every division
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{erf_fast, exp_fast, tanh};
+    gate_kernels!(target_feature(enable = "avx512f"); unsafe);
+    gelu_kernel!(target_feature(enable = "avx512f"); unsafe);
+    pub use super::lanes::gates_forward_avx512 as gates_forward;
+}
+
+/// The forward gates with SIMD intrinsics, written once over [`lanes::Lanes`] and built for
+/// AVX2 + FMA (8 lanes) and for AVX-512 (16): [`exp_fast`] on a vector, and every division
 /// (5 per value: three sigmoids and two tanh) as a reciprocal estimate refined by one
 /// Newton step. Auto-vectorised, the divisions made the gate arithmetic as costly as the
 /// step's GEMM (perf, one video: 27 % vs 30 % of the recurrence); `vdivps` is several
-/// times slower than `vrcpps` + 2 FMAs. Accuracy: ~1e-7 relative, like the division.
+/// times slower than a reciprocal estimate + 2 FMAs. Accuracy: ~1e-7 relative, like the
+/// division.
 #[cfg(target_arch = "x86_64")]
-mod avx2_forward {
+mod lanes {
     use std::arch::x86_64::*;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn splat(v: f32) -> __m256 {
-        _mm256_set1_ps(v)
+    /// A vector of `f32` lanes and the operations the forward gates use, each one or two
+    /// instructions of its instruction set.
+    ///
+    /// # Safety
+    /// Every method runs that instruction set's instructions: it may only be called where
+    /// the CPU has them, from code compiled for them (the `#[target_feature]` entry points
+    /// below, into which these `#[inline(always)]` methods are inlined).
+    pub(super) trait Lanes: Copy {
+        /// Lanes.
+        const N: usize;
+        unsafe fn splat(v: f32) -> Self;
+        /// `N` values from `p`.
+        unsafe fn load(p: *const f32) -> Self;
+        /// `N` values to `p`.
+        unsafe fn store(self, p: *mut f32);
+        unsafe fn add(self, b: Self) -> Self;
+        unsafe fn sub(self, b: Self) -> Self;
+        unsafe fn mul(self, b: Self) -> Self;
+        /// `self·b + c`, rounded once.
+        unsafe fn mul_add(self, b: Self, c: Self) -> Self;
+        /// `c − self·b`, rounded once.
+        unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self;
+        unsafe fn min(self, b: Self) -> Self;
+        unsafe fn max(self, b: Self) -> Self;
+        /// An estimate of `1 / self` (12 bits or better).
+        unsafe fn recip_estimate(self) -> Self;
+        /// `2^n`, where `self` is `n + MAGIC` with the integer n in its low mantissa bits
+        /// (see [`super::exp_fast`]) and `n ∈ [-126, 127]`.
+        unsafe fn pow2_of_rounded(self, magic: f32) -> Self;
+        /// `(|self|, the sign bit of self)`.
+        unsafe fn abs_sign(self) -> (Self, Self);
+        /// `self` with the sign bit `sign` or-ed in.
+        unsafe fn or_sign(self, sign: Self) -> Self;
     }
 
-    /// [`super::exp_fast`], 8 lanes (its constants; FMAs where it rounds twice).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn exp8(x: __m256) -> __m256 {
+    /// [`Lanes`] for a vector type, from the intrinsics that do each operation.
+    macro_rules! lanes_impl {
+        ($t:ty, $n:literal; set1 $set1:ident, load $load:ident, store $store:ident,
+         add $add:ident, sub $sub:ident, mul $mul:ident, fmadd $fmadd:ident, fnmadd $fnmadd:ident,
+         min $min:ident, max $max:ident, rcp $rcp:ident, set1_epi32 $set1i:ident,
+         add_epi32 $addi:ident, sub_epi32 $subi:ident, slli_epi32 $slli:ident,
+         and $and:ident, andnot $andnot:ident, or $or:ident, to_int $to_int:ident, to_float $to_float:ident) => {
+            impl Lanes for $t {
+                const N: usize = $n;
+                #[inline(always)]
+                unsafe fn splat(v: f32) -> Self {
+                    unsafe { $set1(v) }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const f32) -> Self {
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn store(self, p: *mut f32) {
+                    unsafe { $store(p, self) }
+                }
+                #[inline(always)]
+                unsafe fn add(self, b: Self) -> Self {
+                    unsafe { $add(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn sub(self, b: Self) -> Self {
+                    unsafe { $sub(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn mul(self, b: Self) -> Self {
+                    unsafe { $mul(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn mul_add(self, b: Self, c: Self) -> Self {
+                    unsafe { $fmadd(self, b, c) }
+                }
+                #[inline(always)]
+                unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self {
+                    unsafe { $fnmadd(self, b, c) }
+                }
+                #[inline(always)]
+                unsafe fn min(self, b: Self) -> Self {
+                    unsafe { $min(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn max(self, b: Self) -> Self {
+                    unsafe { $max(self, b) }
+                }
+                #[inline(always)]
+                unsafe fn recip_estimate(self) -> Self {
+                    unsafe { $rcp(self) }
+                }
+                #[inline(always)]
+                unsafe fn pow2_of_rounded(self, magic: f32) -> Self {
+                    unsafe {
+                        let n = $subi($to_int(self), $set1i(magic.to_bits() as i32));
+                        $to_float($slli::<23>($addi(n, $set1i(127))))
+                    }
+                }
+                #[inline(always)]
+                unsafe fn abs_sign(self) -> (Self, Self) {
+                    unsafe {
+                        let (x, m) = ($to_int(self), $to_int($set1(-0.0)));
+                        ($to_float($andnot(m, x)), $to_float($and(x, m)))
+                    }
+                }
+                #[inline(always)]
+                unsafe fn or_sign(self, sign: Self) -> Self {
+                    unsafe { $to_float($or($to_int(self), $to_int(sign))) }
+                }
+            }
+        };
+    }
+
+    lanes_impl!(__m256, 8; set1 _mm256_set1_ps, load _mm256_loadu_ps, store _mm256_storeu_ps,
+        add _mm256_add_ps, sub _mm256_sub_ps, mul _mm256_mul_ps, fmadd _mm256_fmadd_ps,
+        fnmadd _mm256_fnmadd_ps, min _mm256_min_ps, max _mm256_max_ps, rcp _mm256_rcp_ps,
+        set1_epi32 _mm256_set1_epi32, add_epi32 _mm256_add_epi32, sub_epi32 _mm256_sub_epi32,
+        slli_epi32 _mm256_slli_epi32, and _mm256_and_si256, andnot _mm256_andnot_si256,
+        or _mm256_or_si256, to_int _mm256_castps_si256, to_float _mm256_castsi256_ps);
+    // rcp14: a 14-bit estimate. The integer forms of and/or: the float ones need AVX-512DQ.
+    lanes_impl!(__m512, 16; set1 _mm512_set1_ps, load _mm512_loadu_ps, store _mm512_storeu_ps,
+        add _mm512_add_ps, sub _mm512_sub_ps, mul _mm512_mul_ps, fmadd _mm512_fmadd_ps,
+        fnmadd _mm512_fnmadd_ps, min _mm512_min_ps, max _mm512_max_ps, rcp _mm512_rcp14_ps,
+        set1_epi32 _mm512_set1_epi32, add_epi32 _mm512_add_epi32, sub_epi32 _mm512_sub_epi32,
+        slli_epi32 _mm512_slli_epi32, and _mm512_and_si512, andnot _mm512_andnot_si512,
+        or _mm512_or_si512, to_int _mm512_castps_si512, to_float _mm512_castsi512_ps);
+
+    /// [`super::exp_fast`] on a vector (its constants; FMAs where it rounds twice).
+    #[inline(always)]
+    unsafe fn exp<V: Lanes>(x: V) -> V {
         const MAGIC: f32 = 12_582_912.0;
-        let x = _mm256_min_ps(_mm256_max_ps(x, splat(-87.0)), splat(88.0));
-        let t = _mm256_fmadd_ps(x, splat(std::f32::consts::LOG2_E), splat(MAGIC));
-        let n = _mm256_sub_ps(t, splat(MAGIC));
-        let ni = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(MAGIC.to_bits() as i32));
-        let r = _mm256_fmadd_ps(n, splat(2.121_944_4e-4), _mm256_fnmadd_ps(n, splat(0.693_359_4), x));
-        let r2 = _mm256_mul_ps(r, r);
-        let mut p = _mm256_fmadd_ps(splat(1.987_569_1e-4), r, splat(1.398_199_9e-3));
-        p = _mm256_fmadd_ps(p, r, splat(8.333_452e-3));
-        p = _mm256_fmadd_ps(p, r, splat(4.166_579_6e-2));
-        p = _mm256_fmadd_ps(p, r, splat(1.666_666_5e-1));
-        p = _mm256_fmadd_ps(p, r, splat(0.5));
-        let y = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), splat(1.0));
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(ni, _mm256_set1_epi32(127))));
-        _mm256_mul_ps(y, scale)
+        unsafe {
+            let s = |v: f32| V::splat(v);
+            let x = x.max(s(-87.0)).min(s(88.0));
+            let t = x.mul_add(s(std::f32::consts::LOG2_E), s(MAGIC));
+            let n = t.sub(s(MAGIC));
+            let r = n.mul_add(s(2.121_944_4e-4), n.neg_mul_add(s(0.693_359_4), x));
+            let r2 = r.mul(r);
+            let mut p = s(1.987_569_1e-4).mul_add(r, s(1.398_199_9e-3));
+            p = p.mul_add(r, s(8.333_452e-3));
+            p = p.mul_add(r, s(4.166_579_6e-2));
+            p = p.mul_add(r, s(1.666_666_5e-1));
+            p = p.mul_add(r, s(0.5));
+            p.mul_add(r2, r).add(s(1.0)).mul(t.pow2_of_rounded(MAGIC))
+        }
     }
 
-    /// `1 / x` to ~1 ulp: the 12-bit estimate and one Newton step.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn recip8(x: __m256) -> __m256 {
-        let r = _mm256_rcp_ps(x);
-        _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, splat(2.0)))
+    /// `1 / x` to ~1 ulp: the estimate and one Newton step.
+    #[inline(always)]
+    unsafe fn recip<V: Lanes>(x: V) -> V {
+        unsafe {
+            let r = x.recip_estimate();
+            r.mul(x.neg_mul_add(r, V::splat(2.0)))
+        }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn sigmoid8(x: __m256) -> __m256 {
-        recip8(_mm256_add_ps(splat(1.0), exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))))
+    #[inline(always)]
+    unsafe fn sigmoid<V: Lanes>(x: V) -> V {
+        unsafe { recip(V::splat(1.0).add(exp(V::splat(0.0).sub(x)))) }
     }
 
     /// [`super::tanh`]: sign(x)·(1 − e)/(1 + e) with e = exp(−2|x|).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn tanh8(x: __m256) -> __m256 {
-        let sign = _mm256_and_ps(x, splat(-0.0));
-        let a = _mm256_andnot_ps(splat(-0.0), x);
-        let e = exp8(_mm256_mul_ps(splat(-2.0), a));
-        let t = _mm256_mul_ps(_mm256_sub_ps(splat(1.0), e), recip8(_mm256_add_ps(splat(1.0), e)));
-        _mm256_or_ps(t, sign)
+    #[inline(always)]
+    unsafe fn tanh<V: Lanes>(x: V) -> V {
+        unsafe {
+            let (a, sign) = x.abs_sign();
+            let e = exp(V::splat(-2.0).mul(a));
+            let one = V::splat(1.0);
+            one.sub(e).mul(recip(one.add(e))).or_sign(sign)
+        }
     }
 
-    /// As the portable `gates_forward`, 8 values at a time (the rest portably).
+    /// As the portable `gates_forward`, `V::N` values at a time (the rest portably).
     ///
     /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gates_forward(
+    /// As [`Lanes`]: the CPU has `V`'s instructions and the caller is compiled for them.
+    #[inline(always)]
+    unsafe fn gates_forward_in<V: Lanes>(
         pre: [&[f32]; 4],
         bias: [f32; 4],
         act: Option<[&mut [f32]; 4]>,
@@ -267,43 +397,78 @@ mod avx2_forward {
         let [pi, pf, po, pg] = pre;
         let (pi, pf, po, pg, c_prev, h_now) = (&pi[..n], &pf[..n], &po[..n], &pg[..n], &c_prev[..n], &mut h_now[..n]);
         let mut act = act.map(|[ai, af, ao, ag]| [&mut ai[..n], &mut af[..n], &mut ao[..n], &mut ag[..n]]);
-        let [bi, bf, bo, bg] = bias.map(|b| splat(b));
-        let n8 = n - n % 8;
-        for j in (0..n8).step_by(8) {
-            // SAFETY: j + 8 ≤ n8 ≤ n, and every slice above has exactly n values.
-            unsafe {
-                let pre = |s: &[f32], b: __m256| _mm256_add_ps(_mm256_loadu_ps(s.as_ptr().add(j)), b);
-                let i = sigmoid8(pre(pi, bi));
-                let f = sigmoid8(pre(pf, bf));
-                let o = sigmoid8(pre(po, bo));
-                let g = tanh8(pre(pg, bg));
-                let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(c_prev.as_ptr().add(j)), _mm256_mul_ps(i, g));
-                _mm256_storeu_ps(c_now.as_mut_ptr().add(j), c);
-                _mm256_storeu_ps(h_now.as_mut_ptr().add(j), _mm256_mul_ps(o, tanh8(c)));
+        let nv = n - n % V::N;
+        // SAFETY: the features, per the caller's contract; every access is at j + V::N ≤ nv
+        // ≤ n, and every slice above has exactly n values.
+        unsafe {
+            let [bi, bf, bo, bg] = bias.map(|b| V::splat(b));
+            for j in (0..nv).step_by(V::N) {
+                let pre = |s: &[f32], b: V| V::load(s.as_ptr().add(j)).add(b);
+                let i = sigmoid(pre(pi, bi));
+                let f = sigmoid(pre(pf, bf));
+                let o = sigmoid(pre(po, bo));
+                let g = tanh(pre(pg, bg));
+                let c = f.mul_add(V::load(c_prev.as_ptr().add(j)), i.mul(g));
+                c.store(c_now.as_mut_ptr().add(j));
+                o.mul(tanh(c)).store(h_now.as_mut_ptr().add(j));
                 if let Some([ai, af, ao, ag]) = act.as_mut() {
-                    _mm256_storeu_ps(ai.as_mut_ptr().add(j), i);
-                    _mm256_storeu_ps(af.as_mut_ptr().add(j), f);
-                    _mm256_storeu_ps(ao.as_mut_ptr().add(j), o);
-                    _mm256_storeu_ps(ag.as_mut_ptr().add(j), g);
+                    i.store(ai.as_mut_ptr().add(j));
+                    f.store(af.as_mut_ptr().add(j));
+                    o.store(ao.as_mut_ptr().add(j));
+                    g.store(ag.as_mut_ptr().add(j));
                 }
             }
         }
-        if n8 < n {
-            let act = act.map(|[ai, af, ao, ag]| [&mut ai[n8..], &mut af[n8..], &mut ao[n8..], &mut ag[n8..]]);
+        if nv < n {
+            let act = act.map(|[ai, af, ao, ag]| [&mut ai[nv..], &mut af[nv..], &mut ao[nv..], &mut ag[nv..]]);
             super::portable::gates_forward(
-                [&pi[n8..], &pf[n8..], &po[n8..], &pg[n8..]],
+                [&pi[nv..], &pf[nv..], &po[nv..], &pg[nv..]],
                 bias,
                 act,
-                &c_prev[n8..],
-                &mut c_now[n8..],
-                &mut h_now[n8..],
+                &c_prev[nv..],
+                &mut c_now[nv..],
+                &mut h_now[nv..],
             );
         }
+    }
+
+    /// The forward gates, 8 lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gates_forward_avx2(
+        pre: [&[f32]; 4],
+        bias: [f32; 4],
+        act: Option<[&mut [f32]; 4]>,
+        c_prev: &[f32],
+        c_now: &mut [f32],
+        h_now: &mut [f32],
+    ) {
+        // SAFETY: this function is compiled for AVX2 + FMA, which the caller vouches for.
+        unsafe { gates_forward_in::<__m256>(pre, bias, act, c_prev, c_now, h_now) }
+    }
+
+    /// The forward gates, 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn gates_forward_avx512(
+        pre: [&[f32]; 4],
+        bias: [f32; 4],
+        act: Option<[&mut [f32]; 4]>,
+        c_prev: &[f32],
+        c_now: &mut [f32],
+        h_now: &mut [f32],
+    ) {
+        // SAFETY: this function is compiled for AVX-512F, which the caller vouches for.
+        unsafe { gates_forward_in::<__m512>(pre, bias, act, c_prev, c_now, h_now) }
     }
 }
 
 /// The forward gate arithmetic of one band of one step (see the portable `gates_forward`),
-/// with AVX2 + FMA when the CPU has them.
+/// with AVX-512 or AVX2 + FMA when the CPU has them.
 #[inline]
 pub fn gates_forward(
     pre: [&[f32]; 4],
@@ -317,7 +482,7 @@ pub fn gates_forward(
 }
 
 /// The backward gate arithmetic of one band of one step (see the portable `gates_backward`),
-/// with AVX2 + FMA when the CPU has them.
+/// with AVX-512 or AVX2 + FMA when the CPU has them.
 #[inline]
 pub fn gates_backward(
     g: [&[f32]; 4],
@@ -331,14 +496,15 @@ pub fn gates_backward(
     simd_dispatch!(gates_backward(g, c, c_prev, dout, dh_next, dc_next, dpre))
 }
 
-/// GELU in place (see the portable `gelu_in_place`), with AVX2 + FMA when the CPU has them.
+/// GELU in place (see the portable `gelu_in_place`), with AVX-512 or AVX2 + FMA
+/// when the CPU has them.
 #[inline]
 pub fn gelu_in_place(v: &mut [f32]) {
     simd_dispatch!(gelu_in_place(v))
 }
 
-/// GELU's backward, `dx = g · gelu'(x)` (see the portable `gelu_backward`), with AVX2 + FMA
-/// when the CPU has them.
+/// GELU's backward, `dx = g · gelu'(x)` (see the portable `gelu_backward`), with AVX-512
+/// or AVX2 + FMA when the CPU has them.
 ///
 /// # Panics
 /// If the three slices differ in length.
@@ -386,7 +552,7 @@ mod tests {
                 (*g as f64 - want).abs() < 3e-6 * (1.0 + want.abs()),
                 "gelu({x}) = {g}, want {want}"
             );
-            assert!((g - p).abs() <= 1e-6 * (1.0 + p.abs()), "AVX2 against portable at {x}");
+            assert!((g - p).abs() <= 1e-6 * (1.0 + p.abs()), "SIMD against portable at {x}");
         }
         // The gradient against the f64 derivative, and against finite differences of the f64
         // GELU (which checks the derivative's formula itself).
@@ -409,7 +575,7 @@ mod tests {
             );
             assert!(
                 (got - p).abs() <= 1e-6 * (1.0 + p.abs()),
-                "AVX2 against portable gradient at {x}"
+                "SIMD against portable gradient at {x}"
             );
         }
     }
@@ -433,13 +599,27 @@ mod tests {
         assert_eq!(tanh(-50.0), -1.0);
     }
 
+    /// The SIMD builds of the forward gates this CPU can run, by name.
+    #[cfg(target_arch = "x86_64")]
+    type GatesForward = unsafe fn([&[f32]; 4], [f32; 4], Option<[&mut [f32]; 4]>, &[f32], &mut [f32], &mut [f32]);
+
+    #[cfg(target_arch = "x86_64")]
+    fn simd_builds() -> Vec<(&'static str, GatesForward)> {
+        let mut builds: Vec<(&'static str, GatesForward)> = Vec::new();
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            builds.push(("AVX2", lanes::gates_forward_avx2));
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            builds.push(("AVX-512", lanes::gates_forward_avx512));
+        }
+        builds
+    }
+
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx2_forward_gates_match_the_portable_ones() {
-        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-            return; // the AVX2 kernel never runs on this CPU
-        }
-        // 37 values: four 8-lane blocks and a portable tail; saturating and zero inputs.
+    fn simd_forward_gates_match_the_portable_ones() {
+        // 37 values: two 16-lane blocks (four 8-lane ones) and a portable tail; saturating
+        // and zero inputs.
         let n = 37;
         let mut pre: Vec<Vec<f32>> = (0..4)
             .map(|q| values(n, 40 + q).iter().map(|v| v * 12.0).collect())
@@ -448,45 +628,57 @@ mod tests {
         pre[1][9] = -95.0;
         pre[3][17] = 0.0;
         pre[3][18] = -40.0;
+        pre[0][20] = -0.0;
         let bias = [0.4, -0.3, 0.2, -0.1];
         let c_prev: Vec<f32> = values(n, 60).iter().map(|v| v * 3.0).collect();
-        // (activations when kept, cell, hidden) of the AVX2 or the portable kernel.
-        let run = |fast: bool, keep: bool| {
+        // (activations when kept, cell, hidden) of a SIMD build or the portable kernel.
+        let run = |build: Option<GatesForward>, keep: bool| {
             let mut act = vec![vec![f32::NAN; n]; 4];
             let (mut c, mut h) = (vec![0f32; n], vec![0f32; n]);
             let [a, b, cc, d] = &mut act[..] else { unreachable!() };
             let out = keep.then(|| [&mut a[..], &mut b[..], &mut cc[..], &mut d[..]]);
             let pre = [&pre[0][..], &pre[1][..], &pre[2][..], &pre[3][..]];
-            if fast {
-                // SAFETY: checked above that the CPU has AVX2 and FMA.
-                unsafe { avx2_forward::gates_forward(pre, bias, out, &c_prev, &mut c, &mut h) };
-            } else {
-                portable::gates_forward(pre, bias, out, &c_prev, &mut c, &mut h);
+            match build {
+                // SAFETY: `simd_builds` lists only the builds this CPU can run.
+                Some(f) => unsafe { f(pre, bias, out, &c_prev, &mut c, &mut h) },
+                None => portable::gates_forward(pre, bias, out, &c_prev, &mut c, &mut h),
             }
             (act, c, h)
         };
+        let builds = simd_builds();
+        println!(
+            "SIMD builds tested: {:?}",
+            builds.iter().map(|b| b.0).collect::<Vec<_>>()
+        );
+        let slow = run(None, true);
         // Without the activations kept, the same state (and nothing written to them).
-        for fast in [true, false] {
-            let (act, c, h) = run(fast, false);
+        for build in builds.iter().map(|b| Some(b.1)).chain([None]) {
+            let (act, c, h) = run(build, false);
             assert!(act.iter().flatten().all(|v| v.is_nan()));
             assert_eq!((c, h), {
-                let r = run(fast, true);
+                let r = run(build, true);
                 (r.1, r.2)
             });
         }
-        let (fast, slow) = (run(true, true), run(false, true));
         let close = |a: &[f32], b: &[f32], what: &str| {
             for (j, (x, y)) in a.iter().zip(b).enumerate() {
                 assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{what}[{j}]: {x} vs {y}");
             }
         };
-        for q in 0..4 {
-            close(&fast.0[q], &slow.0[q], &format!("gate {q}"));
+        for (name, f) in builds {
+            let fast = run(Some(f), true);
+            for q in 0..4 {
+                close(&fast.0[q], &slow.0[q], &format!("{name} gate {q}"));
+            }
+            close(&fast.1, &slow.1, &format!("{name} cell"));
+            close(&fast.2, &slow.2, &format!("{name} hidden"));
+            // Saturated: σ(95 + b) within an ulp of 1, σ(−95 + b) (clamped to e^−88) about 0.
+            assert!(
+                fast.0[0][3] >= 1.0 - 1.2e-7 && fast.0[0][3] <= 1.0,
+                "{name}: {}",
+                fast.0[0][3]
+            );
+            assert!((0.0..1e-30).contains(&fast.0[1][9]), "{name}: {}", fast.0[1][9]);
         }
-        close(&fast.1, &slow.1, "cell");
-        close(&fast.2, &slow.2, "hidden");
-        // Saturated: σ(95 + b) within an ulp of 1, σ(−95 + b) (clamped to e^−88) about 0.
-        assert!(fast.0[0][3] >= 1.0 - 1.2e-7 && fast.0[0][3] <= 1.0, "{}", fast.0[0][3]);
-        assert!((0.0..1e-30).contains(&fast.0[1][9]), "{}", fast.0[1][9]);
     }
 }
