@@ -4,7 +4,7 @@
 //! module (`super::*_op`).
 //!
 //! - [`simd`]: `exp`, sigmoid and tanh that vectorise, and the ConvLSTM gate arithmetic
-//!   (portable and AVX2 + FMA, picked at run time);
+//!   (portable, AVX2 + FMA and AVX-512, picked at run time);
 //! - [`gemm`]: matrix products with transposed and strided views, and batched products cut
 //!   into one single-threaded GEMM per thread;
 //! - [`im2col`]: im2col / col2im by bands of rows, and the band size;
