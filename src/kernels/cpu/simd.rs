@@ -432,39 +432,40 @@ mod lanes {
         }
     }
 
-    /// The forward gates, 8 lanes.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gates_forward_avx2(
-        pre: [&[f32]; 4],
-        bias: [f32; 4],
-        act: Option<[&mut [f32]; 4]>,
-        c_prev: &[f32],
-        c_now: &mut [f32],
-        h_now: &mut [f32],
-    ) {
-        // SAFETY: this function is compiled for AVX2 + FMA, which the caller vouches for.
-        unsafe { gates_forward_in::<__m256>(pre, bias, act, c_prev, c_now, h_now) }
+    /// A `#[target_feature]` entry point that runs [`gates_forward_in`] on `$lanes`.
+    macro_rules! gates_forward_for {
+        ($name:ident, $lanes:ty, $feature:literal, $doc:literal) => {
+            #[doc = $doc]
+            ///
+            /// # Safety
+            /// The CPU must have the features this function is compiled for.
+            #[target_feature(enable = $feature)]
+            pub unsafe fn $name(
+                pre: [&[f32]; 4],
+                bias: [f32; 4],
+                act: Option<[&mut [f32]; 4]>,
+                c_prev: &[f32],
+                c_now: &mut [f32],
+                h_now: &mut [f32],
+            ) {
+                // SAFETY: compiled for the lanes' instructions, which the caller vouches for.
+                unsafe { gates_forward_in::<$lanes>(pre, bias, act, c_prev, c_now, h_now) }
+            }
+        };
     }
 
-    /// The forward gates, 16 lanes.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn gates_forward_avx512(
-        pre: [&[f32]; 4],
-        bias: [f32; 4],
-        act: Option<[&mut [f32]; 4]>,
-        c_prev: &[f32],
-        c_now: &mut [f32],
-        h_now: &mut [f32],
-    ) {
-        // SAFETY: this function is compiled for AVX-512F, which the caller vouches for.
-        unsafe { gates_forward_in::<__m512>(pre, bias, act, c_prev, c_now, h_now) }
-    }
+    gates_forward_for!(
+        gates_forward_avx2,
+        __m256,
+        "avx2,fma",
+        "The forward gates, 8 lanes (AVX2 + FMA)."
+    );
+    gates_forward_for!(
+        gates_forward_avx512,
+        __m512,
+        "avx512f",
+        "The forward gates, 16 lanes (AVX-512F)."
+    );
 }
 
 /// The forward gate arithmetic of one band of one step (see the portable `gates_forward`),
