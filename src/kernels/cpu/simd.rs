@@ -246,6 +246,18 @@ mod lanes {
         unsafe fn or_sign(self, sign: Self) -> Self;
     }
 
+    /// [`Lanes`]' methods `fn name(self, b) -> Self` from their intrinsics.
+    macro_rules! binary_ops {
+        ($($name:ident $intrinsic:ident),*) => {
+            $(
+                #[inline(always)]
+                unsafe fn $name(self, b: Self) -> Self {
+                    unsafe { $intrinsic(self, b) }
+                }
+            )*
+        };
+    }
+
     /// [`Lanes`] for a vector type, from the intrinsics that do each operation.
     macro_rules! lanes_impl {
         ($t:ty, $n:literal; set1 $set1:ident, load $load:ident, store $store:ident,
@@ -267,18 +279,7 @@ mod lanes {
                 unsafe fn store(self, p: *mut f32) {
                     unsafe { $store(p, self) }
                 }
-                #[inline(always)]
-                unsafe fn add(self, b: Self) -> Self {
-                    unsafe { $add(self, b) }
-                }
-                #[inline(always)]
-                unsafe fn sub(self, b: Self) -> Self {
-                    unsafe { $sub(self, b) }
-                }
-                #[inline(always)]
-                unsafe fn mul(self, b: Self) -> Self {
-                    unsafe { $mul(self, b) }
-                }
+                binary_ops!(add $add, sub $sub, mul $mul, min $min, max $max);
                 #[inline(always)]
                 unsafe fn mul_add(self, b: Self, c: Self) -> Self {
                     unsafe { $fmadd(self, b, c) }
@@ -286,14 +287,6 @@ mod lanes {
                 #[inline(always)]
                 unsafe fn neg_mul_add(self, b: Self, c: Self) -> Self {
                     unsafe { $fnmadd(self, b, c) }
-                }
-                #[inline(always)]
-                unsafe fn min(self, b: Self) -> Self {
-                    unsafe { $min(self, b) }
-                }
-                #[inline(always)]
-                unsafe fn max(self, b: Self) -> Self {
-                    unsafe { $max(self, b) }
                 }
                 #[inline(always)]
                 unsafe fn recip_estimate(self) -> Self {
